@@ -1,0 +1,5 @@
+import sys
+
+from cos.cli import main
+
+sys.exit(main())

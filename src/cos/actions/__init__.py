@@ -1,0 +1,1 @@
+"""Actions: each a short, linear transcript of steps over the domain packages."""

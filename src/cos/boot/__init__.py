@@ -1,0 +1,1 @@
+"""Boot chain: GRUB images and config, grubenv."""

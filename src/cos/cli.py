@@ -1,0 +1,141 @@
+"""Command line: parse arguments, load config, call one action. No logic here."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cos import __version__
+from cos.config import Config, load_config
+from cos.errors import CosError, ExitCode, UsageError
+from cos.log import setup_logging
+
+log = logging.getLogger("cos")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # one line + hint, exit 2, like every other error
+        raise UsageError(message, hint=f"see '{self.prog} --help'")
+
+
+def _size_mib(text: str) -> int:
+    units = {"": 1, "M": 1, "MIB": 1, "G": 1024, "GIB": 1024, "T": 1024 * 1024}
+    t = text.strip().upper()
+    num = t.rstrip("MGTIB")
+    unit = t[len(num) :]
+    if unit not in units or not num.isdigit():
+        raise argparse.ArgumentTypeError(f"invalid size {text!r} (use e.g. 4096, 12G)")
+    return int(num) * units[unit]
+
+
+def _image_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tls-verify",
+        default=None,
+        type=lambda s: s.lower() not in ("false", "0", "no"),
+        metavar="BOOL",
+        help="verify TLS of the registry (false for plain HTTP or self-signed)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="cos", description="Make container images bootable and keep them updated.")
+    p.add_argument("--version", action="version", version=f"cos {__version__}")
+    p.add_argument("--debug", action="store_true", help="show commands run and tracebacks")
+    p.add_argument("--quiet", "-q", action="store_true", help="only warnings and errors")
+    p.add_argument("--config-dir", type=Path, help="configuration directory (default /etc/cos)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    s = sub.add_parser("init", help="install the toolkit's features into an image (image build)")
+    s.add_argument("features", nargs="*", metavar="FEATURE", help="features (default: all)")
+    s.add_argument("--force", action="store_true", help="run even outside an image build")
+    s.add_argument("--list", action="store_true", help="list the features and exit")
+
+    s = sub.add_parser("build-disk", help="turn an image into a bootable disk")
+    s.add_argument("image", metavar="IMAGE", help="docker://…, host/repo:tag, oci:DIR[:tag]")
+    s.add_argument("-o", "--output", required=True, type=Path, metavar="OUT")
+    s.add_argument("--cloud-init", action="append", default=[], type=Path, metavar="FILE")
+    s.add_argument("--type", choices=["raw", "qcow2"], default="raw")
+    s.add_argument("--size", type=_size_mib, help="total disk size (default: fit the layout)")
+    s.add_argument("--recovery-system", metavar="REF", help="image for recovery (default: IMAGE)")
+    _image_flags(s)
+
+    s = sub.add_parser("mount", help="apply the immutable layout (run from the initrd)")
+    s.add_argument("--mode", choices=["active", "passive", "recovery"], required=True)
+    s.add_argument("--root", type=Path, default=Path("/"), help=argparse.SUPPRESS)
+
+    s = sub.add_parser("status", help="booted mode, snapshots and partitions")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+
+    return p
+
+
+def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
+    if args.command == "init":
+        from cos.system import features
+
+        if args.list:
+            for f in features.FEATURES.values():
+                print(f"{f.name:20} {f.summary}")
+            return 0
+        features.init(args.features, force=args.force)
+        return 0
+    if args.command == "build-disk":
+        from cos.actions.build_disk import BuildDiskRequest, build_disk
+
+        build_disk(
+            BuildDiskRequest(
+                image=args.image,
+                output=args.output,
+                cloud_init=args.cloud_init,
+                disk_type=args.type,
+                size_mib=args.size,
+                recovery_image=args.recovery_system,
+            ),
+            cfg,
+        )
+        return 0
+    if args.command == "mount":
+        from cos.system.layout import apply_layout
+
+        apply_layout(args.mode, cfg.layout, cfg.labels, root=args.root)
+        return 0
+    if args.command == "status":
+        from cos.actions.status import show_status
+
+        return show_status(cfg, as_json=args.json)
+    raise UsageError("no command given", hint="see 'cos --help'")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    setup_logging(debug=debug, quiet="--quiet" in argv or "-q" in argv)
+    try:
+        args = build_parser().parse_args(argv)
+        flags: dict[str, Any] = {"debug": args.debug or None}
+        if getattr(args, "tls_verify", None) is not None:
+            flags["tls-verify"] = args.tls_verify
+        cfg = load_config(args.config_dir, flags=flags)
+        return _dispatch(args, cfg)
+    except CosError as exc:
+        print(f"cos: error: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
+        if debug:
+            log.exception("traceback")
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        print("cos: interrupted", file=sys.stderr)
+        return int(ExitCode.INTERRUPTED)
+    except Exception as exc:  # a bug: say so, and show details only with --debug
+        print(f"cos: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        if debug:
+            log.exception("traceback")
+        else:
+            print("hint: rerun with --debug for a traceback", file=sys.stderr)
+        return int(ExitCode.BUG)

@@ -1,0 +1,251 @@
+"""Typed configuration, loaded and validated before anything touches a disk.
+
+Sources, later ones winning: /etc/cos/config.yaml, /etc/cos/config.d/*.yaml (lexical
+order), COS_* environment variables, then command-line flags. YAML keys use the
+kebab-case spelling Elemental users know (``max-snaps``); a nested key is reached
+from the environment with a double underscore: ``COS_PARTITIONS__STATE=4096``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from cos.errors import ConfigError
+
+DEFAULT_CONFIG_DIR = Path("/etc/cos")
+
+
+@dataclass
+class Partitions:
+    """Partition sizes in MiB; 0 means the rest of the disk (persistent only)."""
+
+    bios: int = 1
+    efi: int = 64
+    oem: int = 64
+    recovery: int = 4096
+    state: int = 8192
+    persistent: int = 0
+
+    def validate(self, where: str) -> None:
+        for name in ("efi", "oem", "recovery", "state"):
+            if getattr(self, name) < 16:
+                raise ConfigError(
+                    f"{where}: partitions.{name} = {getattr(self, name)} MiB is too small",
+                    hint="each partition needs at least 16 MiB",
+                )
+        if self.persistent != 0 and self.persistent < 16:
+            raise ConfigError(
+                f"{where}: partitions.persistent must be 0 (rest of disk) or at least 16 MiB",
+            )
+
+
+@dataclass
+class Labels:
+    """Filesystem labels of the disk contract (DESIGN §3)."""
+
+    efi: str = "COS_GRUB"
+    oem: str = "COS_OEM"
+    recovery: str = "COS_RECOVERY"
+    state: str = "COS_STATE"
+    persistent: str = "COS_PERSISTENT"
+
+
+@dataclass
+class Layout:
+    """Which paths of the read-only system are writable, and how."""
+
+    ephemeral: list[str] = field(default_factory=lambda: ["/etc", "/var", "/srv"])
+    ephemeral_size: str = "25%"
+    persistent: list[str] = field(
+        default_factory=lambda: ["/etc/ssh", "/etc/systemd", "/home", "/opt", "/root", "/var/log"]
+    )
+    oem_mount: str = "/oem"
+    persistent_mount: str = "/usr/local"
+
+    def validate(self, where: str) -> None:
+        for p in [*self.ephemeral, *self.persistent, self.oem_mount, self.persistent_mount]:
+            if not p.startswith("/") or ".." in Path(p).parts or p == "/":
+                raise ConfigError(
+                    f"{where}: layout path {p!r} must be an absolute path below /",
+                )
+
+
+@dataclass
+class Config:
+    debug: bool = False
+    tls_verify: bool = True
+    max_snaps: int = 2
+    snapshot_fs: str = "ext4"
+    recovery_fs: str = "squashfs"
+    grub_timeout: int = 3
+    extra_cmdline: str = ""
+    cache_dir: str = "/var/cache/cos"
+    cloud_init_paths: list[str] = field(default_factory=list)
+    partitions: Partitions = field(default_factory=Partitions)
+    labels: Labels = field(default_factory=Labels)
+    layout: Layout = field(default_factory=Layout)
+
+    def validate(self, where: str = "config") -> None:
+        if self.max_snaps < 1:
+            raise ConfigError(f"{where}: max-snaps must be ≥ 1 (got {self.max_snaps})")
+        if self.snapshot_fs not in ("ext2", "ext4"):
+            raise ConfigError(
+                f"{where}: snapshot-fs {self.snapshot_fs!r} is not supported",
+                hint="use ext2 or ext4",
+            )
+        if self.recovery_fs not in ("squashfs", "ext2", "ext4"):
+            raise ConfigError(
+                f"{where}: recovery-fs {self.recovery_fs!r} is not supported",
+                hint="use squashfs, ext2 or ext4",
+            )
+        if not 0 <= self.grub_timeout <= 600:
+            raise ConfigError(f"{where}: grub-timeout must be between 0 and 600 seconds")
+        self.partitions.validate(where)
+        self.layout.validate(where)
+
+
+T = TypeVar("T")
+
+
+def _key(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check (and for env strings, convert) a value against a field type."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return _build(tp, value, where)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [v for v in value.replace(",", " ").split() if v]
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        raise ConfigError(f"{where}: unsupported type")  # no unions in the models
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if tp is str:
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    raise ConfigError(f"{where}: unsupported type {tp!r}")
+
+
+def _build(cls: type[T], data: Mapping[str, Any], where: str) -> T:
+    hints = typing.get_type_hints(cls)
+    known = {_key(f.name): f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        norm = str(key).replace("_", "-")
+        if norm not in known:
+            close = [k for k in known if k.startswith(norm[:3])]
+            raise ConfigError(
+                f"{where}: unknown key {key!r}",
+                hint=f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(known)}",
+            )
+        f = known[norm]
+        kwargs[f.name] = _coerce(value, hints[f.name], f"{where}.{norm}")
+    return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        k = str(k).replace("_", "-")
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        loc = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ConfigError(f"{loc}: invalid YAML ({getattr(exc, 'problem', exc)})") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in env.items():
+        if not name.startswith("COS_") or name == "COS_CONFIG_DIR":
+            continue
+        path = [p.lower().replace("_", "-") for p in name[4:].split("__")]
+        cur = out
+        for p in path[:-1]:
+            cur = cur.setdefault(p, {})
+        cur[path[-1]] = value
+    return out
+
+
+def load_config(
+    config_dir: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> Config:
+    """Merge every source in order and validate the result."""
+    env = os.environ if env is None else env
+    if config_dir is None:
+        config_dir = Path(env.get("COS_CONFIG_DIR", DEFAULT_CONFIG_DIR))
+    merged: dict[str, Any] = {}
+    sources = []
+    main = config_dir / "config.yaml"
+    if main.is_file():
+        sources.append(main)
+    dropins = config_dir / "config.d"
+    if dropins.is_dir():
+        sources += sorted(p for p in dropins.iterdir() if p.suffix in (".yaml", ".yml"))
+    for src in sources:
+        data = _read_yaml(src)
+        _build(Config, data, str(src))  # validate each file on its own, for a precise location
+        merged = _merge(merged, data)
+    env_data = _env_overrides(env)
+    if env_data:
+        _build(Config, env_data, "environment (COS_*)")
+        merged = _merge(merged, env_data)
+    if flags:
+        merged = _merge(merged, {k: v for k, v in flags.items() if v is not None})
+    cfg = _build(Config, merged, "config")
+    cfg.validate()
+    return cfg

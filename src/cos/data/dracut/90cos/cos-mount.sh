@@ -1,0 +1,35 @@
+#!/bin/sh
+# mount hook: state partition (ro) → snapshot image (ro loop) as $NEWROOT, a tmpfs for
+# the ephemeral overlays, the mode sentinel, then `cos mount` inside the new root.
+
+[ "${root%%:*}" = "cos" ] || return 0
+[ -f /tmp/cos.env ] || return 0
+. /tmp/cos.env
+
+modprobe -q loop
+modprobe -q squashfs
+modprobe -q overlay
+
+mkdir -p /run/cos/state /run/cos/overlay
+if ! ismounted /run/cos/state; then
+    mount -o ro "$cos_state" /run/cos/state || die "cos: cannot mount $cos_state"
+fi
+img="/run/cos/state/${cos_image#/}"
+[ -e "$img" ] || die "cos: $cos_image not found on $cos_state"
+mount -o loop,ro "$img" "$NEWROOT" || die "cos: cannot mount $img"
+
+: > "/run/cos/${cos_mode}_mode"
+echo "$cos_image" > /run/cos/image
+
+size=${cos_overlay#tmpfs:}
+ismounted /run/cos/overlay || mount -t tmpfs -o "mode=0755,size=$size" cos-overlay /run/cos/overlay
+
+for d in proc sys dev run; do
+    mount --rbind "/$d" "$NEWROOT/$d"
+done
+chroot "$NEWROOT" /usr/bin/cos mount --mode "$cos_mode"
+rc=$?
+for d in run dev sys proc; do
+    umount -R "$NEWROOT/$d" 2>/dev/null || umount -l "$NEWROOT/$d"
+done
+[ $rc -eq 0 ] || die "cos: applying the layout failed (cos mount exit $rc)"

@@ -1,0 +1,23 @@
+#!/bin/bash
+# dracut module "cos": mounts the selected snapshot image read-only as the root
+# filesystem and lets the snapshot's own `cos mount` apply the writable layout.
+
+check() {
+    # Only when asked for (cos init writes add_dracutmodules+=" cos ").
+    return 255
+}
+
+depends() {
+    echo rootfs-block
+}
+
+installkernel() {
+    hostonly='' instmods loop squashfs overlay ext4 vfat nls_cp437 nls_iso8859_1 \
+        virtio_blk virtio_scsi virtio_pci sd_mod sr_mod nvme ahci
+}
+
+install() {
+    inst_multiple mount umount losetup blkid chroot mkdir modprobe
+    inst_hook cmdline 96 "$moddir/cos-parse.sh"
+    inst_hook mount 10 "$moddir/cos-mount.sh"
+}

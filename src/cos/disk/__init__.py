@@ -1,0 +1,1 @@
+"""Disks: partition planning, GPT, filesystems built as files."""

@@ -1,0 +1,101 @@
+"""Filesystems made as files or straight into a disk image at an offset.
+
+No loop devices and no mounts: mkfs.ext4 -d populates a filesystem from a
+directory, mkfs.vfat + mtools build the ESP. This is what lets build-disk run
+without device-mapper or udev.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cos import run as runner
+from cos.disk.plan import MIB, DiskPlan, PartSpec, sgdisk_args
+
+_ZERO = bytes(MIB)
+
+
+def create_sparse(path: Path, size: int) -> None:
+    with open(path, "wb") as f:
+        f.truncate(size)
+
+
+def partition(disk: Path, plan: DiskPlan) -> None:
+    runner.run(["sgdisk", *sgdisk_args(plan), str(disk)])
+
+
+def mkfs_ext4(
+    target: Path,
+    label: str,
+    *,
+    size: int,
+    offset: int = 0,
+    source: Path | None = None,
+    journal: bool = True,
+    fs: str = "ext4",
+) -> None:
+    """Make an ext2/ext4 filesystem of size bytes in target at offset, from source."""
+    opts = [f"offset={offset}", "lazy_itable_init=1", "nodiscard", "root_owner=0:0"]
+    argv = ["mkfs." + fs, "-F", "-q", "-L", label, "-E", ",".join(opts), "-m", "0"]
+    if fs == "ext4" and not journal:
+        argv += ["-O", "^has_journal"]
+    if source is not None:
+        argv += ["-d", str(source)]
+    argv += [str(target), f"{size // 1024}k"]
+    runner.run(argv)
+
+
+def fsck_ext(target: Path) -> None:
+    runner.run(["e2fsck", "-fn", str(target)])
+
+
+def copy_into(disk: Path, src: Path, offset: int) -> None:
+    """Copy src into disk at offset, skipping zero blocks so the disk stays sparse."""
+    with open(src, "rb") as fi, open(disk, "r+b") as fo:
+        pos = offset
+        while chunk := fi.read(MIB):
+            if chunk != _ZERO[: len(chunk)]:
+                fo.seek(pos)
+                fo.write(chunk)
+            pos += len(chunk)
+        fo.flush()
+        os.fsync(fo.fileno())
+
+
+def mkfs_vfat(image: Path, label: str, size: int, volume_id: str, files: dict[str, Path]) -> None:
+    """Make a FAT32 image file and copy files (dest path → source) into it."""
+    create_sparse(image, size)
+    runner.run(["mkfs.vfat", "-F", "32", "-n", label, "-i", volume_id, str(image)])
+    dirs: set[str] = set()
+    for dest in files:
+        parts = dest.strip("/").split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            dirs.add("/".join(parts[:i]))
+    for d in sorted(dirs, key=lambda d: d.count("/")):
+        runner.run(["mmd", "-i", str(image), f"::/{d}"], env={"MTOOLS_SKIP_CHECK": "1"})
+    for dest, src in files.items():
+        if src.is_dir():
+            runner.run(
+                ["mcopy", "-s", "-Q", "-i", str(image), str(src), f"::/{dest.strip('/')}"],
+                env={"MTOOLS_SKIP_CHECK": "1"},
+            )
+        else:
+            runner.run(
+                ["mcopy", "-Q", "-i", str(image), str(src), f"::/{dest.strip('/')}"],
+                env={"MTOOLS_SKIP_CHECK": "1"},
+            )
+
+
+def mksquashfs(source: Path, image: Path) -> None:
+    # zstd level 3: 10x faster than the default level for a ~10% larger image.
+    runner.run(
+        [
+            "mksquashfs", str(source), str(image),
+            "-comp", "zstd", "-Xcompression-level", "3", "-noappend", "-quiet", "-no-progress",
+        ]
+    )
+
+
+def part_of(plan: DiskPlan, name: str) -> PartSpec:
+    return plan.part(name)

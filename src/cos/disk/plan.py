@@ -1,0 +1,102 @@
+"""Partition planning: pure arithmetic, so it is tested without touching a disk."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cos.config import Labels, Partitions
+from cos.errors import DiskError
+
+MIB = 1024 * 1024
+SECTOR = 512
+ALIGN_MIB = 1  # first partition at 1 MiB, every partition 1 MiB aligned
+GPT_TAIL_MIB = 1  # room for the backup GPT
+
+
+@dataclass(frozen=True)
+class PartSpec:
+    number: int
+    name: str  # GPT PARTLABEL
+    label: str | None  # filesystem label
+    fs: str | None  # ext4, vfat, or None (BIOS boot)
+    type_code: str  # sgdisk type code
+    start_mib: int
+    size_mib: int
+
+    @property
+    def offset(self) -> int:
+        return self.start_mib * MIB
+
+    @property
+    def size(self) -> int:
+        return self.size_mib * MIB
+
+    @property
+    def start_lba(self) -> int:
+        return self.offset // SECTOR
+
+    @property
+    def end_lba(self) -> int:
+        return (self.offset + self.size) // SECTOR - 1
+
+
+@dataclass(frozen=True)
+class DiskPlan:
+    size_mib: int
+    parts: tuple[PartSpec, ...]
+
+    def part(self, name: str) -> PartSpec:
+        for p in self.parts:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+
+DEFAULT_PERSISTENT_MIB = 1024  # when the disk size is not given and persistent is "rest"
+MIN_PERSISTENT_MIB = 64
+
+
+def plan_disk(sizes: Partitions, labels: Labels, disk_mib: int | None = None) -> DiskPlan:
+    """Lay out bios, efi, oem, recovery, state, persistent (DESIGN §3)."""
+    fixed = [
+        ("bios", None, None, "EF02", sizes.bios),
+        ("efi", labels.efi, "vfat", "EF00", sizes.efi),
+        ("oem", labels.oem, "ext4", "8300", sizes.oem),
+        ("recovery", labels.recovery, "ext4", "8300", sizes.recovery),
+        ("state", labels.state, "ext4", "8300", sizes.state),
+    ]
+    used = ALIGN_MIB + sum(f[4] for f in fixed)
+    if sizes.persistent:
+        persistent = sizes.persistent
+    elif disk_mib is None:
+        persistent = DEFAULT_PERSISTENT_MIB
+    else:
+        persistent = disk_mib - used - GPT_TAIL_MIB
+    need = used + max(persistent, MIN_PERSISTENT_MIB) + GPT_TAIL_MIB
+    total = disk_mib if disk_mib is not None else used + persistent + GPT_TAIL_MIB
+    if total < need or persistent < MIN_PERSISTENT_MIB:
+        raise DiskError(
+            f"disk size {total} MiB is too small: the layout needs at least {need} MiB",
+            hint="give a larger --size or smaller partitions in config (partitions.*)",
+        )
+    parts: list[PartSpec] = []
+    start = ALIGN_MIB
+    for i, (name, label, fs, code, size) in enumerate(fixed, start=1):
+        parts.append(PartSpec(i, name, label, fs, code, start, size))
+        start += size
+    parts.append(
+        PartSpec(len(parts) + 1, "persistent", labels.persistent, "ext4", "8300", start, persistent)
+    )
+    return DiskPlan(total, tuple(parts))
+
+
+def sgdisk_args(plan: DiskPlan) -> list[str]:
+    """Arguments for sgdisk that create the plan on an empty disk (image)."""
+    args = ["--clear"]
+    for p in plan.parts:
+        args += [
+            f"--new={p.number}:{p.start_lba}:{p.end_lba}",
+            f"--typecode={p.number}:{p.type_code}",
+            f"--change-name={p.number}:{p.name}",
+        ]
+    return args

@@ -1,0 +1,1 @@
+"""Container images: references, pulling into a local layout, unpacking to a tree."""

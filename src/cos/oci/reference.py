@@ -1,0 +1,72 @@
+"""Image references in the spellings users know from skopeo and podman."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from cos.errors import ImageError
+
+_NAME = re.compile(
+    r"^(?P<host>[a-zA-Z0-9.-]+(?::[0-9]+)?|\[[0-9a-fA-F:]+\](?::[0-9]+)?)/"
+    r"(?P<repo>[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*)"
+    r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?"
+    r"(?:@(?P<digest>sha256:[0-9a-f]{64}))?$"
+)
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    transport: str  # "docker" or "oci"
+    name: str  # host/repo for docker, directory for oci
+    tag: str | None = None
+    digest: str | None = None
+
+    @property
+    def skopeo(self) -> str:
+        if self.transport == "oci":
+            return f"oci:{self.name}:{self.tag or 'latest'}"
+        ref = f"docker://{self.name}"
+        if self.tag:
+            ref += f":{self.tag}"
+        if self.digest:
+            ref += f"@{self.digest}"
+        return ref
+
+    def __str__(self) -> str:
+        if self.transport == "oci":
+            return f"oci:{self.name}:{self.tag or 'latest'}"
+        s = self.name + (f":{self.tag}" if self.tag else "") + (f"@{self.digest}" if self.digest else "")
+        return s
+
+    @property
+    def is_registry(self) -> bool:
+        return self.transport == "docker"
+
+
+def parse_ref(text: str) -> ImageRef:
+    """Parse `docker://host/repo[:tag][@digest]`, `host/repo[:tag]`, `oci:DIR[:tag]`."""
+    t = text.strip()
+    if not t:
+        raise ImageError("empty image reference", hint="e.g. 127.0.0.1:5000/cos/vanilla:latest")
+    if t.startswith("oci:"):
+        rest = t[4:]
+        if not rest:
+            raise ImageError(f"invalid image reference {text!r}: no directory after oci:")
+        path, _, tag = rest.partition(":")
+        return ImageRef("oci", path, tag or "latest")
+    if t.startswith("docker://"):
+        t = t[len("docker://") :]
+    elif "://" in t or t.split(":", 1)[0] in ("oci-archive", "dir", "docker-archive"):
+        raise ImageError(
+            f"unsupported image reference {text!r}",
+            hint="use docker://host/repo:tag, host/repo:tag or oci:DIR[:tag]",
+        )
+    m = _NAME.match(t)
+    if not m or ("." not in m["host"] and ":" not in m["host"] and m["host"] != "localhost"):
+        raise ImageError(
+            f"invalid image reference {text!r}",
+            hint="give the registry host explicitly: host[:port]/repo[:tag][@sha256:…]",
+        )
+    tag = m["tag"] or (None if m["digest"] else "latest")
+    return ImageRef("docker", f"{m['host']}/{m['repo']}", tag, m["digest"])

@@ -1,0 +1,1 @@
+"""Snapshots: bootable system trees, numbered, one of them active."""

@@ -1,0 +1,1 @@
+"""The running or image system: features (`cos init`), layout (`cos mount`), state.yaml."""

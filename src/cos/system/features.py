@@ -1,0 +1,173 @@
+"""Features: what `cos init` installs into an image so it boots the cos way.
+
+Each feature is a small installer acting on an image root. They are kept in a
+registry so a derivative can pick a subset (`cos init grub-config systemd`) and later
+features (cloud-config defaults, boot assessment) slot in without touching the action.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cos import run as runner
+from cos.data import data_path
+from cos.errors import StateError, UsageError
+from cos.fsutil import inside
+from cos.log import log, step
+from cos.system.kernel import require_kernel
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    summary: str
+    install: Callable[[Path], None]
+
+
+FEATURES: dict[str, Feature] = {}
+
+
+def feature(name: str, summary: str) -> Callable[[Callable[[Path], None]], Callable[[Path], None]]:
+    def register(fn: Callable[[Path], None]) -> Callable[[Path], None]:
+        FEATURES[name] = Feature(name, summary, fn)
+        return fn
+
+    return register
+
+
+def _write(root: Path, path: str, content: str | bytes, mode: int = 0o644) -> None:
+    target = inside(root, path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, str):
+        target.write_text(content)
+    else:
+        target.write_bytes(content)
+    target.chmod(mode)
+
+
+def _enable_unit(root: Path, unit: str, wanted_by: str) -> None:
+    wants = inside(root, f"/etc/systemd/system/{wanted_by}.wants")
+    wants.mkdir(parents=True, exist_ok=True)
+    link = wants / unit
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    src = f"/etc/systemd/system/{unit}"
+    if not inside(root, src).exists():
+        src = f"/usr/lib/systemd/system/{unit}"
+    link.symlink_to(src)
+
+
+@feature("immutable-rootfs", "dracut module mounting the snapshot read-only as /")
+def _immutable_rootfs(root: Path) -> None:
+    dest = inside(root, "/usr/lib/dracut/modules.d/90cos")
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    for entry in data_path("dracut", "90cos").iterdir():
+        (dest / entry.name).write_bytes(entry.read_bytes())
+        (dest / entry.name).chmod(0o755)
+    _write(
+        root,
+        "/etc/dracut.conf.d/90-cos.conf",
+        "# Written by cos init: a generic initrd that boots cos snapshots.\n"
+        'hostonly="no"\n'
+        'compress="zstd"\n'
+        'add_dracutmodules+=" cos "\n'
+        # The classic shell init is enough to mount a loop image, and it is simpler
+        # and faster than a systemd initrd.
+        'omit_dracutmodules+=" systemd systemd-initrd dracut-systemd systemd-networkd'
+        ' systemd-sysusers plymouth "\n',
+    )
+
+
+@feature("grub-config", "GRUB menu and bootargs used by build-disk and install")
+def _grub_config(root: Path) -> None:
+    _write(root, "/etc/cos/grub.cfg", data_path("grub", "grub.cfg").read_text())
+    _write(root, "/etc/cos/bootargs.cfg", data_path("grub", "bootargs.cfg").read_text())
+
+
+@feature("layout", "mount points of the immutable layout (/oem, /usr/local, tmpfs /tmp)")
+def _layout(root: Path) -> None:
+    for d in ("/oem", "/usr/local", "/run", "/etc/cos/config.d"):
+        inside(root, d).mkdir(parents=True, exist_ok=True)
+    # /tmp must be writable on a read-only root.
+    tmp_unit = inside(root, "/usr/share/systemd/tmp.mount")
+    if tmp_unit.is_file():
+        _write(root, "/etc/systemd/system/tmp.mount", tmp_unit.read_text())
+        _enable_unit(root, "tmp.mount", "local-fs.target")
+
+
+@feature("systemd", "units of the toolkit (console status after boot)")
+def _systemd(root: Path) -> None:
+    for entry in data_path("systemd").iterdir():
+        _write(root, f"/etc/systemd/system/{entry.name}", entry.read_text())
+    _enable_unit(root, "cos-status.service", "multi-user.target")
+
+
+def _chroot_argv(root: Path, argv: list[str]) -> list[str]:
+    return argv if root == Path("/") else ["chroot", str(root), *argv]
+
+
+def rebuild_initrd(root: Path) -> None:
+    """Build the initrd of the newest kernel and give both stable names in /boot."""
+    kernel = require_kernel(root, "this image")
+    initrd = f"/boot/initrd.img-{kernel.version}"
+    with step(f"Building the initrd for kernel {kernel.version}"):
+        runner.run(
+            _chroot_argv(
+                root, ["dracut", "--force", "--no-hostonly", "--kver", kernel.version, initrd]
+            )
+        )
+    inside(root, initrd).chmod(0o644)
+    for name, target in (("vmlinuz", kernel.vmlinuz.name), ("initrd", Path(initrd).name)):
+        link = inside(root, f"/boot/{name}")
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(target)
+
+
+def image_build_reason() -> str | None:
+    """Why this looks like an image build (a container build or a chroot), or None."""
+    if Path("/run/.containerenv").exists() or Path("/.dockerenv").exists():
+        return "container build"
+    if os.environ.get("container"):
+        return "container build"
+    try:
+        a, b = os.stat("/"), os.stat("/proc/1/root/")
+        if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino):
+            return "chroot"
+    except OSError:
+        return "chroot"  # no /proc or no access to PID 1's root: not a booted host
+    return None
+
+
+def init(names: list[str], force: bool = False, root: Path = Path("/")) -> list[str]:
+    unknown = [n for n in names if n not in FEATURES]
+    if unknown:
+        raise UsageError(
+            f"unknown feature: {', '.join(unknown)}",
+            hint=f"available features: {', '.join(FEATURES)}",
+        )
+    if root == Path("/") and not force:
+        if any(Path("/run/cos").glob("*_mode")):
+            raise StateError(
+                "cos init changes an image, and this is a running cos system",
+                hint="run it in a Containerfile (RUN cos init); --force overrides",
+            )
+        if image_build_reason() is None:
+            raise StateError(
+                "cos init must run inside an image build, not on a host",
+                hint="run it in a Containerfile (RUN cos init); --force overrides",
+            )
+    selected = names or list(FEATURES)
+    for name in selected:
+        with step(f"Installing feature {name}: {FEATURES[name].summary}"):
+            FEATURES[name].install(root)
+    if "immutable-rootfs" in selected:
+        rebuild_initrd(root)
+    log.info("cos init: installed %s", ", ".join(selected))
+    return selected

@@ -1,0 +1,137 @@
+"""`cos mount`: turn a read-only snapshot into a usable system.
+
+Runs inside the new root from the initrd (chroot /sysroot), after the dracut module
+has mounted the snapshot as / and a tmpfs at /run/cos/overlay. Order matters:
+volumes first (/oem, then COS_PERSISTENT at /usr/local), then the ephemeral tmpfs
+overlays, then the persistent overlays whose upper dirs live on COS_PERSISTENT;
+each group sorted by depth so a parent is mounted before its children.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from cos import run as runner
+from cos.config import Labels, Layout
+from cos.errors import StateError
+from cos.fsutil import inside
+from cos.log import log, step
+
+MODES = ("active", "passive", "recovery")
+OVERLAY_BASE = "/run/cos/overlay"
+PERSISTENT_STATE_DIR = ".state"
+
+
+def overlay_name(path: str) -> str:
+    """/var/log → var-log.overlay (the naming Elemental uses for upper dirs)."""
+    return path.strip("/").replace("/", "-") + ".overlay"
+
+
+def _depth(path: str) -> tuple[int, str]:
+    return (len(Path(path).parts), path)
+
+
+def find_device(label: str, timeout: float = 0.0) -> str | None:
+    """Resolve a filesystem label to a device node, waiting up to timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        link = Path("/dev/disk/by-label") / label
+        if link.exists():
+            return str(link.resolve())
+        res = runner.run(["blkid", "-L", label], check=False)
+        if res.returncode == 0 and res.stdout.strip():
+            return res.stdout.strip()
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.2)
+
+
+def is_mountpoint(path: Path) -> bool:
+    target = os.path.realpath(path)
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == target for line in f)
+
+
+def _mount(argv: list[str]) -> None:
+    runner.run(["mount", *argv])
+
+
+def _overlay(target: Path, upper_root: Path) -> None:
+    upper, work = upper_root / "upper", upper_root / "work"
+    upper.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    _mount(
+        [
+            "-t",
+            "overlay",
+            "overlay",
+            "-o",
+            f"lowerdir={target},upperdir={upper},workdir={work}",
+            str(target),
+        ]
+    )
+
+
+def apply_layout(
+    mode: str,
+    layout: Layout,
+    labels: Labels | None = None,
+    root: Path = Path("/"),
+    device_timeout: float = 30.0,
+) -> list[str]:
+    """Mount the layout below root; return the mount points made, in order."""
+    if mode not in MODES:
+        raise StateError(f"unknown boot mode {mode!r}", hint=f"one of: {', '.join(MODES)}")
+    labels = labels or Labels()
+    done: list[str] = []
+
+    with step("Mounting volumes"):
+        oem_dev = find_device(labels.oem, device_timeout)
+        oem = inside(root, layout.oem_mount)
+        if oem_dev is None:
+            log.warning("no %s filesystem found; %s stays empty", labels.oem, layout.oem_mount)
+        elif not is_mountpoint(oem):
+            oem.mkdir(parents=True, exist_ok=True)
+            _mount(["-o", "rw,noatime", oem_dev, str(oem)])
+            done.append(layout.oem_mount)
+        persistent_mounted = False
+        if mode != "recovery":
+            pdev = find_device(labels.persistent, device_timeout)
+            pmount = inside(root, layout.persistent_mount)
+            if pdev is None:
+                log.warning("no %s filesystem found; persistent paths are ephemeral", labels.persistent)
+            else:
+                if not is_mountpoint(pmount):
+                    _mount(["-o", "rw,noatime", pdev, str(pmount)])
+                    done.append(layout.persistent_mount)
+                persistent_mounted = True
+
+    with step("Mounting ephemeral overlays"):
+        base = inside(root, OVERLAY_BASE)
+        if not is_mountpoint(base):
+            base.mkdir(parents=True, exist_ok=True)
+            _mount(["-t", "tmpfs", "-o", f"mode=0755,size={layout.ephemeral_size}", "cos-overlay", str(base)])
+        for path in sorted(set(layout.ephemeral), key=_depth):
+            target = inside(root, path)
+            if not target.is_dir():
+                log.warning("ephemeral path %s does not exist in the image; skipped", path)
+                continue
+            _overlay(target, base / overlay_name(path))
+            done.append(path)
+
+    if persistent_mounted:
+        with step("Mounting persistent overlays"):
+            state = inside(root, layout.persistent_mount) / PERSISTENT_STATE_DIR
+            for path in sorted(set(layout.persistent), key=_depth):
+                target = inside(root, path)
+                if not target.is_dir():
+                    try:
+                        target.mkdir(parents=True)
+                    except OSError:
+                        log.warning("persistent path %s cannot be created on the read-only root", path)
+                        continue
+                _overlay(target, state / overlay_name(path))
+                done.append(path)
+    return done
