@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# make vanilla: builds the base and vanilla images into the OCI layout build/oci
-# (tags "base" and "vanilla"), each only when its recipe changed (stamps hold the
-# recipe hash). With REGISTRY=host:port both are pushed there too.
+# make vanilla: builds the images into the OCI layout build/oci, each only when its
+# recipe changed (build/stamps holds recipe hashes):
+#   os       Debian 12 tree (mmdebstrap, host apt sources)         images/base/build.sh
+#   base     os + the toolkit as one layer                         images/base/Containerfile
+#   vanilla  base + `cos init` (a derivative)                      images/vanilla/Containerfile
+# With REGISTRY=host:port, base and vanilla are also pushed there (cos/base, cos/vanilla).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
@@ -9,26 +12,46 @@ layout=build/oci
 stamps=build/stamps
 mkdir -p "$stamps"
 export TMPDIR=${TMPDIR:-/var/tmp}
+B=(buildah --storage-driver vfs)
 
 tag_exists() { [ -f "$layout/index.json" ] && grep -q "\"org.opencontainers.image.ref.name\":\"$1\"" "$layout/index.json"; }
+fresh() { tag_exists "$1" && [ "$(cat "$stamps/$1" 2>/dev/null)" = "$2" ]; }
+hash_of() { sha256sum | cut -c1-16; }
 
-base_hash=$( (cat images/base/*; find src/cos -type f ! -path '*/__pycache__/*' ! -name '*.pyc' | sort | xargs cat) | sha256sum | cut -c1-16)
-if tag_exists base && [ "$(cat "$stamps/base" 2>/dev/null)" = "$base_hash" ]; then
+# buildah bud CONTEXT CONTAINERFILE TAG BUILD-ARG...
+bud() {
+  local ctx=$1 file=$2 tag=$3; shift 3
+  local args=()
+  for a in "$@"; do args+=(--build-arg "$a"); done
+  "${B[@]}" bud --isolation chroot --layers=false "${args[@]}" -f "$file" -t "localhost/cos/$tag:latest" "$ctx"
+  "${B[@]}" push --quiet "localhost/cos/$tag:latest" "oci:$layout:$tag"
+  "${B[@]}" rmi --force "localhost/cos/$tag:latest" >/dev/null 2>&1 || true
+}
+
+os_hash=$(cat images/base/build.sh images/base/packages.txt | hash_of)
+if fresh os "$os_hash"; then
+  echo "==> os layer is up to date ($os_hash)"
+else
+  bash images/base/build.sh "$layout" os
+  echo "$os_hash" > "$stamps/os"
+fi
+
+base_hash=$( (echo "$os_hash"; cat images/base/Containerfile images/base/cos-wrapper;
+  find src/cos -type f ! -path '*/__pycache__/*' ! -name '*.pyc' | sort | xargs cat) | hash_of)
+if fresh base "$base_hash"; then
   echo "==> base image is up to date ($base_hash)"
 else
-  bash images/base/build.sh "$layout" base
+  echo "==> buildah: base image (os + toolkit)"
+  bud . images/base/Containerfile base "OS=oci:$layout:os"
   echo "$base_hash" > "$stamps/base"
 fi
 
-vanilla_hash=$( (echo "$base_hash"; cat images/vanilla/Containerfile) | sha256sum | cut -c1-16)
-if tag_exists vanilla && [ "$(cat "$stamps/vanilla" 2>/dev/null)" = "$vanilla_hash" ]; then
+vanilla_hash=$( (echo "$base_hash"; cat images/vanilla/Containerfile) | hash_of)
+if fresh vanilla "$vanilla_hash"; then
   echo "==> vanilla image is up to date ($vanilla_hash)"
 else
   echo "==> buildah: vanilla derivative"
-  buildah --storage-driver vfs bud --isolation chroot --layers=false \
-    --build-arg BASE="oci:$layout:base" -f images/vanilla/Containerfile -t localhost/cos/vanilla:latest .
-  buildah --storage-driver vfs push --quiet localhost/cos/vanilla:latest "oci:$layout:vanilla"
-  buildah --storage-driver vfs rmi --force localhost/cos/vanilla:latest >/dev/null || true
+  bud images/vanilla images/vanilla/Containerfile vanilla "BASE=oci:$repo/$layout:base"
   echo "$vanilla_hash" > "$stamps/vanilla"
 fi
 

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Builds the base image: a Debian 12 tree with kernel, systemd, dracut, GRUB binaries,
-# python3 and the toolkit, stored as tag "base" in the OCI layout given as $1.
+# Builds the OS layer of the base image: a Debian 12 tree with kernel, systemd, dracut,
+# GRUB binaries and python3, stored as tag "os" in the OCI layout given as $1.
+# images/base/Containerfile then adds the toolkit as its own layer (tag "base"), so a
+# toolkit change rebuilds seconds of work, not the whole OS.
 # apt sources are the host's (mmdebstrap reads them when no mirror is given).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-repo=$(cd "$here/../.." && pwd)
 layout=${1:?usage: build.sh OCI_LAYOUT_DIR [TAG]}
-tag=${2:-base}
+tag=${2:-os}
 work=$(mktemp -d "${TMPDIR:-/var/tmp}/cos-base.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
@@ -15,11 +16,9 @@ include=$(grep -v '^\s*#' "$here/packages.txt" | grep -v '^\s*$' | paste -sd, -)
 echo "==> mmdebstrap bookworm ($(echo "$include" | tr , '\n' | wc -l) packages)"
 mmdebstrap --variant=apt --mode=root --format=tar --quiet \
   --include="$include" \
-  --customize-hook="$here/install-toolkit.sh \"\$1\" $repo" \
   --customize-hook='rm -f "$1"/etc/hostname "$1"/etc/machine-id && touch "$1"/etc/machine-id' \
   --customize-hook='rm -rf "$1"/var/cache/apt/*.bin "$1"/var/lib/apt/lists/* "$1"/var/log/*.log' \
   --customize-hook='rm -f "$1"/boot/initrd.img-*' \
-  --customize-hook="printf 'IMAGE_REPO=cos/base\nIMAGE_TAG=$tag\nIMAGE=cos/base:$tag\n' >> \"\$1\"/usr/lib/os-release" \
   bookworm "$work/rootfs.tar"
 
 echo "==> OCI image $layout:$tag"
@@ -29,7 +28,7 @@ umoci unpack --image "$layout:$tag" "$work/bundle" >/dev/null
 tar -C "$work/bundle/rootfs" --numeric-owner --xattrs --xattrs-include='*' -xpf "$work/rootfs.tar"
 umoci repack --image "$layout:$tag" "$work/bundle"
 umoci config --image "$layout:$tag" --config.cmd /sbin/init \
-  --config.label org.opencontainers.image.title=cos-base \
-  --config.label org.opencontainers.image.description="Debian 12 base for cos derivatives"
+  --config.label org.opencontainers.image.title=cos-os \
+  --config.label org.opencontainers.image.description="Debian 12 OS layer of the cos base image"
 umoci gc --layout "$layout"
 echo "==> done: $layout:$tag"

@@ -30,8 +30,17 @@ from cos.system.kernel import require_kernel
 from cos.system.release import read_os_release
 from cos.system.state import ImageState, InstallState, now, write_state
 
-REQUIRED_TOOLS = ["sgdisk", "mkfs.ext4", "mkfs.vfat", "mmd", "mcopy", "grub-mkimage",
-                  "mksquashfs", "umoci", "skopeo"]
+REQUIRED_TOOLS = [
+    "sgdisk",
+    "mkfs.ext4",
+    "mkfs.vfat",
+    "mmd",
+    "mcopy",
+    "grub-mkimage",
+    "mksquashfs",
+    "umoci",
+    "skopeo",
+]
 
 
 @dataclass
@@ -74,7 +83,9 @@ def check_bootable(tree: Path, ref: ImageRef) -> tuple[Path, Path]:
 def _check_cloud_init(files: list[Path]) -> None:
     for f in files:
         if not f.is_file():
-            raise ConfigError(f"cloud-init file {f} does not exist", hint="check the --cloud-init path")
+            raise ConfigError(
+                f"cloud-init file {f} does not exist", hint="check the --cloud-init path"
+            )
         try:
             data = yaml.safe_load(f.read_text())
         except yaml.YAMLError as exc:
@@ -138,16 +149,30 @@ def build_disk(req: BuildDiskRequest, cfg: Config) -> Path:
 
 def _image_state(img: LocalImage, tree: Path, label: str, fs: str, active: bool) -> ImageState:
     rel = read_os_release(tree)
-    keep = {k: rel[k] for k in ("NAME", "VERSION_ID", "IMAGE_REPO", "IMAGE_TAG", "IMAGE") if k in rel}
+    keep: dict[str, str] = {
+        k: rel[k] for k in ("NAME", "VERSION_ID", "IMAGE_REPO", "IMAGE_TAG", "IMAGE") if k in rel
+    }
     return ImageState(
-        source=str(img.ref), digest=img.digest, label=label, fs=fs, date=now(),
-        from_action="build-disk", os_release=keep, active=active,
+        source=str(img.ref),
+        digest=img.digest,
+        label=label,
+        fs=fs,
+        date=now(),
+        from_action="build-disk",
+        os_release=keep,
+        active=active,
     )
 
 
 def _build(
-    req: BuildDiskRequest, cfg: Config, ref: ImageRef, rec_ref: ImageRef,
-    plan: DiskPlan, cache: Path, work: Path, partial: Path,
+    req: BuildDiskRequest,
+    cfg: Config,
+    ref: ImageRef,
+    rec_ref: ImageRef,
+    plan: DiskPlan,
+    cache: Path,
+    work: Path,
+    partial: Path,
 ) -> None:
     labels = cfg.labels
     tls = cfg.tls_verify
@@ -194,14 +219,23 @@ def _build(
         if bootargs.is_file():
             shutil.copyfile(bootargs, recdir / "boot/bootargs.cfg")
     rec_used = sum(p.stat().st_size for p in (recdir / "boot").iterdir())
-    _fits("the recovery system", rec_used + _ext_overhead(plan.part("recovery").size),
-          plan.part("recovery").size, "raise partitions.recovery in config")
+    _fits(
+        "the recovery system",
+        rec_used + _ext_overhead(plan.part("recovery").size),
+        plan.part("recovery").size,
+        "raise partitions.recovery in config",
+    )
 
     state = InstallState(
         date=now(),
         snapshotter={"type": "loopdevice", "max-snaps": cfg.max_snaps, "fs": cfg.snapshot_fs},
-        labels={"efi": labels.efi, "oem": labels.oem, "recovery": labels.recovery,
-                "state": labels.state, "persistent": labels.persistent},
+        labels={
+            "efi": labels.efi,
+            "oem": labels.oem,
+            "recovery": labels.recovery,
+            "state": labels.state,
+            "persistent": labels.persistent,
+        },
         snapshots={1: _image_state(img, tree, snap.snapshot_label(1), cfg.snapshot_fs, True)},
         recovery=_image_state(rec_img, rec_tree, "COS_SYSTEM", cfg.recovery_fs, False),
     )
@@ -227,10 +261,14 @@ def _build(
         grubenv.write(
             espdir / "grub_oem_env",
             {
-                "state_label": labels.state, "recovery_label": labels.recovery,
-                "oem_label": labels.oem, "persistent_label": labels.persistent,
-                "efi_label": labels.efi, "passive_snaps": "",
-                "default_fallback": "recovery", "grub_timeout": str(cfg.grub_timeout),
+                "state_label": labels.state,
+                "recovery_label": labels.recovery,
+                "oem_label": labels.oem,
+                "persistent_label": labels.persistent,
+                "efi_label": labels.efi,
+                "passive_snaps": "",
+                "default_fallback": "recovery",
+                "grub_timeout": str(cfg.grub_timeout),
                 **({"extra_cmdline": cfg.extra_cmdline} if cfg.extra_cmdline else {}),
             },
         )
@@ -244,7 +282,10 @@ def _build(
         efi = plan.part("efi")
         esp_img = work / "esp.img"
         diskimg.mkfs_vfat(
-            esp_img, labels.efi, efi.size, volume_id,
+            esp_img,
+            labels.efi,
+            efi.size,
+            volume_id,
             {
                 "EFI/BOOT/BOOTX64.EFI": espdir / "BOOTX64.EFI",
                 "grub/grub.cfg": espdir / "grub.cfg",
@@ -265,8 +306,11 @@ def _build(
     with step("Installing GRUB for BIOS"):
         bios = plan.part("bios")
         grub.embed_bios(
-            partial, grub.modules_dir(tree, "i386-pc") / "boot.img", espdir / "core.img",
-            bios.start_lba, bios.size // 512,
+            partial,
+            grub.modules_dir(tree, "i386-pc") / "boot.img",
+            espdir / "core.img",
+            bios.start_lba,
+            bios.size // 512,
         )
 
     if req.disk_type == "qcow2":

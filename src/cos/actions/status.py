@@ -81,7 +81,9 @@ def collect(cfg: Config, run_dir: Path = RUN_DIR, root: Path = Path("/")) -> dic
         "mode": mode,
         "image_path": image,
         "booted_snapshot": booted_n,
-        "os_release": {k: rel[k] for k in ("PRETTY_NAME", "IMAGE", "IMAGE_REPO", "IMAGE_TAG") if k in rel},
+        "os_release": {
+            k: rel[k] for k in ("PRETTY_NAME", "IMAGE", "IMAGE_REPO", "IMAGE_TAG") if k in rel
+        },
         "snapshots": [],
         "recovery": None,
         "partitions": [
@@ -105,8 +107,12 @@ def collect(cfg: Config, run_dir: Path = RUN_DIR, root: Path = Path("/")) -> dic
             )
         if state.recovery:
             r = state.recovery
-            data["recovery"] = {"source": r.source, "digest": r.digest, "date": r.date,
-                                "from_action": r.from_action}
+            data["recovery"] = {
+                "source": r.source,
+                "digest": r.digest,
+                "date": r.date,
+                "from_action": r.from_action,
+            }
     return data
 
 

@@ -17,10 +17,35 @@ from cos.errors import ImageError
 
 # Modules built into both core images; the rest are copied to the ESP for insmod.
 COMMON_MODULES = [
-    "part_gpt", "part_msdos", "fat", "ext2", "iso9660", "squash4", "loopback",
-    "search", "search_label", "search_fs_uuid", "search_fs_file", "normal", "configfile",
-    "linux", "echo", "test", "serial", "terminal", "loadenv", "ls", "cat", "sleep",
-    "gzio", "xzio", "true", "halt", "reboot", "regexp", "minicmd",
+    "part_gpt",
+    "part_msdos",
+    "fat",
+    "ext2",
+    "iso9660",
+    "squash4",
+    "loopback",
+    "search",
+    "search_label",
+    "search_fs_uuid",
+    "search_fs_file",
+    "normal",
+    "configfile",
+    "linux",
+    "echo",
+    "test",
+    "serial",
+    "terminal",
+    "loadenv",
+    "ls",
+    "cat",
+    "sleep",
+    "gzio",
+    "xzio",
+    "true",
+    "halt",
+    "reboot",
+    "regexp",
+    "minicmd",
 ]
 PLATFORM_MODULES = {
     "i386-pc": ["biosdisk"],
@@ -41,10 +66,7 @@ def modules_dir(tree: Path, platform: str) -> Path:
 
 def early_config(esp_uuid: str) -> str:
     """Config embedded in the core images: find the ESP, read grub.cfg from it."""
-    return (
-        f"search --no-floppy --fs-uuid --set=root {esp_uuid}\n"
-        "set prefix=($root)/grub\n"
-    )
+    return f"search --no-floppy --fs-uuid --set=root {esp_uuid}\nset prefix=($root)/grub\n"
 
 
 def mkimage(tree: Path, platform: str, output: Path, early_cfg: Path) -> None:
@@ -53,21 +75,28 @@ def mkimage(tree: Path, platform: str, output: Path, early_cfg: Path) -> None:
     runner.run(
         [
             "grub-mkimage",
-            "-d", str(modules_dir(tree, platform)),
-            "-O", fmt,
-            "-o", str(output),
-            "-c", str(early_cfg),
-            "-p", "/grub",
+            "-d",
+            str(modules_dir(tree, platform)),
+            "-O",
+            fmt,
+            "-o",
+            str(output),
+            "-c",
+            str(early_cfg),
+            "-p",
+            "/grub",
             *mods,
         ]
     )
 
 
-def embed_bios(disk: Path, boot_img: Path, core_img: Path, start_lba: int, max_sectors: int) -> None:
+def embed_bios(
+    disk: Path, boot_img: Path, core_img: Path, start_lba: int, max_sectors: int
+) -> None:
     """Install boot.img into the MBR and core.img at start_lba (the bios partition).
 
     Keeps the disk signature and partition table of the existing MBR (bytes
-    0x1b8–0x1ff, the protective MBR written by sgdisk).
+    0x1b8-0x1ff, the protective MBR written by sgdisk).
     """
     boot = bytearray(boot_img.read_bytes())
     core = bytearray(core_img.read_bytes())

@@ -89,7 +89,9 @@ def write(path: Path, env: Mapping[str, str]) -> None:
     atomic_write(path, render(env, size))
 
 
-def update(path: Path, set_: Mapping[str, str] | None = None, unset: tuple[str, ...] = ()) -> dict[str, str]:
+def update(
+    path: Path, set_: Mapping[str, str] | None = None, unset: tuple[str, ...] = ()
+) -> dict[str, str]:
     """Set and unset variables, keeping the order of those already there."""
     path = Path(path)
     env = read(path) if path.exists() else {}

@@ -91,8 +91,16 @@ def mksquashfs(source: Path, image: Path) -> None:
     # zstd level 3: 10x faster than the default level for a ~10% larger image.
     runner.run(
         [
-            "mksquashfs", str(source), str(image),
-            "-comp", "zstd", "-Xcompression-level", "3", "-noappend", "-quiet", "-no-progress",
+            "mksquashfs",
+            str(source),
+            str(image),
+            "-comp",
+            "zstd",
+            "-Xcompression-level",
+            "3",
+            "-noappend",
+            "-quiet",
+            "-no-progress",
         ]
     )
 

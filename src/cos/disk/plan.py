@@ -68,13 +68,12 @@ def plan_disk(sizes: Partitions, labels: Labels, disk_mib: int | None = None) ->
     used = ALIGN_MIB + sum(f[4] for f in fixed)
     if sizes.persistent:
         persistent = sizes.persistent
-    elif disk_mib is None:
-        persistent = DEFAULT_PERSISTENT_MIB
+        need = used + persistent + GPT_TAIL_MIB
     else:
-        persistent = disk_mib - used - GPT_TAIL_MIB
-    need = used + max(persistent, MIN_PERSISTENT_MIB) + GPT_TAIL_MIB
+        need = used + MIN_PERSISTENT_MIB + GPT_TAIL_MIB
+        persistent = DEFAULT_PERSISTENT_MIB if disk_mib is None else disk_mib - used - GPT_TAIL_MIB
     total = disk_mib if disk_mib is not None else used + persistent + GPT_TAIL_MIB
-    if total < need or persistent < MIN_PERSISTENT_MIB:
+    if total < need:
         raise DiskError(
             f"disk size {total} MiB is too small: the layout needs at least {need} MiB",
             hint="give a larger --size or smaller partitions in config (partitions.*)",

@@ -39,9 +39,11 @@ def _layout_digest(layout: Path, tag: str) -> str | None:
 
 
 def _cache_tag(ref: ImageRef) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", str(ref))[:100] + "-" + hashlib.sha256(
-        str(ref).encode()
-    ).hexdigest()[:8]
+    return (
+        re.sub(r"[^A-Za-z0-9_.-]", "_", str(ref))[:100]
+        + "-"
+        + hashlib.sha256(str(ref).encode()).hexdigest()[:8]
+    )
 
 
 def fetch(ref: ImageRef, cache: Path, tls_verify: bool = True) -> LocalImage:
@@ -62,8 +64,9 @@ def fetch(ref: ImageRef, cache: Path, tls_verify: bool = True) -> LocalImage:
     try:
         info = json.loads(runner.run(["skopeo", "inspect", tls, ref.skopeo]).stdout)
     except ToolError as exc:
+        detail = exc.stderr.strip().splitlines()[-1] if exc.stderr.strip() else str(exc)
         raise ImageError(
-            f"cannot read image {ref}: {exc.stderr.strip().splitlines()[-1] if exc.stderr.strip() else exc}",
+            f"cannot read image {ref}: {detail}",
             hint="check the reference and that the registry is reachable"
             + ("" if not tls_verify else " (plain-HTTP registry? add --tls-verify=false)"),
         ) from exc
@@ -73,10 +76,20 @@ def fetch(ref: ImageRef, cache: Path, tls_verify: bool = True) -> LocalImage:
     tag = _cache_tag(ref)
     pinned = ImageRef("docker", ref.name, None, digest)
     try:
-        runner.run(["skopeo", "copy", "--quiet", f"--src-tls-verify={str(tls_verify).lower()}",
-                    pinned.skopeo, f"oci:{layout}:{tag}"])
+        runner.run(
+            [
+                "skopeo",
+                "copy",
+                "--quiet",
+                f"--src-tls-verify={str(tls_verify).lower()}",
+                pinned.skopeo,
+                f"oci:{layout}:{tag}",
+            ]
+        )
     except ToolError as exc:
-        raise ImageError(f"pulling {ref} failed: {exc}", hint="rerun with --debug for details") from exc
+        raise ImageError(
+            f"pulling {ref} failed: {exc}", hint="rerun with --debug for details"
+        ) from exc
     return LocalImage(ref, layout, tag, digest)
 
 

@@ -36,7 +36,11 @@ class ImageRef:
     def __str__(self) -> str:
         if self.transport == "oci":
             return f"oci:{self.name}:{self.tag or 'latest'}"
-        s = self.name + (f":{self.tag}" if self.tag else "") + (f"@{self.digest}" if self.digest else "")
+        s = (
+            self.name
+            + (f":{self.tag}" if self.tag else "")
+            + (f"@{self.digest}" if self.digest else "")
+        )
         return s
 
     @property
@@ -52,7 +56,10 @@ def parse_ref(text: str) -> ImageRef:
     if t.startswith("oci:"):
         rest = t[4:]
         if not rest:
-            raise ImageError(f"invalid image reference {text!r}: no directory after oci:")
+            raise ImageError(
+                f"invalid image reference {text!r}: no directory after oci:",
+                hint="use oci:DIR[:tag], e.g. oci:build/oci:vanilla",
+            )
         path, _, tag = rest.partition(":")
         return ImageRef("oci", path, tag or "latest")
     if t.startswith("docker://"):
@@ -68,5 +75,5 @@ def parse_ref(text: str) -> ImageRef:
             f"invalid image reference {text!r}",
             hint="give the registry host explicitly: host[:port]/repo[:tag][@sha256:…]",
         )
-    tag = m["tag"] or (None if m["digest"] else "latest")
-    return ImageRef("docker", f"{m['host']}/{m['repo']}", tag, m["digest"])
+    rtag: str | None = m["tag"] or (None if m["digest"] else "latest")
+    return ImageRef("docker", f"{m['host']}/{m['repo']}", rtag, m["digest"])

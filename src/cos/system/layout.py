@@ -101,7 +101,9 @@ def apply_layout(
             pdev = find_device(labels.persistent, device_timeout)
             pmount = inside(root, layout.persistent_mount)
             if pdev is None:
-                log.warning("no %s filesystem found; persistent paths are ephemeral", labels.persistent)
+                log.warning(
+                    "no %s filesystem found; persistent paths are ephemeral", labels.persistent
+                )
             else:
                 if not is_mountpoint(pmount):
                     _mount(["-o", "rw,noatime", pdev, str(pmount)])
@@ -112,7 +114,16 @@ def apply_layout(
         base = inside(root, OVERLAY_BASE)
         if not is_mountpoint(base):
             base.mkdir(parents=True, exist_ok=True)
-            _mount(["-t", "tmpfs", "-o", f"mode=0755,size={layout.ephemeral_size}", "cos-overlay", str(base)])
+            _mount(
+                [
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    f"mode=0755,size={layout.ephemeral_size}",
+                    "cos-overlay",
+                    str(base),
+                ]
+            )
         for path in sorted(set(layout.ephemeral), key=_depth):
             target = inside(root, path)
             if not target.is_dir():
@@ -130,7 +141,9 @@ def apply_layout(
                     try:
                         target.mkdir(parents=True)
                     except OSError:
-                        log.warning("persistent path %s cannot be created on the read-only root", path)
+                        log.warning(
+                            "persistent path %s cannot be created on the read-only root", path
+                        )
                         continue
                 _overlay(target, state / overlay_name(path))
                 done.append(path)

@@ -1,0 +1,45 @@
+# Entry points. The README's quick start uses `make demo` and `make test`.
+SHELL := /bin/bash
+VENV  := .venv
+COS   := $(VENV)/bin/cos
+DISK  ?= build/vanilla.raw
+REGISTRY ?=
+
+.PHONY: setup vanilla disk demo test test-unit test-integration test-e2e lint clean
+
+setup:
+	bash scripts/setup-host.sh
+
+vanilla: setup
+	REGISTRY=$(REGISTRY) bash images/build.sh
+
+$(DISK): vanilla
+	$(COS) build-disk oci:build/oci:vanilla -o $(DISK)
+
+disk: $(DISK)
+
+# Build the vanilla image, a disk from it, boot it headless and show the result.
+demo: setup vanilla
+	$(COS) build-disk oci:build/oci:vanilla -o $(DISK)
+	$(VENV)/bin/python scripts/demo-boot.py $(DISK)
+
+lint: setup
+	$(VENV)/bin/ruff check src tests scripts
+	$(VENV)/bin/ruff format --check src tests scripts
+	$(VENV)/bin/mypy
+
+# The whole suite: lint, unit, integration (root, loop devices, registry), e2e (qemu).
+test: setup lint
+	$(VENV)/bin/pytest tests
+
+test-unit: setup
+	$(VENV)/bin/pytest tests/unit
+
+test-integration: setup
+	$(VENV)/bin/pytest tests/integration
+
+test-e2e: setup
+	$(VENV)/bin/pytest tests/e2e
+
+clean:
+	rm -rf build

@@ -1,0 +1,60 @@
+"""e2e fixtures: the test image and its disk are built once (cached by recipe hash)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import need
+from tests.e2e.vm import VM, overlay
+from tests.support.images import BUILD, LAYOUT, REPO, ensure_e2e_image, tree_hash
+
+LOGS = BUILD / "e2e-logs"
+
+
+@pytest.fixture(scope="session")
+def e2e_disk() -> Path:
+    need("qemu-system-x86_64", "qemu-img", "buildah", "mmdebstrap", "umoci", "skopeo", root=True)
+    digest = ensure_e2e_image()
+    key = hashlib.sha256((digest + tree_hash(REPO / "src/cos")).encode()).hexdigest()[:16]
+    disk = BUILD / "e2e" / f"disk-{key}.raw"
+    if not disk.exists():
+        disk.parent.mkdir(parents=True, exist_ok=True)
+        for old in disk.parent.glob("disk-*.raw"):
+            old.unlink()
+        cos = shutil.which("cos") or str(REPO / ".venv/bin/cos")
+        subprocess.run(
+            [cos, "build-disk", f"oci:{LAYOUT}:e2e", "-o", str(disk)],
+            check=True,
+            env={**os.environ, "COS_CACHE_DIR": str(BUILD / "cache")},
+        )
+    return disk
+
+
+@pytest.fixture
+def vm_factory(e2e_disk: Path, request: pytest.FixtureRequest) -> Iterator[object]:
+    """Make VMs on pristine overlays of the e2e disk; logs kept in build/e2e-logs/<test>."""
+    made: list[VM] = []
+    workdir = LOGS / request.node.name
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+
+    def make(firmware: str = "bios") -> VM:
+        disk = overlay(e2e_disk, workdir / f"disk{len(made)}.qcow2")
+        vm = VM(disk, workdir, firmware=firmware)
+        made.append(vm)
+        return vm
+
+    yield make
+    for vm in made:
+        vm.stop()
+    failed = getattr(request.node, "rep_call", None)
+    if failed is not None and not failed.failed:
+        for f in workdir.glob("*.qcow2"):
+            f.unlink()

@@ -1,0 +1,215 @@
+"""A qemu machine driven over a virtio-serial test agent, with its serial console logged.
+
+TCG only (-accel tcg -cpu max): this host's /dev/kvm cannot run stock kernels.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+
+
+class VMError(AssertionError):
+    pass
+
+
+@dataclass
+class Result:
+    rc: int
+    out: str
+    err: str
+
+
+class VM:
+    def __init__(self, disk: Path, workdir: Path, firmware: str = "bios", memory: int = 1536):
+        self.disk = disk
+        self.dir = workdir
+        self.firmware = firmware
+        self.memory = memory
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.sock: socket.socket | None = None
+        self.buf = b""
+        self.next_id = 1
+        self.boot_id: str | None = None
+        self.console_log = workdir / "console.log"
+
+    # -- lifecycle -------------------------------------------------------------------
+    def start(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        agent = self.dir / "agent.sock"
+        agent.unlink(missing_ok=True)
+        argv = [
+            "qemu-system-x86_64",
+            "-machine",
+            "q35",
+            "-accel",
+            "tcg",
+            "-cpu",
+            "max",
+            "-m",
+            str(self.memory),
+            "-smp",
+            "2",
+            "-display",
+            "none",
+            "-nic",
+            "none",
+            "-chardev",
+            f"file,id=con,path={self.console_log},append=on",
+            "-serial",
+            "chardev:con",
+            "-device",
+            "virtio-serial-pci",
+            "-chardev",
+            f"socket,id=agent,path={agent},server=on,wait=off",
+            "-device",
+            "virtserialport,chardev=agent,name=cos.agent",
+            "-drive",
+            f"file={self.disk},format=qcow2,if=virtio",
+        ]
+        if self.firmware == "efi":
+            vars_copy = self.dir / "OVMF_VARS.fd"
+            if not vars_copy.exists():
+                shutil.copyfile(OVMF_VARS, vars_copy)
+            argv += [
+                "-drive",
+                f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+                "-drive",
+                f"if=pflash,format=raw,unit=1,file={vars_copy}",
+            ]
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=open(self.dir / "qemu.log", "ab"),  # noqa: SIM115 (owned by the child)
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 20
+        while not agent.exists():
+            self._check_alive()
+            if time.monotonic() > deadline:
+                raise VMError("qemu did not create the agent socket")
+            time.sleep(0.05)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(str(agent))
+
+    def stop(self) -> None:
+        if self.sock:
+            self.sock.close()
+            self.sock = None
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def __enter__(self) -> VM:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def console(self) -> str:
+        return self.console_log.read_text(errors="replace") if self.console_log.exists() else ""
+
+    def _check_alive(self) -> None:
+        if self.proc and self.proc.poll() is not None:
+            raise VMError(
+                f"qemu exited with {self.proc.returncode}; console tail:\n" + self.console()[-3000:]
+            )
+
+    # -- agent protocol ----------------------------------------------------------------
+    def _send(self, req: dict[str, object]) -> int:
+        assert self.sock
+        rid = self.next_id
+        self.next_id += 1
+        self.sock.sendall(json.dumps({**req, "id": rid}).encode() + b"\n")
+        return rid
+
+    def _recv(self, rid: int, timeout: float) -> dict[str, object] | None:
+        assert self.sock
+        deadline = time.monotonic() + timeout
+        while True:
+            while b"\n" in self.buf:
+                line, self.buf = self.buf.split(b"\n", 1)
+                try:
+                    msg = json.loads(line)
+                except ValueError:
+                    continue
+                if msg.get("id") == rid:
+                    return msg  # type: ignore[no-any-return]
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            self._check_alive()
+            self.sock.settimeout(min(left, 1.0))
+            try:
+                chunk = self.sock.recv(65536)
+            except TimeoutError:
+                continue
+            if not chunk:
+                raise VMError("agent socket closed")
+            self.buf += chunk
+
+    def sh(self, command: str, timeout: float = 120) -> Result:
+        rid = self._send({"sh": command, "timeout": timeout})
+        msg = self._recv(rid, timeout + 10)
+        if msg is None:
+            raise VMError(f"no answer from the guest to {command!r} within {timeout}s")
+        return Result(int(msg["rc"]), str(msg["out"]), str(msg["err"]))  # type: ignore[call-overload]
+
+    def ok(self, command: str, timeout: float = 120) -> str:
+        r = self.sh(command, timeout)
+        if r.rc != 0:
+            raise VMError(f"{command!r} failed with {r.rc}: {r.err.strip() or r.out.strip()}")
+        return r.out
+
+    def wait_agent(self, timeout: float = 300) -> str:
+        """Wait until the agent of a (new) boot answers; returns that boot's id."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            rid = self._send({"sh": "cat /proc/sys/kernel/random/boot_id", "timeout": 10})
+            msg = self._recv(rid, 2.0)
+            if msg is not None and msg.get("rc") == 0:
+                boot_id = str(msg["out"]).strip()
+                if boot_id != self.boot_id:
+                    self.boot_id = boot_id
+                    return boot_id
+            time.sleep(1)
+        raise VMError(
+            f"guest agent did not answer within {timeout}s; console tail:\n"
+            + self.console()[-3000:]
+        )
+
+    def wait_multi_user(self, timeout: float = 300) -> str:
+        """Boot finished: systemd reached its default target (running or degraded)."""
+        self.wait_agent(timeout)
+        state = self.sh("systemctl is-system-running --wait", timeout=timeout).out.strip()
+        if state not in ("running", "degraded"):
+            raise VMError(f"system state is {state!r}")
+        return state
+
+    def reboot(self, timeout: float = 300) -> str:
+        self._send({"sh": "sync; systemctl reboot", "timeout": 30})
+        return self.wait_multi_user(timeout)
+
+
+def overlay(base: Path, path: Path) -> Path:
+    """A throw-away qcow2 on top of a cached disk, so each test starts pristine."""
+    path.unlink(missing_ok=True)
+    fmt = "qcow2" if base.suffix == ".qcow2" else "raw"
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", fmt, str(path)],
+        check=True,
+    )
+    return path

@@ -1,0 +1,99 @@
+"""Builds the images the tests need, once per recipe (stamps hold recipe hashes)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+BUILD = REPO / "build"
+LAYOUT = BUILD / "oci"
+STAMPS = BUILD / "stamps"
+
+
+def sh(argv: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, check=True, text=True, **kw)  # type: ignore[call-overload]
+
+
+def tree_hash(*paths: Path) -> str:
+    h = hashlib.sha256()
+    for base in paths:
+        files = [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.is_file())
+        for f in files:
+            if "__pycache__" in f.parts or f.suffix == ".pyc":
+                continue
+            h.update(str(f.relative_to(REPO)).encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def layout_digest(tag: str) -> str | None:
+    try:
+        index = json.loads((LAYOUT / "index.json").read_text())
+    except OSError:
+        return None
+    for m in index.get("manifests", []):
+        if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag:
+            return str(m["digest"])
+    return None
+
+
+def ensure_vanilla() -> str:
+    """make vanilla (cached by the recipe's own stamps); returns the vanilla digest."""
+    sh(["bash", str(REPO / "images/build.sh")], cwd=REPO)
+    digest = layout_digest("vanilla")
+    assert digest, "images/build.sh did not produce build/oci:vanilla"
+    return digest
+
+
+def ensure_e2e_image() -> str:
+    """The vanilla image plus the test agent, tag e2e; returns its digest."""
+    vanilla = ensure_vanilla()
+    ctx = REPO / "tests/e2e/image"
+    want = hashlib.sha256((vanilla + tree_hash(ctx)).encode()).hexdigest()[:16]
+    STAMPS.mkdir(parents=True, exist_ok=True)
+    stamp = STAMPS / "e2e"
+    if layout_digest("e2e") is None or not stamp.exists() or stamp.read_text() != want:
+        env = {**os.environ, "TMPDIR": os.environ.get("TMPDIR", "/var/tmp")}
+        sh(
+            [
+                "buildah",
+                "--storage-driver",
+                "vfs",
+                "bud",
+                "--isolation",
+                "chroot",
+                "--layers=false",
+                "--build-arg",
+                f"BASE=oci:{LAYOUT}:vanilla",
+                "-t",
+                "localhost/cos/e2e:latest",
+                str(ctx),
+            ],
+            env=env,
+            cwd=REPO,
+        )
+        sh(
+            [
+                "buildah",
+                "--storage-driver",
+                "vfs",
+                "push",
+                "--quiet",
+                "localhost/cos/e2e:latest",
+                f"oci:{LAYOUT}:e2e",
+            ],
+            env=env,
+        )
+        subprocess.run(
+            ["buildah", "--storage-driver", "vfs", "rmi", "--force", "localhost/cos/e2e:latest"],
+            capture_output=True,
+            check=False,
+        )
+        stamp.write_text(want)
+    digest = layout_digest("e2e")
+    assert digest
+    return digest

@@ -1,0 +1,111 @@
+"""Bad input gets one clear line, a hint, a documented exit code and no traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cos.cli import main
+from cos.errors import ExitCode
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_unknown_command(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, _, err = run(capsys, "frobnicate")
+    assert rc == ExitCode.USAGE
+    assert err.startswith("cos: error: ") and "hint: " in err and "Traceback" not in err
+
+
+def test_build_disk_bad_reference(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COS_CONFIG_DIR", str(tmp_path))
+    out = tmp_path / "disk.raw"
+    rc, _, err = run(capsys, "build-disk", "not a ref", "-o", str(out))
+    assert rc == ExitCode.IMAGE
+    lines = err.strip().splitlines()
+    assert lines[0].startswith("cos: error: invalid image reference") and lines[1].startswith(
+        "hint: "
+    )
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_build_disk_missing_cloud_init(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COS_CONFIG_DIR", str(tmp_path))
+    rc, _, err = run(
+        capsys,
+        "build-disk",
+        "oci:/nonexistent:x",
+        "-o",
+        str(tmp_path / "d"),
+        "--cloud-init",
+        str(tmp_path / "nope.yaml"),
+    )
+    assert rc == ExitCode.CONFIG and "nope.yaml does not exist" in err
+
+
+def test_build_disk_broken_cloud_init_yaml(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COS_CONFIG_DIR", str(tmp_path))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stages:\n  boot: [\n")
+    rc, _, err = run(
+        capsys,
+        "build-disk",
+        "oci:/nonexistent:x",
+        "-o",
+        str(tmp_path / "d"),
+        "--cloud-init",
+        str(bad),
+    )
+    assert rc == ExitCode.CONFIG and "bad.yaml:3:1: invalid YAML" in err
+
+
+def test_bad_size_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, _, err = run(capsys, "build-disk", "oci:/x", "-o", "/tmp/x", "--size", "lots")
+    assert rc == ExitCode.USAGE and "invalid size" in err
+
+
+def test_bad_config_file(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "config.yaml").write_text("max-snaps: lots\n")
+    monkeypatch.setenv("COS_CONFIG_DIR", str(tmp_path))
+    rc, _, err = run(capsys, "status")
+    assert rc == ExitCode.CONFIG and "config.yaml.max-snaps: expected an integer" in err
+
+
+def test_init_refuses_on_a_host(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cos.system import features
+
+    monkeypatch.setenv("COS_CONFIG_DIR", str(tmp_path))
+    monkeypatch.setattr(features, "image_build_reason", lambda: None)
+    rc, _, err = run(capsys, "init")
+    assert rc == ExitCode.STATE and "must run inside an image build" in err and "--force" in err
+
+
+def test_init_unknown_feature(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COS_CONFIG_DIR", str(tmp_path))
+    rc, _, err = run(capsys, "init", "--force", "warp-drive")
+    assert rc == ExitCode.USAGE and "available features: immutable-rootfs" in err
+
+
+def test_status_outside_cos(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COS_CONFIG_DIR", str(tmp_path))
+    rc, _, err = run(capsys, "status")
+    assert rc == ExitCode.STATE and "not booted by cos" in err

@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from cos.system import features
+from cos.system.kernel import find_kernels
+from cos.system.layout import overlay_name
+from cos.system.release import parse_os_release, read_os_release
+from cos.system.state import ImageState, InstallState, read_state, write_state
+
+
+def test_overlay_names() -> None:
+    assert overlay_name("/var/log") == "var-log.overlay"
+    assert overlay_name("/etc") == "etc.overlay"
+
+
+def test_os_release_parsing(tmp_path: Path) -> None:
+    text = 'NAME="Debian GNU/Linux"\n# c\nIMAGE_REPO=cos/vanilla\nIMAGE="cos/vanilla:v1"\nBAD\n'
+    assert parse_os_release(text) == {
+        "NAME": "Debian GNU/Linux",
+        "IMAGE_REPO": "cos/vanilla",
+        "IMAGE": "cos/vanilla:v1",
+    }
+    (tmp_path / "usr/lib").mkdir(parents=True)
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "usr/lib/os-release").write_text(text)
+    (tmp_path / "etc/os-release").symlink_to("../usr/lib/os-release")
+    assert read_os_release(tmp_path)["IMAGE"] == "cos/vanilla:v1"
+
+
+def test_kernels_newest_first(tmp_path: Path) -> None:
+    for v in ("6.1.0-9-amd64", "6.1.0-10-amd64", "5.10.0-1-amd64"):
+        (tmp_path / "boot").mkdir(exist_ok=True)
+        (tmp_path / f"boot/vmlinuz-{v}").write_text("k")
+        (tmp_path / f"usr/lib/modules/{v}").mkdir(parents=True)
+    (tmp_path / "boot/vmlinuz-7.0-nomodules").write_text("k")
+    assert [k.version for k in find_kernels(tmp_path)] == [
+        "6.1.0-10-amd64",
+        "6.1.0-9-amd64",
+        "5.10.0-1-amd64",
+    ]
+
+
+def test_state_roundtrip(tmp_path: Path) -> None:
+    img = ImageState(
+        "oci:x:y",
+        "sha256:" + "0" * 64,
+        "COS_SNAP1",
+        "ext4",
+        "2026-01-01T00:00:00Z",
+        "build-disk",
+        {"IMAGE": "a:b"},
+        True,
+    )
+    st = InstallState(
+        "2026-01-01T00:00:00Z",
+        {"type": "loopdevice", "max-snaps": 2},
+        {"state": "COS_STATE"},
+        {1: img},
+        img,
+    )
+    write_state(tmp_path, st)
+    assert "from-action: build-disk" in (tmp_path / "state.yaml").read_text()
+    back = read_state(tmp_path)
+    assert back == st and back.active() == 1
+
+
+def test_features_install_into_a_tree(tmp_path: Path) -> None:
+    (tmp_path / "usr/share/systemd").mkdir(parents=True)
+    (tmp_path / "usr/share/systemd/tmp.mount").write_text("[Mount]\nWhat=tmpfs\n")
+    for name in ("immutable-rootfs", "grub-config", "layout", "systemd"):
+        features.FEATURES[name].install(tmp_path)
+    assert (tmp_path / "usr/lib/dracut/modules.d/90cos/module-setup.sh").stat().st_mode & 0o111
+    conf = (tmp_path / "etc/dracut.conf.d/90-cos.conf").read_text()
+    assert 'add_dracutmodules+=" cos "' in conf
+    assert "menuentry" in (tmp_path / "etc/cos/grub.cfg").read_text()
+    assert (tmp_path / "oem").is_dir()
+    link = tmp_path / "etc/systemd/system/multi-user.target.wants/cos-status.service"
+    assert link.is_symlink() and str(link.readlink()) == "/etc/systemd/system/cos-status.service"
+    assert (tmp_path / "etc/systemd/system/local-fs.target.wants/tmp.mount").is_symlink()
