@@ -25,7 +25,9 @@ def registry(workdir: Path) -> Iterator[str]:
     cfg = workdir / "config.yml"
     cfg.write_text(
         "version: 0.1\nlog: {level: warn}\n"
-        f"storage: {{filesystem: {{rootdirectory: {workdir / 'data'}}}, delete: {{enabled: true}}}}\n"
+        "storage:\n"
+        f"  filesystem: {{rootdirectory: {workdir / 'data'}}}\n"
+        "  delete: {enabled: true}\n"
         f"http: {{addr: 127.0.0.1:{port}}}\n"
     )
     log = open(workdir / "registry.log", "ab")  # noqa: SIM115
