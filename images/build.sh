@@ -12,7 +12,9 @@ layout=build/oci
 stamps=build/stamps
 mkdir -p "$stamps"
 export TMPDIR=${TMPDIR:-/var/tmp}
-B=(buildah --storage-driver vfs)
+# A storage of our own under build/, emptied after each build: builds never touch the
+# host's container storage and vfs layers (full copies) do not pile up.
+B=(buildah --storage-driver vfs --root "$repo/build/containers/storage" --runroot "$repo/build/containers/run")
 
 tag_exists() { [ -f "$layout/index.json" ] && grep -q "\"org.opencontainers.image.ref.name\":\"$1\"" "$layout/index.json"; }
 fresh() { tag_exists "$1" && [ "$(cat "$stamps/$1" 2>/dev/null)" = "$2" ]; }
@@ -25,7 +27,7 @@ bud() {
   for a in "$@"; do args+=(--build-arg "$a"); done
   "${B[@]}" bud --isolation chroot --layers=false "${args[@]}" -f "$file" -t "localhost/cos/$tag:latest" "$ctx"
   "${B[@]}" push --quiet "localhost/cos/$tag:latest" "oci:$layout:$tag"
-  "${B[@]}" rmi --force "localhost/cos/$tag:latest" >/dev/null 2>&1 || true
+  "${B[@]}" rmi --all --force >/dev/null 2>&1 || true
 }
 
 os_hash=$(cat images/base/build.sh images/base/packages.txt | hash_of)
