@@ -12,6 +12,7 @@ REPO = Path(__file__).resolve().parents[2]
 BUILD = REPO / "build"
 LAYOUT = BUILD / "oci"
 STAMPS = BUILD / "stamps"
+BUILDAH = ["buildah", "--storage-driver", "vfs"]
 
 
 def sh(argv: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
@@ -58,11 +59,16 @@ def ensure_e2e_image() -> str:
     stamp = STAMPS / "e2e"
     if layout_digest("e2e") is None or not stamp.exists() or stamp.read_text() != want:
         env = {**os.environ, "TMPDIR": os.environ.get("TMPDIR", "/var/tmp")}
+        b = [
+            *BUILDAH,
+            "--root",
+            str(BUILD / "containers/storage"),
+            "--runroot",
+            str(BUILD / "containers/run"),
+        ]
         sh(
             [
-                "buildah",
-                "--storage-driver",
-                "vfs",
+                *b,
                 "bud",
                 "--isolation",
                 "chroot",
@@ -76,23 +82,8 @@ def ensure_e2e_image() -> str:
             env=env,
             cwd=REPO,
         )
-        sh(
-            [
-                "buildah",
-                "--storage-driver",
-                "vfs",
-                "push",
-                "--quiet",
-                "localhost/cos/e2e:latest",
-                f"oci:{LAYOUT}:e2e",
-            ],
-            env=env,
-        )
-        subprocess.run(
-            ["buildah", "--storage-driver", "vfs", "rmi", "--force", "localhost/cos/e2e:latest"],
-            capture_output=True,
-            check=False,
-        )
+        sh([*b, "push", "--quiet", "localhost/cos/e2e:latest", f"oci:{LAYOUT}:e2e"], env=env)
+        subprocess.run([*b, "rmi", "--all", "--force"], capture_output=True, check=False)
         stamp.write_text(want)
     digest = layout_digest("e2e")
     assert digest
