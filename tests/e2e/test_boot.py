@@ -85,3 +85,25 @@ def test_recovery_entry_is_one_shot(vm_factory) -> None:  # type: ignore[no-unty
     # next_entry was consumed by GRUB: the following boot is active again.
     vm.reboot()
     assert vm.ok("test -e /run/cos/active_mode && echo yes").strip() == "yes"
+
+
+def test_passive_entry_boots_a_kept_snapshot(vm_factory) -> None:  # type: ignore[no-untyped-def]
+    """GRUB lists one entry per kept snapshot (passive_snaps) and boots it in passive mode."""
+    vm = vm_factory("bios")
+    vm.start()
+    vm.wait_multi_user()
+    # Keep a second snapshot by hand (upgrades do this for real) and point GRUB at it once.
+    vm.ok(
+        "mount -o remount,rw /run/cos/state && mkdir -p /run/cos/state/.snapshots/2"
+        " && ln /run/cos/state/.snapshots/1/snapshot.img /run/cos/state/.snapshots/2/snapshot.img"
+        " && mount -o remount,ro /run/cos/state"
+        " && mkdir -p /run/e2e-esp && mount LABEL=COS_GRUB /run/e2e-esp"
+        " && grub-editenv /run/e2e-esp/grub_oem_env set passive_snaps=2"
+        " && umount /run/e2e-esp && grub-editenv /oem/grubenv set next_entry=passive2"
+    )
+    vm.reboot()
+    assert vm.ok("test -e /run/cos/passive_mode && echo yes").strip() == "yes"
+    src = vm.ok("findmnt -no SOURCE /").strip()
+    assert vm.ok(f"losetup -nO BACK-FILE {src}").strip().endswith(".snapshots/2/snapshot.img")
+    assert vm.ok("findmnt -no SOURCE /usr/local").strip()  # passive keeps persistent data
+    assert json.loads(vm.ok("cos status --json"))["mode"] == "passive"
