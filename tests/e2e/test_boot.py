@@ -44,6 +44,8 @@ def test_bios_boot_immutable_layout_and_persistence(vm_factory) -> None:  # type
     assert status["snapshots"][0]["digest"].startswith("sha256:")
     assert "Booted:    active (snapshot 1)" in vm.console()
     assert vm.ok(". /etc/os-release; echo $IMAGE").strip() == "cos/vanilla:latest"
+    # No default password: root is locked until cloud-config gives it keys or a hash.
+    assert vm.ok("awk -F: '$1 == \"root\" {print $2}' /etc/shadow").strip()[:1] in ("*", "!")
 
     vm.ok(
         "echo gone > /etc/cos-e2e-ephemeral && echo kept > /root/cos-e2e-persist"
