@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("mount", help="apply the immutable layout (run from the initrd)")
     s.add_argument("--mode", choices=["active", "passive", "recovery"], required=True)
     s.add_argument("--root", type=Path, default=Path("/"), help=argparse.SUPPRESS)
+    s.add_argument("--oem-label", help="filesystem label of COS_OEM (from the kernel cmdline)")
+    s.add_argument("--persistent-label", help="filesystem label of COS_PERSISTENT")
 
     s = sub.add_parser("status", help="booted mode, snapshots and partitions")
     s.add_argument("--json", action="store_true", help="machine-readable output")
@@ -76,13 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
     if args.command == "init":
-        from cos.system import features
+        from cos.actions.init import init_image
+        from cos.system.features import FEATURES
 
         if args.list:
-            for f in features.FEATURES.values():
+            for f in FEATURES.values():
                 print(f"{f.name:20} {f.summary}")
             return 0
-        features.init(args.features, force=args.force)
+        init_image(args.features, force=args.force)
         return 0
     if args.command == "build-disk":
         from cos.actions.build_disk import BuildDiskRequest, build_disk
@@ -100,9 +103,9 @@ def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
         )
         return 0
     if args.command == "mount":
-        from cos.system.layout import apply_layout
+        from cos.actions.mount import mount_layout
 
-        apply_layout(args.mode, cfg.layout, cfg.labels, root=args.root)
+        mount_layout(cfg, args.mode, args.root, args.oem_label, args.persistent_label)
         return 0
     if args.command == "status":
         from cos.actions.status import show_status

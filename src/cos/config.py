@@ -9,7 +9,9 @@ from the environment with a double underscore: ``COS_PARTITIONS__STATE=4096``.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -22,6 +24,7 @@ import yaml
 from cos.errors import ConfigError
 
 DEFAULT_CONFIG_DIR = Path("/etc/cos")
+_LABEL = re.compile(r"[A-Za-z0-9_-]+")
 
 
 @dataclass
@@ -36,7 +39,14 @@ class Partitions:
     persistent: int = 0
 
     def validate(self, where: str) -> None:
-        for name in ("efi", "oem", "recovery", "state"):
+        if self.bios < 1:
+            raise ConfigError(f"{where}: partitions.bios must be at least 1 MiB")
+        if self.efi < 34:
+            raise ConfigError(
+                f"{where}: partitions.efi = {self.efi} MiB is too small for a FAT32 ESP",
+                hint="the ESP needs at least 34 MiB",
+            )
+        for name in ("oem", "recovery", "state"):
             if getattr(self, name) < 16:
                 raise ConfigError(
                     f"{where}: partitions.{name} = {getattr(self, name)} MiB is too small",
@@ -57,6 +67,16 @@ class Labels:
     recovery: str = "COS_RECOVERY"
     state: str = "COS_STATE"
     persistent: str = "COS_PERSISTENT"
+
+    def validate(self, where: str) -> None:
+        for name in ("efi", "oem", "recovery", "state", "persistent"):
+            value = getattr(self, name)
+            limit = 11 if name == "efi" else 16  # FAT and ext label sizes
+            if not _LABEL.fullmatch(value) or len(value) > limit:
+                raise ConfigError(
+                    f"{where}: labels.{name} {value!r} is not a valid filesystem label",
+                    hint=f"use up to {limit} characters from A-Z 0-9 _ -",
+                )
 
 
 @dataclass
@@ -110,6 +130,7 @@ class Config:
         if not 0 <= self.grub_timeout <= 600:
             raise ConfigError(f"{where}: grub-timeout must be between 0 and 600 seconds")
         self.partitions.validate(where)
+        self.labels.validate(where)
         self.layout.validate(where)
 
 
@@ -199,6 +220,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{loc}: invalid YAML ({getattr(exc, 'problem', exc)})") from exc
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason})") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -207,14 +230,23 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    """COS_* variables naming a config key. Others (other tools also use the COS_
+    prefix) are ignored, so they cannot break every command."""
+    known = {_key(f.name) for f in dataclasses.fields(Config)}
     out: dict[str, Any] = {}
-    for name, value in env.items():
+    for name, value in sorted(env.items()):
         if not name.startswith("COS_") or name == "COS_CONFIG_DIR":
             continue
         path = [p.lower().replace("_", "-") for p in name[4:].split("__")]
+        if path[0] not in known:
+            logging.getLogger("cos").debug("ignoring %s: not a cos setting", name)
+            continue
         cur = out
         for p in path[:-1]:
-            cur = cur.setdefault(p, {})
+            nxt = cur.setdefault(p, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"environment: {name} conflicts with COS_{p.upper()}")
+            cur = nxt
         cur[path[-1]] = value
     return out
 
@@ -235,7 +267,10 @@ def load_config(
         sources.append(main)
     dropins = config_dir / "config.d"
     if dropins.is_dir():
-        sources += sorted(p for p in dropins.iterdir() if p.suffix in (".yaml", ".yml"))
+        try:
+            sources += sorted(p for p in dropins.iterdir() if p.suffix in (".yaml", ".yml"))
+        except OSError as exc:
+            raise ConfigError(f"{dropins}: cannot list ({exc.strerror})") from exc
     for src in sources:
         data = _read_yaml(src)
         _build(Config, data, str(src))  # validate each file on its own, for a precise location

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -53,12 +55,68 @@ def inside(root: Path, path: str | os.PathLike[str]) -> Path:
     return joined
 
 
-def dir_size(path: Path) -> int:
-    """Apparent size in bytes of a tree (files counted once per inode)."""
+def resolve_in_tree(tree: Path, path: str) -> Path | None:
+    """Resolve an in-image path the way the booted image would, never leaving tree.
+
+    Every component is resolved inside tree: an absolute symlink target is re-rooted
+    at tree and '..' stops at tree's root, so an image cannot make a build read the
+    host's files through its symlinks. Returns None when the path does not exist.
+    """
+    tree = Path(tree)
+    parts = list(Path("/" + path.lstrip("/")).parts[1:])
+    resolved: list[str] = []
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        host = tree.joinpath(*resolved, part)
+        if host.is_symlink():
+            hops += 1
+            if hops > 40:
+                return None
+            target = os.readlink(host)
+            if target.startswith("/"):
+                resolved = []
+            parts = list(Path(target).parts) + parts
+            if target.startswith("/"):
+                parts = parts[1:]
+            continue
+        if not host.exists():
+            return None
+        resolved.append(part)
+    return tree.joinpath(*resolved)
+
+
+def regular_file_in_tree(tree: Path, path: str) -> Path | None:
+    """resolve_in_tree, and only a regular file (not a device, fifo or directory)."""
+    p = resolve_in_tree(tree, path)
+    if p is None or p.is_symlink() or not stat.S_ISREG(p.lstat().st_mode):
+        return None
+    return p
+
+
+BLOCK = 4096
+
+
+@dataclass(frozen=True)
+class TreeUsage:
+    bytes: int  # space the tree takes in 4 KiB blocks
+    entries: int  # inodes it needs
+
+
+def tree_usage(path: Path) -> TreeUsage:
+    """Block-rounded size and entry count of a tree (hard links counted once)."""
     seen: set[tuple[int, int]] = set()
     total = 0
+    entries = 0
     for dirpath, dirnames, filenames in os.walk(path):
-        total += 4096 * len(dirnames)
+        entries += len(dirnames)
+        total += BLOCK * len(dirnames)
         for name in filenames:
             try:
                 st = os.lstat(os.path.join(dirpath, name))
@@ -68,5 +126,7 @@ def dir_size(path: Path) -> int:
             if key in seen:
                 continue
             seen.add(key)
-            total += st.st_size
-    return total
+            entries += 1
+            if stat.S_ISREG(st.st_mode) or (stat.S_ISLNK(st.st_mode) and st.st_size > 59):
+                total += -(-st.st_size // BLOCK) * BLOCK
+    return TreeUsage(total, entries)

@@ -87,10 +87,10 @@ def test_bad_config_file(
 def test_init_refuses_on_a_host(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from cos.system import features
+    from cos.actions import init
 
     monkeypatch.setenv("COS_CONFIG_DIR", str(tmp_path))
-    monkeypatch.setattr(features, "image_build_reason", lambda: None)
+    monkeypatch.setattr(init, "image_build_reason", lambda: None)
     rc, _, err = run(capsys, "init")
     assert rc == ExitCode.STATE and "must run inside an image build" in err and "--force" in err
 

@@ -73,3 +73,33 @@ def test_unknown_key_hint(tmp_path: Path) -> None:
 def test_bad_env_is_reported_as_env(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"environment \(COS_\*\)"):
         load_config(tmp_path, env={"COS_MAX_SNAPS": "x"})
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("labels: {state: 'COS STATE'}\n", "labels.state 'COS STATE' is not a valid"),
+        ("labels: {efi: COS_GRUB_TOO_LONG}\n", "labels.efi"),
+        ("labels: {oem: ABCDEFGHIJKLMNOPQ}\n", "labels.oem"),
+        ("partitions: {efi: 20}\n", "too small for a FAT32 ESP"),
+    ],
+)
+def test_labels_and_esp_size_are_checked(tmp_path: Path, text: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        load_config(_cfg(tmp_path, text), env={})
+
+
+def test_unrelated_cos_variables_are_ignored(tmp_path: Path) -> None:
+    cfg = load_config(tmp_path, env={"COS_SECRET_ID": "x", "COS_REGION": "y", "COS_MAX_SNAPS": "3"})
+    assert cfg.max_snaps == 3
+
+
+def test_conflicting_env_is_an_error_not_a_crash(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="conflicts"):
+        load_config(tmp_path, env={"COS_PARTITIONS": "x", "COS_PARTITIONS__STATE": "1"})
+
+
+def test_non_utf8_config(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_bytes(b"max-snaps: \xff\xfe\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(tmp_path, env={})

@@ -21,7 +21,8 @@ from cos.boot import grub, grubenv
 from cos.config import Config
 from cos.disk import image as diskimg
 from cos.disk.plan import MIB, DiskPlan, plan_disk
-from cos.errors import ConfigError, DiskError, ImageError
+from cos.errors import ConfigError, DiskError, ImageError, StateError
+from cos.fsutil import fsync_dir, regular_file_in_tree
 from cos.log import log, step
 from cos.oci.image import LocalImage, fetch, unpack
 from cos.oci.reference import ImageRef, parse_ref
@@ -30,6 +31,7 @@ from cos.system.kernel import require_kernel
 from cos.system.release import read_os_release
 from cos.system.state import ImageState, InstallState, now, write_state
 
+RECOVERY_LABEL = "COS_SYSTEM"
 REQUIRED_TOOLS = [
     "sgdisk",
     "mkfs.ext4",
@@ -53,31 +55,28 @@ class BuildDiskRequest:
     recovery_image: str | None = None
 
 
-def _resolve_in_tree(tree: Path, path: str) -> Path | None:
-    """Follow symlinks of an in-image path without leaving the tree."""
-    cur = Path("/") / path.lstrip("/")
-    for _ in range(40):
-        host = tree / cur.relative_to("/")
-        if host.is_symlink():
-            target = Path(os.readlink(host))
-            cur = target if target.is_absolute() else cur.parent / target
-            cur = Path(os.path.normpath(cur))
-            continue
-        return host if host.exists() else None
-    return None
+@dataclass(frozen=True)
+class BootFiles:
+    """Files build-disk takes from an image, resolved inside its tree (never the host's)."""
+
+    vmlinuz: Path
+    initrd: Path
+    grub_cfg: Path
+    bootargs: Path | None
 
 
-def check_bootable(tree: Path, ref: ImageRef) -> tuple[Path, Path]:
+def check_bootable(tree: Path, ref: ImageRef) -> BootFiles:
     """The tree must carry a kernel, an initrd and the cos boot config (cos init)."""
     require_kernel(tree, f"image {ref}")
-    vmlinuz = _resolve_in_tree(tree, "/boot/vmlinuz")
-    initrd = _resolve_in_tree(tree, "/boot/initrd")
-    if vmlinuz is None or initrd is None or not (tree / "etc/cos/grub.cfg").is_file():
+    vmlinuz = regular_file_in_tree(tree, "/boot/vmlinuz")
+    initrd = regular_file_in_tree(tree, "/boot/initrd")
+    grub_cfg = regular_file_in_tree(tree, "/etc/cos/grub.cfg")
+    if vmlinuz is None or initrd is None or grub_cfg is None:
         raise ImageError(
             f"image {ref} was not prepared by cos init (no /boot/initrd or /etc/cos/grub.cfg)",
             hint="add 'RUN cos init' to the Containerfile of the image",
         )
-    return vmlinuz, initrd
+    return BootFiles(vmlinuz, initrd, grub_cfg, regular_file_in_tree(tree, "/etc/cos/bootargs.cfg"))
 
 
 def _check_cloud_init(files: list[Path]) -> None:
@@ -109,6 +108,15 @@ def _check_output(out: Path) -> None:
         raise DiskError(f"output directory {out.parent} does not exist", hint="create it first")
     if out.exists() and not out.is_file():
         raise DiskError(f"output {out} exists and is not a regular file", hint="choose another -o")
+    if not os.access(out.parent, os.W_OK):
+        raise DiskError(
+            f"cannot write to {out.parent}", hint="choose another -o or fix permissions"
+        )
+    if os.geteuid() != 0:
+        raise StateError(
+            "build-disk needs root: image trees keep their owners and device nodes",
+            hint="run it as root (sudo cos build-disk …)",
+        )
 
 
 def _fits(what: str, need: int, have: int, hint: str) -> None:
@@ -132,12 +140,21 @@ def build_disk(req: BuildDiskRequest, cfg: Config) -> Path:
     plan = plan_disk(cfg.partitions, cfg.labels, req.size_mib)
     runner.require(*REQUIRED_TOOLS, *(["qemu-img"] if req.disk_type == "qcow2" else []))
 
+    oem_env = _grub_oem_env(cfg)  # fails early when the extra cmdline does not fit
+
     cache = Path(cfg.cache_dir)
     work = Path(tempfile.mkdtemp(prefix=".cos-build-", dir=out.parent))
     partial = out.with_name(f".{out.name}.partial")
     try:
-        _build(req, cfg, ref, rec_ref, plan, cache, work, partial)
+        _build(req, cfg, ref, rec_ref, plan, cache, work, partial, oem_env)
         os.replace(partial, out)
+        fsync_dir(out.parent)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise DiskError(
+            f"writing the disk failed: {exc.strerror or exc} ({exc.filename or out.parent})",
+            hint="check free space and permissions where OUT and its temporary files are written",
+        ) from exc
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
@@ -164,6 +181,24 @@ def _image_state(img: LocalImage, tree: Path, label: str, fs: str, active: bool)
     )
 
 
+def _grub_oem_env(cfg: Config) -> bytes:
+    """The toolkit's GRUB variables (labels, passive snapshots, fallback) for the ESP."""
+    labels = cfg.labels
+    env = {
+        "state_label": labels.state,
+        "recovery_label": labels.recovery,
+        "oem_label": labels.oem,
+        "persistent_label": labels.persistent,
+        "efi_label": labels.efi,
+        "passive_snaps": "",
+        "default_fallback": "recovery",
+        "grub_timeout": str(cfg.grub_timeout),
+    }
+    if cfg.extra_cmdline:
+        env["extra_cmdline"] = cfg.extra_cmdline
+    return grubenv.render(env)
+
+
 def _build(
     req: BuildDiskRequest,
     cfg: Config,
@@ -173,6 +208,7 @@ def _build(
     cache: Path,
     work: Path,
     partial: Path,
+    oem_env: bytes,
 ) -> None:
     labels = cfg.labels
     tls = cfg.tls_verify
@@ -181,13 +217,13 @@ def _build(
     tree = work / "tree"
     with step(f"Unpacking {ref} ({img.digest[:19]})"):
         unpack(img, tree)
-    vmlinuz, initrd = check_bootable(tree, ref)
+    boot = check_bootable(tree, ref)
 
     statedir = work / "state"
     snapdir = statedir / snap.SNAPSHOTS_DIR
     with step("Building snapshot 1"):
         size = snap.make_snapshot_image(
-            tree, snapdir / "1" / snap.IMAGE_NAME, 1, fs=cfg.snapshot_fs
+            tree, snapdir / "1" / snap.IMAGE_NAME, snap.snapshot_label(1), fs=cfg.snapshot_fs
         )
         (snapdir / snap.ACTIVE_LINK).symlink_to(f"1/{snap.IMAGE_NAME}")
     _fits(
@@ -197,27 +233,27 @@ def _build(
         "raise partitions.state in config, or lower max-snaps",
     )
 
-    rec_tree = tree
-    rec_img = img
+    rec_tree, rec_img, rec_boot = tree, img, boot
     if rec_ref != ref:
         with step(f"Pulling recovery image {rec_ref}"):
             rec_img = fetch(rec_ref, cache, tls)
         rec_tree = work / "rec-tree"
         with step(f"Unpacking {rec_ref}"):
             unpack(rec_img, rec_tree)
-        vmlinuz, initrd = check_bootable(rec_tree, rec_ref)
+        rec_boot = check_bootable(rec_tree, rec_ref)
     recdir = work / "recovery"
     with step("Building the recovery system"):
         (recdir / "boot").mkdir(parents=True)
         if cfg.recovery_fs == "squashfs":
             diskimg.mksquashfs(rec_tree, recdir / "boot/recovery.img")
         else:
-            snap.make_snapshot_image(rec_tree, recdir / "boot/recovery.img", 0, fs=cfg.recovery_fs)
-        shutil.copyfile(vmlinuz, recdir / "boot/vmlinuz")
-        shutil.copyfile(initrd, recdir / "boot/initrd")
-        bootargs = rec_tree / "etc/cos/bootargs.cfg"
-        if bootargs.is_file():
-            shutil.copyfile(bootargs, recdir / "boot/bootargs.cfg")
+            snap.make_snapshot_image(
+                rec_tree, recdir / "boot/recovery.img", RECOVERY_LABEL, fs=cfg.recovery_fs
+            )
+        shutil.copyfile(rec_boot.vmlinuz, recdir / "boot/vmlinuz")
+        shutil.copyfile(rec_boot.initrd, recdir / "boot/initrd")
+        if rec_boot.bootargs is not None:
+            shutil.copyfile(rec_boot.bootargs, recdir / "boot/bootargs.cfg")
     rec_used = sum(p.stat().st_size for p in (recdir / "boot").iterdir())
     _fits(
         "the recovery system",
@@ -237,7 +273,7 @@ def _build(
             "persistent": labels.persistent,
         },
         snapshots={1: _image_state(img, tree, snap.snapshot_label(1), cfg.snapshot_fs, True)},
-        recovery=_image_state(rec_img, rec_tree, "COS_SYSTEM", cfg.recovery_fs, False),
+        recovery=_image_state(rec_img, rec_tree, RECOVERY_LABEL, cfg.recovery_fs, False),
     )
     write_state(statedir, state)
     write_state(recdir, state)
@@ -256,23 +292,12 @@ def _build(
     with step("Preparing GRUB (BIOS and EFI)"):
         early = espdir / "early.cfg"
         early.write_text(grub.early_config(esp_uuid))
-        grub.mkimage(tree, "i386-pc", espdir / "core.img", early)
-        grub.mkimage(tree, "x86_64-efi", espdir / "BOOTX64.EFI", early)
-        grubenv.write(
-            espdir / "grub_oem_env",
-            {
-                "state_label": labels.state,
-                "recovery_label": labels.recovery,
-                "oem_label": labels.oem,
-                "persistent_label": labels.persistent,
-                "efi_label": labels.efi,
-                "passive_snaps": "",
-                "default_fallback": "recovery",
-                "grub_timeout": str(cfg.grub_timeout),
-                **({"extra_cmdline": cfg.extra_cmdline} if cfg.extra_cmdline else {}),
-            },
-        )
-        shutil.copyfile(tree / "etc/cos/grub.cfg", espdir / "grub.cfg")
+        bios_mods = grub.stage_modules(tree, "i386-pc", work / "grub-mods/i386-pc")
+        efi_mods = grub.stage_modules(tree, "x86_64-efi", work / "grub-mods/x86_64-efi")
+        grub.mkimage(bios_mods, "i386-pc", espdir / "core.img", early)
+        grub.mkimage(efi_mods, "x86_64-efi", espdir / "BOOTX64.EFI", early)
+        (espdir / "grub_oem_env").write_bytes(oem_env)
+        shutil.copyfile(boot.grub_cfg, espdir / "grub.cfg")
 
     with step(f"Partitioning a {plan.size_mib} MiB disk"):
         diskimg.create_sparse(partial, plan.size_mib * MIB)
@@ -290,8 +315,8 @@ def _build(
                 "EFI/BOOT/BOOTX64.EFI": espdir / "BOOTX64.EFI",
                 "grub/grub.cfg": espdir / "grub.cfg",
                 "grub_oem_env": espdir / "grub_oem_env",
-                "grub/i386-pc": grub.modules_dir(tree, "i386-pc"),
-                "grub/x86_64-efi": grub.modules_dir(tree, "x86_64-efi"),
+                "grub/i386-pc": bios_mods,
+                "grub/x86_64-efi": efi_mods,
             },
         )
         diskimg.copy_into(partial, esp_img, efi.offset)
@@ -306,11 +331,7 @@ def _build(
     with step("Installing GRUB for BIOS"):
         bios = plan.part("bios")
         grub.embed_bios(
-            partial,
-            grub.modules_dir(tree, "i386-pc") / "boot.img",
-            espdir / "core.img",
-            bios.start_lba,
-            bios.size // 512,
+            partial, bios_mods / "boot.img", espdir / "core.img", bios.start_lba, bios.size // 512
         )
 
     if req.disk_type == "qcow2":

@@ -9,11 +9,14 @@ the way grub-bios-setup patches it.
 
 from __future__ import annotations
 
+import shutil
+import stat
 import struct
 from pathlib import Path
 
 from cos import run as runner
 from cos.errors import ImageError
+from cos.fsutil import resolve_in_tree
 
 # Modules built into both core images; the rest are copied to the ESP for insmod.
 COMMON_MODULES = [
@@ -53,15 +56,26 @@ PLATFORM_MODULES = {
 }
 
 
-def modules_dir(tree: Path, platform: str) -> Path:
-    d = tree / "usr/lib/grub" / platform
-    if not (d / "kernel.img").is_file():
+def stage_modules(tree: Path, platform: str, dest: Path) -> Path:
+    """Copy the image's GRUB modules for platform into dest, regular files only.
+
+    Everything GRUB-related is taken from the image, never from the host; staging
+    the files first means a symlink in the image cannot pull a host file into the
+    disk.
+    """
+    src = resolve_in_tree(tree, f"/usr/lib/grub/{platform}")
+    if src is None or not (src / "kernel.img").is_file() or (src / "kernel.img").is_symlink():
         pkg = "grub-pc-bin" if platform == "i386-pc" else "grub-efi-amd64-bin"
         raise ImageError(
-            f"the image has no GRUB modules for {platform} ({d.relative_to(tree)} is missing)",
+            f"the image has no GRUB modules for {platform} (/usr/lib/grub/{platform})",
             hint=f"install {pkg} in the image",
         )
-    return d
+    dest.mkdir(parents=True, exist_ok=True)
+    for entry in src.iterdir():
+        if entry.is_symlink() or not stat.S_ISREG(entry.lstat().st_mode):
+            continue
+        shutil.copyfile(entry, dest / entry.name)
+    return dest
 
 
 def early_config(esp_uuid: str) -> str:
@@ -69,14 +83,14 @@ def early_config(esp_uuid: str) -> str:
     return f"search --no-floppy --fs-uuid --set=root {esp_uuid}\nset prefix=($root)/grub\n"
 
 
-def mkimage(tree: Path, platform: str, output: Path, early_cfg: Path) -> None:
+def mkimage(modules: Path, platform: str, output: Path, early_cfg: Path) -> None:
     fmt = {"i386-pc": "i386-pc", "x86_64-efi": "x86_64-efi"}[platform]
     mods = COMMON_MODULES + PLATFORM_MODULES[platform]
     runner.run(
         [
             "grub-mkimage",
             "-d",
-            str(modules_dir(tree, platform)),
+            str(modules),
             "-O",
             fmt,
             "-o",

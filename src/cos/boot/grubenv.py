@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from cos.errors import CosError
+from cos.errors import CosError, ExitCode
 from cos.fsutil import atomic_write
 
 SIGNATURE = b"# GRUB Environment Block\n"
@@ -20,7 +20,7 @@ BLOCK_SIZE = 1024
 
 
 class GrubenvError(CosError):
-    pass
+    exit_code = ExitCode.CONFIG
 
 
 def _escape(value: str) -> bytes:

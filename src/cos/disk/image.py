@@ -34,12 +34,15 @@ def mkfs_ext4(
     source: Path | None = None,
     journal: bool = True,
     fs: str = "ext4",
+    inodes: int | None = None,
 ) -> None:
     """Make an ext2/ext4 filesystem of size bytes in target at offset, from source."""
     opts = [f"offset={offset}", "lazy_itable_init=1", "nodiscard", "root_owner=0:0"]
     argv = ["mkfs." + fs, "-F", "-q", "-L", label, "-E", ",".join(opts), "-m", "0"]
     if fs == "ext4" and not journal:
         argv += ["-O", "^has_journal"]
+    if inodes is not None:
+        argv += ["-N", str(inodes)]
     if source is not None:
         argv += ["-d", str(source)]
     argv += [str(target), f"{size // 1024}k"]

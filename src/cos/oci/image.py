@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,12 +31,35 @@ class LocalImage:
 def _layout_digest(layout: Path, tag: str) -> str | None:
     try:
         index = json.loads((layout / "index.json").read_text())
-    except (OSError, ValueError):
-        return None
-    for m in index.get("manifests", []):
-        if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag:
-            return str(m["digest"])
+        for m in index.get("manifests", []):
+            if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag:
+                return str(m["digest"])
+    except (OSError, ValueError, AttributeError, KeyError, TypeError) as exc:
+        raise ImageError(
+            f"{layout} is not a valid OCI layout (index.json: {exc})",
+            hint="rebuild or re-copy the layout",
+        ) from exc
     return None
+
+
+# What skopeo needs to find credentials, proxies and CAs; passed through env (never argv).
+_REGISTRY_ENV = (
+    "REGISTRY_AUTH_FILE",
+    "XDG_RUNTIME_DIR",
+    "DOCKER_CONFIG",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+)
+
+
+def _registry_env() -> dict[str, str]:
+    return {k: os.environ[k] for k in _REGISTRY_ENV if k in os.environ}
 
 
 def _cache_tag(ref: ImageRef) -> str:
@@ -62,7 +86,9 @@ def fetch(ref: ImageRef, cache: Path, tls_verify: bool = True) -> LocalImage:
         return LocalImage(ref, layout, tag, digest)
     tls = f"--tls-verify={'true' if tls_verify else 'false'}"
     try:
-        info = json.loads(runner.run(["skopeo", "inspect", tls, ref.skopeo]).stdout)
+        info = json.loads(
+            runner.run(["skopeo", "inspect", tls, ref.skopeo], env=_registry_env()).stdout
+        )
     except ToolError as exc:
         detail = exc.stderr.strip().splitlines()[-1] if exc.stderr.strip() else str(exc)
         raise ImageError(
@@ -72,7 +98,13 @@ def fetch(ref: ImageRef, cache: Path, tls_verify: bool = True) -> LocalImage:
         ) from exc
     digest = str(info["Digest"])
     layout = cache / "oci"
-    layout.mkdir(parents=True, exist_ok=True)
+    try:
+        layout.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ImageError(
+            f"cannot create the image cache {layout}: {exc.strerror}",
+            hint="set cache-dir in config (or COS_CACHE_DIR) to a writable directory",
+        ) from exc
     tag = _cache_tag(ref)
     pinned = ImageRef("docker", ref.name, None, digest)
     try:
@@ -84,7 +116,8 @@ def fetch(ref: ImageRef, cache: Path, tls_verify: bool = True) -> LocalImage:
                 f"--src-tls-verify={str(tls_verify).lower()}",
                 pinned.skopeo,
                 f"oci:{layout}:{tag}",
-            ]
+            ],
+            env=_registry_env(),
         )
     except ToolError as exc:
         raise ImageError(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from cos.disk.image import mkfs_ext4
 from cos.disk.plan import MIB
-from cos.fsutil import dir_size
+from cos.fsutil import tree_usage
 
 SNAPSHOTS_DIR = ".snapshots"
 IMAGE_NAME = "snapshot.img"
@@ -22,17 +22,18 @@ def snapshot_label(n: int) -> str:
     return f"COS_SNAP{n}"
 
 
-def image_size_for(tree: Path) -> int:
-    """Bytes for an ext image of tree: content + ~12% metadata + headroom, MiB aligned."""
-    raw = dir_size(tree)
-    size = int(raw * 1.12) + HEADROOM
-    return -(-size // MIB) * MIB
+def image_size_for(tree: Path) -> tuple[int, int]:
+    """(bytes, inodes) for an ext image of tree: blocks + inode tables + headroom."""
+    usage = tree_usage(tree)
+    inodes = int(usage.entries * 1.2) + 4096
+    size = int(usage.bytes * 1.05) + inodes * 256 + HEADROOM
+    return -(-size // MIB) * MIB, inodes
 
 
-def make_snapshot_image(tree: Path, image: Path, n: int, fs: str = "ext4") -> int:
-    size = image_size_for(tree)
+def make_snapshot_image(tree: Path, image: Path, label: str, fs: str = "ext4") -> int:
+    size, inodes = image_size_for(tree)
     image.parent.mkdir(parents=True, exist_ok=True)
     with open(image, "wb") as f:
         f.truncate(size)
-    mkfs_ext4(image, snapshot_label(n), size=size, source=tree, journal=False, fs=fs)
+    mkfs_ext4(image, label, size=size, source=tree, journal=False, fs=fs, inodes=inodes)
     return size

@@ -5,6 +5,8 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+from cos.fsutil import regular_file_in_tree
+
 
 def parse_os_release(text: str) -> dict[str, str]:
     out: dict[str, str] = {}
@@ -22,11 +24,9 @@ def parse_os_release(text: str) -> dict[str, str]:
 
 
 def read_os_release(root: Path) -> dict[str, str]:
-    for rel in ("etc/os-release", "usr/lib/os-release"):
-        p = root / rel
-        if p.is_symlink():
-            target = Path(p.readlink())
-            p = (p.parent / target) if not target.is_absolute() else root / target.relative_to("/")
-        if p.is_file():
+    """os-release of the tree at root, resolving its symlinks inside root only."""
+    for rel in ("/etc/os-release", "/usr/lib/os-release"):
+        p = regular_file_in_tree(root, rel)
+        if p is not None:
             return parse_os_release(p.read_text(errors="replace"))
     return {}

@@ -27,7 +27,8 @@ ismounted /run/cos/overlay || mount -t tmpfs -o "mode=0755,size=$size" cos-overl
 for d in proc sys dev run; do
     mount --rbind "/$d" "$NEWROOT/$d"
 done
-chroot "$NEWROOT" /usr/bin/cos mount --mode "$cos_mode"
+chroot "$NEWROOT" /usr/bin/cos mount --mode "$cos_mode" \
+    --oem-label "$cos_oemlabel" --persistent-label "$cos_persistentlabel"
 rc=$?
 for d in run dev sys proc; do
     umount -R "$NEWROOT/$d" 2>/dev/null || umount -l "$NEWROOT/$d"

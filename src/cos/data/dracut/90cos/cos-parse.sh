@@ -12,8 +12,20 @@ if [ -n "$cos_image" ]; then
     [ -n "$cos_mode" ] || cos_mode=active
     cos_oemlabel=$(getarg cos.oemlabel=)
     [ -n "$cos_oemlabel" ] || cos_oemlabel=COS_OEM
+    cos_persistentlabel=$(getarg cos.persistentlabel=)
+    [ -n "$cos_persistentlabel" ] || cos_persistentlabel=COS_PERSISTENT
     cos_overlay=$(getarg cos.overlay=)
     [ -n "$cos_overlay" ] || cos_overlay=tmpfs:25%
+    # Values end up in a sourced file and in paths: accept only plain words.
+    case "$cos_mode" in
+        active|passive|recovery) ;;
+        *) die "cos: cos.mode=$cos_mode is not active, passive or recovery" ;;
+    esac
+    for v in "$cos_image" "$cos_oemlabel" "$cos_persistentlabel" "$cos_overlay"; do
+        case "$v" in
+            *[!A-Za-z0-9._/:%-]*) die "cos: invalid character in kernel argument value '$v'" ;;
+        esac
+    done
     case "$root" in
         block:*) cos_state=${root#block:} ;;
         *) cos_state=$(label_uuid_to_dev "$(getarg root=)") ;;
@@ -23,9 +35,10 @@ if [ -n "$cos_image" ]; then
         echo "cos_image='$cos_image'"
         echo "cos_mode='$cos_mode'"
         echo "cos_overlay='$cos_overlay'"
+        echo "cos_oemlabel='$cos_oemlabel'"
+        echo "cos_persistentlabel='$cos_persistentlabel'"
     } > /tmp/cos.env
     root="cos:$cos_state"
     rootok=1
     wait_for_dev "$cos_state"
-    wait_for_dev "/dev/disk/by-label/$cos_oemlabel"
 fi
