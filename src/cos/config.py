@@ -211,7 +211,8 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """A YAML file holding a mapping (or nothing); errors carry file:line:column."""
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -272,7 +273,7 @@ def load_config(
         except OSError as exc:
             raise ConfigError(f"{dropins}: cannot list ({exc.strerror})") from exc
     for src in sources:
-        data = _read_yaml(src)
+        data = read_yaml_mapping(src)
         _build(Config, data, str(src))  # validate each file on its own, for a precise location
         merged = _merge(merged, data)
     env_data = _env_overrides(env)

@@ -14,11 +14,9 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from cos import run as runner
 from cos.boot import grub, grubenv
-from cos.config import Config
+from cos.config import Config, read_yaml_mapping
 from cos.disk import image as diskimg
 from cos.disk.plan import MIB, DiskPlan, plan_disk
 from cos.errors import ConfigError, DiskError, ImageError, StateError
@@ -85,16 +83,7 @@ def _check_cloud_init(files: list[Path]) -> None:
             raise ConfigError(
                 f"cloud-init file {f} does not exist", hint="check the --cloud-init path"
             )
-        try:
-            data = yaml.safe_load(f.read_text())
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            loc = f"{f}:{mark.line + 1}:{mark.column + 1}" if mark else str(f)
-            raise ConfigError(f"{loc}: invalid YAML ({getattr(exc, 'problem', exc)})") from exc
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read cloud-init file {f}: {exc}") from exc
-        if data is not None and not isinstance(data, dict):
-            raise ConfigError(f"{f}: a cloud-config must be a mapping at the top level")
+        read_yaml_mapping(f)
 
 
 def cloud_init_names(files: list[Path]) -> list[str]:
