@@ -70,6 +70,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--oem-label", help="filesystem label of COS_OEM (from the kernel cmdline)")
     s.add_argument("--persistent-label", help="filesystem label of COS_PERSISTENT")
 
+    s = sub.add_parser("cloud-init", help="run a stage of cloud-configs (yip compatible)")
+    s.add_argument("sources", nargs="*", metavar="PATH", help="file, directory, URL or -")
+    s.add_argument("-s", "--stage", default="default", help="stage to run (default: default)")
+    s.add_argument("--root", type=Path, default=Path("/"), help="act on this target root")
+    s.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    s.add_argument("--strict", action="store_true", help="fail when any step fails")
+    s.add_argument("--schema", action="store_true", help="print the JSON Schema and exit")
+
+    s = sub.add_parser("run-stage", help="run a stage from the default cloud-config paths")
+    s.add_argument("stage", metavar="STAGE")
+    s.add_argument("--root", type=Path, default=Path("/"), help=argparse.SUPPRESS)
+    s.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    s.add_argument("--strict", action="store_true", help="fail when any step fails")
+
     s = sub.add_parser("status", help="booted mode, snapshots and partitions")
     s.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -106,6 +120,33 @@ def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
         from cos.actions.mount import mount_layout
 
         mount_layout(cfg, args.mode, args.root, args.oem_label, args.persistent_label)
+        return 0
+    if args.command == "cloud-init":
+        from cos.actions import cloud_init
+
+        if args.schema:
+            cloud_init.print_schema()
+            return 0
+        if not args.sources:
+            raise UsageError("no cloud-config given", hint="cos cloud-init [-s STAGE] PATH…")
+        cloud_init.run(
+            cloud_init.StageRequest(args.stage, args.sources, args.root, args.dry_run, args.strict)
+        )
+        return 0
+    if args.command == "run-stage":
+        from cos.actions import cloud_init
+
+        cmdline = cloud_init.kernel_cmdline()
+        cloud_init.run(
+            cloud_init.StageRequest(
+                args.stage,
+                cloud_init.default_sources(cfg, args.root, cmdline),
+                args.root,
+                args.dry_run,
+                args.strict,
+                cmdline,
+            )
+        )
         return 0
     if args.command == "status":
         from cos.actions.status import show_status

@@ -21,6 +21,7 @@ class ExitCode(IntEnum):
     DISK = 5  # target device/file unusable (size, existing install, …)
     TOOL = 6  # an external tool failed or is missing
     STATE = 7  # the action does not fit the running system (wrong mode, not an image build)
+    STAGE = 8  # a cloud-init stage failed under --strict
     INTERRUPTED = 130
 
 

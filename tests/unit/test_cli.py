@@ -109,3 +109,22 @@ def test_status_outside_cos(
     monkeypatch.setenv("COS_CONFIG_DIR", str(tmp_path))
     rc, _, err = run(capsys, "status")
     assert rc == ExitCode.STATE and "not booted by cos" in err
+
+
+def test_cloud_init_strict_fails_with_stage_exit_code(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COS_CONFIG_DIR", str(tmp_path))
+    doc = tmp_path / "c.yaml"
+    doc.write_text("stages:\n  boot:\n    - files: [{path: rel, content: x}]\n")
+    root = tmp_path / "root"
+    root.mkdir()
+    rc, _, err = run(capsys, "cloud-init", "--root", str(root), "-s", "boot", str(doc))
+    assert rc == 0 and "1 failed" in err
+    rc, _, err = run(capsys, "cloud-init", "--strict", "--root", str(root), "-s", "boot", str(doc))
+    assert rc == ExitCode.STAGE and "stage boot failed" in err and "hint:" in err
+
+
+def test_cloud_init_schema(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = run(capsys, "cloud-init", "--schema")
+    assert rc == 0 and '"stages"' in out

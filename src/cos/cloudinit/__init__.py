@@ -1,0 +1,1 @@
+"""Cloud-init: a yip-compatible stage engine (loader, schema, runner, plugins)."""

@@ -1,0 +1,297 @@
+"""Loading cloud-configs from files, directories, URLs, stdin and the kernel cmdline.
+
+Each source becomes one or more validated documents. A broken document is reported
+(file:line:column and key path) and skipped; the others still load.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cos.cloudinit.schema import SchemaError, validate
+from cos.cloudinit.yamlmarks import Mark, MarkedDict, YamlError, load
+
+CLOUD_CONFIG_HEADER = "#cloud-config"
+_SUPPORTED_CLOUD_CONFIG = {
+    "users",
+    "ssh_authorized_keys",
+    "write_files",
+    "milpa_files",
+    "runcmd",
+    "hostname",
+    "growpart",
+    "stages",
+    "name",
+}
+
+
+@dataclass
+class Document:
+    source: str
+    name: str
+    stages: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+
+@dataclass
+class LoadResult:
+    documents: list[Document] = field(default_factory=list)
+    errors: list[SchemaError] = field(default_factory=list)
+
+    def extend(self, other: LoadResult) -> None:
+        self.documents += other.documents
+        self.errors += other.errors
+
+
+def is_cloud_config(text: str) -> bool:
+    """True when '#cloud-config' comes first (within 10 lines, past blanks and comments)."""
+    for i, line in enumerate(text.splitlines()):
+        if i >= 10:
+            return False
+        s = line.rstrip()
+        if s == CLOUD_CONFIG_HEADER:
+            return True
+        if s and not s.startswith("#"):
+            return False
+    return False
+
+
+def _octal(value: Any, mark: Mark | None, path: str, errs: list[SchemaError]) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    try:
+        return int(str(value), 8)
+    except ValueError:
+        errs.append(SchemaError(mark, path, f"permissions {value!r} is not an octal mode"))
+        return None
+
+
+def transpile_cloud_config(doc: Any, source: str) -> tuple[Any, list[SchemaError]]:
+    """Map a #cloud-config document onto yip stages (the mapping yip itself applies)."""
+    errs: list[SchemaError] = []
+    if doc is None:
+        return {}, errs
+    if not isinstance(doc, dict):
+        return doc, errs  # validate() reports it
+    km = doc.key_marks if isinstance(doc, MarkedDict) else {}
+    for k in doc:
+        if k not in _SUPPORTED_CLOUD_CONFIG:
+            errs.append(
+                SchemaError(
+                    km.get(k),
+                    str(k),
+                    "cloud-config key not supported",
+                    "supported: " + ", ".join(sorted(_SUPPORTED_CLOUD_CONFIG)),
+                )
+            )
+    step: dict[str, Any] = {}
+    network_keys: dict[str, list[str]] = {}
+    global_keys = list(doc.get("ssh_authorized_keys") or [])
+
+    def split(keys: list[Any]) -> list[Any]:
+        local = []
+        for key in keys:
+            if isinstance(key, str) and re.match(r"^(github|gitlab):", key):
+                network_keys.setdefault(user_for_network, []).append(key)
+            else:
+                local.append(key)
+        return local
+
+    users_in = doc.get("users") or []
+    if isinstance(users_in, list) and users_in:
+        users: dict[str, Any] = {}
+        keys: dict[str, Any] = {}
+        for i, u in enumerate(users_in):
+            if not isinstance(u, dict) or "name" not in u:
+                mark = users_in.item_marks[i] if hasattr(users_in, "item_marks") else None
+                errs.append(
+                    SchemaError(mark, f"users[{i}]", "each user needs a mapping with a name")
+                )
+                continue
+            name = str(u["name"])
+            user_for_network = name
+            entry = {k: v for k, v in u.items() if k != "ssh_authorized_keys"}
+            local = split(list(u.get("ssh_authorized_keys") or []) + global_keys)
+            users[name] = entry
+            if local:
+                keys[name] = local
+        step["users"] = users
+        if keys:
+            step["authorized_keys"] = keys
+    elif global_keys:
+        user_for_network = "root"
+        local = split(global_keys)
+        if local:
+            step["authorized_keys"] = {"root": local}
+    elif users_in and not isinstance(users_in, list):
+        errs.append(SchemaError(km.get("users"), "users", "expected a list of users"))
+
+    files = []
+    for key in ("write_files", "milpa_files"):
+        wf = doc.get(key) or []
+        if not isinstance(wf, list):
+            errs.append(SchemaError(km.get(key), key, "expected a list of files"))
+            continue
+        for i, f in enumerate(wf):
+            if not isinstance(f, dict):
+                errs.append(SchemaError(None, f"{key}[{i}]", "expected a mapping"))
+                continue
+            mark = f.mark if isinstance(f, MarkedDict) else None
+            out = {k: v for k, v in f.items() if k not in ("owner", "permissions")}
+            if "owner" in f:
+                out["ownerstring"] = f["owner"]
+            mode = _octal(f.get("permissions"), mark, f"{key}[{i}].permissions", errs)
+            out["permissions"] = 0o644 if mode is None else mode
+            files.append(out)
+    if files:
+        step["files"] = files
+    if doc.get("runcmd"):
+        step["commands"] = doc["runcmd"]
+
+    stages: dict[str, list[Any]] = {}
+    if step:
+        stages.setdefault("boot", []).append(step)
+    growpart = doc.get("growpart") or {}
+    if isinstance(growpart, dict):
+        for dev in growpart.get("devices") or []:
+            stages.setdefault("boot", []).append(
+                {"layout": {"device": {"path": dev}, "expand_partition": {"size": 0}}}
+            )
+    if "hostname" in doc:
+        stages.setdefault("initramfs", []).append({"hostname": doc["hostname"]})
+    if network_keys:
+        stages.setdefault("network", []).append({"authorized_keys": network_keys})
+    own = doc.get("stages")
+    if isinstance(own, dict):
+        for stage, steps in own.items():
+            stages.setdefault(str(stage), []).extend(steps if isinstance(steps, list) else [steps])
+    out_doc: dict[str, Any] = {"stages": stages}
+    if "name" in doc:
+        out_doc["name"] = doc["name"]
+    return out_doc, errs
+
+
+def load_text(text: str, source: str) -> LoadResult:
+    res = LoadResult()
+    try:
+        data = load(text, source)
+    except YamlError as exc:
+        res.errors.append(SchemaError(exc.mark, "", exc.message))
+        return res
+    if is_cloud_config(text):
+        data, errs = transpile_cloud_config(data, source)
+        if errs:
+            res.errors += errs
+            return res
+    if data is None:
+        return res
+    doc, errs = validate(data, source)
+    if errs:
+        res.errors += errs
+        return res  # an invalid document does not run at all
+    name = doc.get("name") or source
+    res.documents.append(Document(source, str(name), doc.get("stages") or {}))
+    return res
+
+
+def _set_path(obj: dict[str, Any], path: str, value: str) -> bool:
+    """Assign value at a jq-like path (a.b[0].c); False when the path is not valid."""
+    tokens = re.findall(r"([A-Za-z_][A-Za-z0-9_.-]*?)(?=\.|\[|$)|\[(\d+)\]|(\.)", path)
+    if "".join(a or (f"[{b}]" if b else "") or c for a, b, c in tokens) != path:
+        return False
+    keys: list[str | int] = [a if a else int(b) for a, b, c in tokens if not c]
+    cur: Any = obj
+    for i, k in enumerate(keys):
+        last = i == len(keys) - 1
+        nxt: Any = value if last else ([] if isinstance(keys[i + 1], int) else {})
+        if isinstance(k, int):
+            if not isinstance(cur, list):
+                return False
+            while len(cur) <= k:
+                cur.append(None)
+            if last or cur[k] is None:
+                cur[k] = nxt
+            cur = cur[k]
+        else:
+            if not isinstance(cur, dict):
+                return False
+            if last or k not in cur:
+                cur[k] = nxt
+            cur = cur[k]
+    return True
+
+
+def parse_dot_notation(cmdline: str) -> dict[str, Any]:
+    """Kernel cmdline → document: `stages.boot[0].commands[0]="echo hi"`. Tokens that
+    are not cloud-config paths (console=…, rd.*) are ignored, as yip does."""
+    out: dict[str, Any] = {}
+    try:
+        tokens = shlex.split(cmdline)
+    except ValueError:
+        tokens = cmdline.split()
+    for tok in tokens:
+        key, sep, value = tok.partition("=")
+        key = key.strip('"')
+        if not (key.startswith("stages.") or key == "name"):
+            continue
+        _set_path(out, key, value.strip('"') if sep else "true")
+    return out
+
+
+def load_cmdline(cmdline: str, source: str = "/proc/cmdline") -> LoadResult:
+    data = parse_dot_notation(cmdline)
+    if not data:
+        return LoadResult()
+    # Null items (index gaps) are no-ops, as in yip.
+    for stage, steps in list((data.get("stages") or {}).items()):
+        if isinstance(steps, list):
+            data["stages"][stage] = [s for s in steps if s is not None]
+    doc, errs = validate(data, source)
+    res = LoadResult(errors=errs)
+    if not errs:
+        res.documents.append(Document(source, source, doc.get("stages") or {}))
+    return res
+
+
+def _files_in(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix in (".yaml", ".yml"))
+
+
+def load_source(src: str) -> LoadResult:
+    """One argument: a directory, a file, an http(s) URL, or '-' for stdin."""
+    res = LoadResult()
+    if src == "-":
+        return load_text(sys.stdin.read(), "<stdin>")
+    if re.match(r"^https?://", src):
+        try:
+            with urllib.request.urlopen(src, timeout=30) as r:
+                text = r.read().decode()
+        except (urllib.error.URLError, OSError, UnicodeDecodeError) as exc:
+            res.errors.append(SchemaError(None, src, f"cannot fetch: {exc}"))
+            return res
+        return load_text(text, src)
+    p = Path(src)
+    if p.is_dir():
+        for f in _files_in(p):
+            res.extend(load_file(f))
+        return res
+    if p.is_file():
+        return load_file(p)
+    res.errors.append(SchemaError(None, src, "no such file, directory or URL"))
+    return res
+
+
+def load_file(path: Path) -> LoadResult:
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        return LoadResult(errors=[SchemaError(None, str(path), f"cannot read: {exc}")])
+    return load_text(text, str(path))

@@ -1,0 +1,191 @@
+"""hostname, dns, sysctl, modules, timesyncd, environment, systemd_firstboot, systemctl."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import socket
+from pathlib import Path
+from typing import Any
+
+from cos.cloudinit.plugins.base import Context, PluginError, write_file
+from cos.errors import ToolError
+
+
+def hostname(step: dict[str, Any], ctx: Context) -> None:
+    name = ctx.render(step["hostname"]).strip()
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}", name):
+        raise PluginError(f"invalid hostname {name!r}")
+    if not ctx.act(f"hostname {name}"):
+        return
+    write_file(ctx.path("/etc/hostname"), f"{name}\n".encode(), 0o644)
+    hosts = ctx.path("/etc/hosts")
+    lines = hosts.read_text().splitlines() if hosts.exists() else []
+    out, found = [], False
+    for line in lines:
+        fields = line.split()
+        if fields and fields[0] == "127.0.0.1":
+            out.append(f"127.0.0.1 localhost {name}")
+            found = True
+        else:
+            out.append(line.strip())
+    if not found:
+        out.insert(0, f"127.0.0.1 localhost {name}")
+    write_file(hosts, ("\n".join(out) + "\n").encode(), 0o644)
+    if ctx.live:
+        try:
+            socket.sethostname(name)
+        except OSError as exc:
+            raise PluginError(f"sethostname failed: {exc}") from exc
+
+
+def dns(step: dict[str, Any], ctx: Context) -> None:
+    d = step["dns"]
+    if not d.get("nameservers"):
+        return
+    path = d.get("path") or "/etc/resolv.conf"
+    lines = []
+    search = " ".join(d.get("search") or [])
+    if search and search != ".":
+        lines.append(f"search {search}")
+    lines += [f"nameserver {n}" for n in d["nameservers"]]
+    if d.get("options"):
+        lines.append("options " + " ".join(d["options"]))
+    if not ctx.act(f"write {path}: {', '.join(d['nameservers'])}"):
+        return
+    target = ctx.path(path)
+    if target.is_symlink():
+        target.unlink()  # often a link into /run (resolved); replace it with a file
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_file(target, ("\n".join(lines) + "\n").encode(), 0o644)
+
+
+def sysctl(step: dict[str, Any], ctx: Context) -> None:
+    errors = []
+    for key, value in step["sysctl"].items():
+        if not ctx.live:
+            errors.append(f"sysctl {key}: only applies to the running system (not --root)")
+            continue
+        if not ctx.act(f"sysctl {key}={value}"):
+            continue
+        p = Path("/proc/sys") / key.replace(".", "/")
+        try:
+            p.write_text(str(value))
+        except OSError as exc:
+            errors.append(f"sysctl {key}: {exc.strerror}")
+    if errors:
+        raise PluginError("; ".join(errors))
+
+
+def modules(step: dict[str, Any], ctx: Context) -> None:
+    loaded = set()
+    if Path("/proc/modules").exists():
+        loaded = {line.split()[0] for line in Path("/proc/modules").read_text().splitlines()}
+    errors = []
+    for spec in step["modules"]:
+        words = spec.split()
+        if not words or words[0] in loaded:
+            continue
+        if not ctx.live:
+            errors.append(f"module {words[0]}: only loads on the running system (not --root)")
+            continue
+        if not ctx.act(f"modprobe {spec}"):
+            continue
+        try:
+            ctx.tool(["modprobe", *words])
+        except ToolError as exc:
+            errors.append(f"modprobe {words[0]}: {exc}")
+    if errors:
+        raise PluginError("; ".join(errors))
+
+
+def _ini(section: str, values: dict[str, str]) -> bytes:
+    return (f"[{section}]\n" + "".join(f"{k}={v}\n" for k, v in values.items())).encode()
+
+
+def timesyncd(step: dict[str, Any], ctx: Context) -> None:
+    path = "/etc/systemd/timesyncd.conf.d/10-yip.conf"
+    if not ctx.act(f"write {path}"):
+        return
+    target = ctx.path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_file(target, _ini("Time", step["timesyncd"]), 0o644)
+
+
+def _parse_dotenv(text: str) -> dict[str, str]:
+    out = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        k, _, v = line.removeprefix("export ").partition("=")
+        try:
+            parts = shlex.split(v)
+        except ValueError:
+            parts = [v]
+        out[k.strip()] = parts[0] if parts else ""
+    return out
+
+
+def environment(step: dict[str, Any], ctx: Context) -> None:
+    path = step.get("environment_file") or "/etc/environment"
+    values = {k: ctx.render(v) for k, v in step["environment"].items()}
+    if not ctx.act(f"set {', '.join(values)} in {path}"):
+        return
+    target = ctx.path(path)
+    current = _parse_dotenv(target.read_text()) if target.exists() else {}
+    current.update(values)
+    text = "".join(f'{k}="{v}"\n' for k, v in sorted(current.items()))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_file(target, text.encode(), 0o644)
+
+
+def systemd_firstboot(step: dict[str, Any], ctx: Context) -> None:
+    args = []
+    for k, v in sorted(step["systemd_firstboot"].items()):
+        args.append(f"--{k.lower()}" if v == "true" else f"--{k.lower()}={v}")
+    if not ctx.act("systemd-firstboot " + " ".join(args)):
+        return
+    root = [] if ctx.live else [f"--root={ctx.root}"]
+    try:
+        ctx.tool(["systemd-firstboot", *root, *args])
+    except ToolError as exc:
+        raise PluginError(f"systemd-firstboot: {exc}") from exc
+
+
+def systemctl(step: dict[str, Any], ctx: Context) -> None:
+    s = step["systemctl"]
+    errors = []
+    root = [] if ctx.live else [f"--root={ctx.root}"]
+    for verb in ("enable", "disable", "mask", "start"):
+        for unit in s.get(verb) or []:
+            if verb == "start" and not ctx.live:
+                errors.append(f"start {unit}: only on the running system (not --root)")
+                continue
+            if not ctx.act(f"systemctl {verb} {unit}"):
+                continue
+            try:
+                argv = ["systemctl", *root, verb, unit]
+                if verb == "start":
+                    argv.insert(1, "--no-block")
+                ctx.tool(argv)
+            except ToolError as exc:
+                errors.append(f"systemctl {verb} {unit}: {exc}")
+    for o in s.get("overrides") or []:
+        service, content = o.get("service") or "", o.get("content") or ""
+        if not service or not content:
+            continue
+        name = o.get("name") or "override-yip.conf"
+        name = name if name.endswith(".conf") else f"{name}.conf"
+        if "." not in service:
+            service = f"{service}.service"
+        path = f"/etc/systemd/system/{service}.d/{name}"
+        if not ctx.act(f"write {path}"):
+            continue
+        target = ctx.path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(target.parent, 0o755)
+        write_file(target, content.encode(), 0o644)
+    if errors:
+        raise PluginError("; ".join(errors))

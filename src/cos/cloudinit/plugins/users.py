@@ -1,0 +1,176 @@
+"""users and authorized_keys, applied to the target's account files.
+
+Passwords: a value starting with '$' is a crypt hash and is stored as is; anything
+else is hashed (SHA-512 crypt) before it is stored; `lock_passwd` stores '!'.
+Plain passwords never reach argv or logs.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import urllib.request
+import warnings
+from typing import Any
+
+from cos import run as runner
+from cos.cloudinit.plugins.accounts import Table
+from cos.cloudinit.plugins.base import Context, PluginError
+from cos.errors import ToolError
+
+
+def hash_password(plain: str) -> str:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            import crypt
+
+            return crypt.crypt(plain, crypt.mksalt(crypt.METHOD_SHA512))
+        except ImportError:
+            pass
+    try:  # secret on stdin, never in argv
+        return runner.run(["openssl", "passwd", "-6", "-stdin"], input=plain).stdout.strip()
+    except ToolError as exc:
+        raise PluginError("cannot hash the password (no crypt module, no openssl)") from exc
+
+
+def _default_shell(ctx: Context) -> str:
+    p = ctx.path("/etc/default/useradd")
+    if p.exists():
+        for line in p.read_text().splitlines():
+            if line.startswith("SHELL="):
+                return line.split("=", 1)[1].strip() or "/bin/sh"
+    return "/bin/sh"
+
+
+def _free_id(used: set[int], system: bool) -> int:
+    lo, hi = (100, 999) if system else (1000, 59999)
+    for i in range(lo, hi + 1):
+        if i not in used:
+            return i
+    raise PluginError("no free uid/gid left")
+
+
+def _password_field(u: dict[str, Any]) -> str | None:
+    if u.get("lock_passwd"):
+        return "!"
+    pw = u.get("passwd")
+    if pw is None:
+        return None
+    return pw if pw.startswith("$") or pw in ("!", "*", "!*") else hash_password(pw)
+
+
+def users(step: dict[str, Any], ctx: Context) -> None:
+    errors = []
+    for name, u in sorted(step["users"].items()):
+        try:
+            _user(name, u, ctx)
+        except (PluginError, OSError) as exc:
+            errors.append(f"user {name}: {exc}")
+    if errors:
+        raise PluginError("; ".join(errors))
+    for name, u in sorted(step["users"].items()):
+        if u.get("ssh_authorized_keys"):
+            _add_keys(name, u["ssh_authorized_keys"], ctx)
+
+
+def _user(name: str, u: dict[str, Any], ctx: Context) -> None:
+    passwd = Table.read(ctx, "/etc/passwd", 7)
+    shadow = Table.read(ctx, "/etc/shadow", 9)
+    group = Table.read(ctx, "/etc/group", 4)
+    pw = _password_field(u)
+    days = str(int(time.time() // 86400))
+    existing = passwd.find(name)
+    if existing is not None:
+        if pw is None:
+            return
+        if not ctx.act(f"update password of {name}"):
+            return
+        row = shadow.find(name)
+        if row is None:
+            shadow.rows.append([name, pw, days, "0", "99999", "7", "", "", ""])
+        else:
+            row[1], row[2] = pw, days
+        shadow.write()
+        return
+    if not ctx.act(f"create user {name}"):
+        return
+    uids = {int(r[2]) for r in passwd.rows if r[2].isdigit()}
+    gids = {int(r[2]) for r in group.rows if r[2].isdigit()}
+    uid = int(u["uid"]) if u.get("uid") else _free_id(uids, bool(u.get("system")))
+    if u.get("primary_group"):
+        g = group.find(u["primary_group"])
+        if g is None:
+            raise PluginError(f"primary group {u['primary_group']!r} does not exist")
+        gid = int(g[2])
+    elif (g := group.find(name)) is not None:
+        gid = int(g[2])
+    else:
+        gid = uid if uid not in gids else _free_id(gids, bool(u.get("system")))
+        group.rows.append([name, "x", str(gid), ""])
+    for extra in u.get("groups") or []:
+        row = group.find(extra)
+        if row is not None:
+            members = [m for m in row[3].split(",") if m]
+            if name not in members:
+                row[3] = ",".join([*members, name])
+    home = u.get("homedir") or f"/home/{name}"
+    shell = u.get("shell") or _default_shell(ctx)
+    passwd.rows.append([name, "x", str(uid), str(gid), u.get("gecos") or "", home, shell])
+    shadow.rows.append([name, pw or "!", days, "0", "99999", "7", "", "", ""])
+    passwd.write()
+    group.write()
+    shadow.write()
+    if not u.get("no_create_home"):
+        h = ctx.path(home)
+        h.mkdir(parents=True, exist_ok=True)
+        os.chmod(h, 0o755)
+        os.chown(h, uid, gid)
+
+
+def _fetch_keys(ref: str) -> list[str]:
+    kind, _, who = ref.partition(":")
+    url = {"github": "https://github.com/{}.keys", "gitlab": "https://gitlab.com/{}.keys"}[kind]
+    with urllib.request.urlopen(url.format(who), timeout=15) as r:
+        return [k for k in r.read().decode().splitlines() if k.strip()]
+
+
+def _add_keys(user: str, keys: list[str], ctx: Context) -> None:
+    row = Table.read(ctx, "/etc/passwd", 7).find(user)
+    if row is None:
+        raise PluginError(f"authorized_keys: user {user!r} does not exist")
+    uid, gid, home = int(row[2]), int(row[3]), row[5]
+    wanted: list[str] = []
+    for k in keys:
+        if k.startswith(("github:", "gitlab:")):
+            try:
+                wanted += _fetch_keys(k)
+            except OSError as exc:
+                raise PluginError(f"authorized_keys: cannot fetch {k}: {exc}") from exc
+        else:
+            wanted.append(k)
+    if not ctx.act(f"add {len(wanted)} ssh key(s) for {user}"):
+        return
+    ssh = ctx.path(home) / ".ssh"
+    ssh.mkdir(parents=True, exist_ok=True)
+    os.chmod(ssh, 0o700)
+    os.chown(ssh, uid, gid)
+    ak = ssh / "authorized_keys"
+    current = ak.read_text() if ak.exists() else ""
+    for k in wanted:
+        if k not in current:
+            current += ("" if not current or current.endswith("\n") else "\n") + k + "\n"
+    ak.write_text(current)
+    os.chmod(ak, 0o600)
+    os.chown(ak, uid, gid)
+
+
+def authorized_keys(step: dict[str, Any], ctx: Context) -> None:
+    errors = []
+    for user, keys in sorted(step["authorized_keys"].items()):
+        try:
+            _add_keys(user, keys, ctx)
+        except (PluginError, OSError) as exc:
+            errors.append(str(exc))
+    if errors:
+        raise PluginError("; ".join(errors))

@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from cos.cloudinit.loader import (
+    is_cloud_config,
+    load_cmdline,
+    load_source,
+    load_text,
+    parse_dot_notation,
+)
+
+
+def test_yip_document_loads_with_stages() -> None:
+    r = load_text("name: x\nstages:\n  boot:\n    - commands: [echo hi]\n", "a.yaml")
+    assert not r.errors
+    assert r.documents[0].name == "x" and r.documents[0].stages["boot"][0]["commands"] == [
+        "echo hi"
+    ]
+
+
+def test_errors_carry_file_line_column_and_key_path() -> None:
+    r = load_text("stages:\n  boot:\n    - name: a\n      comands: [x]\n", "b.yaml")
+    assert not r.documents
+    (e,) = r.errors
+    assert str(e).startswith("b.yaml:4:7: stages.boot[0].comands: unknown key in step")
+    assert "did you mean 'commands'?" in str(e)
+
+
+def test_octal_forms_and_quoted_mode() -> None:
+    r = load_text(
+        "stages:\n  s:\n    - files:\n      - {path: /a, permissions: 0o755}\n"
+        "      - {path: /b, permissions: 0644}\n",
+        "c.yaml",
+    )
+    files = r.documents[0].stages["s"][0]["files"]
+    assert [f["permissions"] for f in files] == [0o755, 0o644]
+    bad = load_text("stages:\n  s:\n    - files:\n      - {path: /a, permissions: '0644'}\n", "d")
+    assert "expected an integer" in str(bad.errors[0]) and "d:4:" in str(bad.errors[0])
+
+
+def test_cloud_config_header_detection() -> None:
+    assert is_cloud_config("\n# comment\n#cloud-config\nusers: []\n")
+    assert not is_cloud_config("users: []\n#cloud-config\n")
+
+
+def test_cloud_config_is_transpiled_like_yip() -> None:
+    text = """#cloud-config
+hostname: node1
+ssh_authorized_keys: ["ssh-rsa GLOBAL"]
+users:
+  - name: bob
+    passwd: "$6$x"
+    ssh_authorized_keys: ["ssh-rsa BOB", "github:bob"]
+write_files:
+  - path: /etc/x
+    permissions: "0600"
+    owner: bob:bob
+    content: hi
+runcmd: ["echo a"]
+growpart:
+  devices: ["/"]
+"""
+    r = load_text(text, "cc.yaml")
+    assert not r.errors, r.errors
+    st = r.documents[0].stages
+    boot = st["boot"][0]
+    assert boot["users"]["bob"]["passwd"] == "$6$x"
+    assert boot["authorized_keys"] == {"bob": ["ssh-rsa BOB", "ssh-rsa GLOBAL"]}
+    assert boot["files"][0] == {
+        "path": "/etc/x",
+        "content": "hi",
+        "ownerstring": "bob:bob",
+        "permissions": 0o600,
+    }
+    assert boot["commands"] == ["echo a"]
+    assert st["boot"][1]["layout"]["device"]["path"] == "/"
+    assert st["initramfs"] == [{"hostname": "node1"}]
+    assert st["network"] == [{"authorized_keys": {"bob": ["github:bob"]}}]
+
+
+def test_unsupported_cloud_config_key_is_an_error() -> None:
+    r = load_text("#cloud-config\nbootcmd: [x]\nruncmd: [y]\n", "u.yaml")
+    assert not r.documents and "u.yaml:2:1: bootcmd" in str(r.errors[0])
+
+
+def test_dot_notation() -> None:
+    cmd = (
+        'console=ttyS0 stages.boot[0].commands[0]="echo hi there" stages.boot[0].name=x '
+        "rd.neednet=1 cos-img/filename=/x stages.boot[2].hostname=h"
+    )
+    assert parse_dot_notation(cmd) == {
+        "stages": {"boot": [{"commands": ["echo hi there"], "name": "x"}, None, {"hostname": "h"}]}
+    }
+    r = load_cmdline(cmd)
+    assert not r.errors and len(r.documents[0].stages["boot"]) == 2
+
+
+def test_directory_lexical_and_broken_file_does_not_stop_others(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "20.yaml").write_text("stages: {boot: [{name: b}]}\n")
+    (tmp_path / "10.yml").write_text("stages: {boot: [{name: a}]}\n")
+    (tmp_path / "sub/30.yaml").write_text("stages: {boot: [{name: c}]}\n")
+    (tmp_path / "15.yaml").write_text("stages: {boot: [\n")
+    (tmp_path / "notes.txt").write_text("ignored")
+    r = load_source(str(tmp_path))
+    assert [d.stages["boot"][0]["name"] for d in r.documents] == ["a", "b", "c"]
+    assert len(r.errors) == 1 and "15.yaml:2:1" in str(r.errors[0])
+
+
+def test_missing_path_is_an_error_not_yaml() -> None:
+    r = load_source("/nonexistent/cos.yaml")
+    assert not r.documents and "no such file" in str(r.errors[0])
