@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--root", type=Path, default=Path("/"), help=argparse.SUPPRESS)
     s.add_argument("--oem-label", help="filesystem label of COS_OEM (from the kernel cmdline)")
     s.add_argument("--persistent-label", help="filesystem label of COS_PERSISTENT")
+    s.add_argument("--no-stages", action="store_true", help="skip the rootfs/initramfs stages")
 
     s = sub.add_parser("cloud-init", help="run a stage of cloud-configs (yip compatible)")
     s.add_argument("sources", nargs="*", metavar="PATH", help="file, directory, URL or -")
@@ -119,7 +120,9 @@ def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
     if args.command == "mount":
         from cos.actions.mount import mount_layout
 
-        mount_layout(cfg, args.mode, args.root, args.oem_label, args.persistent_label)
+        mount_layout(
+            cfg, args.mode, args.root, args.oem_label, args.persistent_label, not args.no_stages
+        )
         return 0
     if args.command == "cloud-init":
         from cos.actions import cloud_init

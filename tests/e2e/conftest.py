@@ -6,6 +6,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,6 +38,37 @@ def e2e_disk() -> Path:
     return disk
 
 
+def disk_with_cloud_init(name: str, cloud_config: str) -> Path:
+    """An e2e disk built with --cloud-init FILE (cached by image, toolkit and config)."""
+    digest = ensure_e2e_image()
+    key = hashlib.sha256(
+        (digest + tree_hash(REPO / "src/cos") + cloud_config).encode()
+    ).hexdigest()[:16]
+    disk = BUILD / "e2e" / f"{name}-{key}.raw"
+    if not disk.exists():
+        disk.parent.mkdir(parents=True, exist_ok=True)
+        for old in disk.parent.glob(f"{name}-*.raw"):
+            old.unlink()
+        cfg = disk.parent / f"{name}-{key}.yaml"
+        cfg.write_text(cloud_config)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cos",
+                "build-disk",
+                f"oci:{LAYOUT}:e2e",
+                "-o",
+                str(disk),
+                "--cloud-init",
+                str(cfg),
+            ],
+            check=True,
+            env={**os.environ, "COS_CACHE_DIR": str(BUILD / "cache")},
+        )
+    return disk
+
+
 @pytest.fixture
 def vm_factory(e2e_disk: Path, request: pytest.FixtureRequest) -> Iterator[object]:
     """Make VMs on pristine overlays of the e2e disk; logs kept in build/e2e-logs/<test>."""
@@ -45,8 +77,8 @@ def vm_factory(e2e_disk: Path, request: pytest.FixtureRequest) -> Iterator[objec
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
 
-    def make(firmware: str = "bios") -> VM:
-        disk = overlay(e2e_disk, workdir / f"disk{len(made)}.qcow2")
+    def make(firmware: str = "bios", base: Path | None = None) -> VM:
+        disk = overlay(base or e2e_disk, workdir / f"disk{len(made)}.qcow2")
         vm = VM(disk, workdir, firmware=firmware)
         made.append(vm)
         return vm

@@ -47,6 +47,10 @@ def test_bios_boot_immutable_layout_and_persistence(vm_factory) -> None:  # type
     # No default password: root is locked until cloud-config gives it keys or a hash.
     assert vm.ok("awk -F: '$1 == \"root\" {print $2}' /etc/shadow").strip()[:1] in ("*", "!")
 
+    # Default cloud-configs: a generated hostname and a machine-id kept on COS_PERSISTENT.
+    machine_id = vm.ok("cat /etc/machine-id").strip()
+    assert len(machine_id) == 32 and vm.ok("hostname").strip() == f"cos-{machine_id[:6]}"
+
     vm.ok(
         "echo gone > /etc/cos-e2e-ephemeral && echo kept > /root/cos-e2e-persist"
         " && echo kept > /usr/local/cos-e2e-persist && mkdir -p /home/alice && sync"
@@ -57,6 +61,7 @@ def test_bios_boot_immutable_layout_and_persistence(vm_factory) -> None:  # type
     assert vm.ok("cat /root/cos-e2e-persist").strip() == "kept"
     assert vm.ok("cat /usr/local/cos-e2e-persist").strip() == "kept"
     assert vm.ok("test -d /home/alice && echo yes").strip() == "yes"
+    assert vm.ok("cat /etc/machine-id").strip() == machine_id
 
 
 def test_efi_boot(vm_factory) -> None:  # type: ignore[no-untyped-def]

@@ -1,11 +1,34 @@
-"""cos mount: apply the immutable layout (run by the initrd inside the new root)."""
+"""cos mount: apply the immutable layout (run by the initrd inside the new root).
+
+It also runs the early cloud-init stages: `rootfs` once /oem and the persistent
+partition are mounted (the root is still read-only; /run is writable), and
+`initramfs` once the layout is complete (before systemd starts). A failing stage is
+reported on the console and never stops the boot.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from cos.actions import cloud_init
 from cos.config import Config, Labels
+from cos.errors import CosError
+from cos.log import log
 from cos.system.layout import apply_layout
+
+
+def _stage(cfg: Config, name: str) -> None:
+    cmdline = cloud_init.kernel_cmdline()
+    try:
+        summary = cloud_init.run(
+            cloud_init.StageRequest(
+                name, cloud_init.default_sources(cfg, Path("/"), cmdline), cmdline=cmdline
+            )
+        )
+        if summary.failed:
+            log.error("cos: stage %s: %s", name, summary.render())
+    except CosError as exc:
+        log.error("cos: stage %s failed: %s", name, exc)
 
 
 def mount_layout(
@@ -14,6 +37,7 @@ def mount_layout(
     root: Path = Path("/"),
     oem_label: str | None = None,
     persistent_label: str | None = None,
+    stages: bool = True,
 ) -> list[str]:
     """Labels given on the kernel command line (by GRUB, from the disk) win over config:
     the disk, not the image, knows how its partitions are labelled."""
@@ -24,4 +48,14 @@ def mount_layout(
         state=cfg.labels.state,
         persistent=persistent_label or cfg.labels.persistent,
     )
-    return apply_layout(mode, cfg.layout, labels, root=root)
+    run_stages = stages and root == Path("/")
+    done = apply_layout(
+        mode,
+        cfg.layout,
+        labels,
+        root=root,
+        after_volumes=(lambda: _stage(cfg, "rootfs")) if run_stages else None,
+    )
+    if run_stages:
+        _stage(cfg, "initramfs")
+    return done

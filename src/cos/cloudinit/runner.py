@@ -184,7 +184,21 @@ def _ordered(
     return order
 
 
+def _refresh_machine_id(ctx: Context) -> None:
+    """An earlier step may have just written /etc/machine-id: templates see the new one."""
+    p = ctx.root / "etc/machine-id"
+    mid = p.read_text().strip() if p.is_file() else ""
+    if ctx.values.get("MachineID", mid) != mid:
+        protected = hmac.new(mid.encode(), b"yip", hashlib.sha256).hexdigest() if mid else ""
+        ctx.values["MachineID"] = mid
+        ctx.values["ProtectedID"] = protected
+        node = ctx.values.get("Values", {}).get("node")
+        if isinstance(node, dict):
+            node["machineid"] = mid
+
+
 def run_step(stage: str, op: str, step: dict[str, Any], ctx: Context) -> StepResult:
+    _refresh_machine_id(ctx)
     reason = skip_reason(step, ctx)
     if reason:
         log.info("  skip %s: %s", op, reason)

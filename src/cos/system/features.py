@@ -100,11 +100,21 @@ def _layout(root: Path) -> None:
         _enable_unit(root, "tmp.mount", "local-fs.target")
 
 
-@feature("systemd", "units of the toolkit (console status after boot)")
+@feature("systemd", "units of the toolkit: cloud-init stages fs/boot/network/reconcile, status")
 def _systemd(root: Path) -> None:
     for entry in data_path("systemd").iterdir():
         _write(root, f"/etc/systemd/system/{entry.name}", entry.read_text())
     _enable_unit(root, "cos-status.service", "multi-user.target")
+    _enable_unit(root, "cos-setup-fs.service", "sysinit.target")
+    _enable_unit(root, "cos-setup-boot.service", "multi-user.target")
+    _enable_unit(root, "cos-setup-network.service", "multi-user.target")
+    _enable_unit(root, "cos-setup-reconcile.timer", "timers.target")
+
+
+@feature("cloud-config", "default cloud-configs in /system/oem (machine-id, hostname)")
+def _cloud_config(root: Path) -> None:
+    for entry in data_path("oem").iterdir():
+        _write(root, f"/system/oem/{entry.name}", entry.read_text())
 
 
 def _chroot_argv(root: Path, argv: list[str]) -> list[str]:

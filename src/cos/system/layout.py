@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from cos import run as runner
@@ -80,6 +81,7 @@ def apply_layout(
     labels: Labels | None = None,
     root: Path = Path("/"),
     device_timeout: float = 30.0,
+    after_volumes: Callable[[], None] | None = None,
 ) -> list[str]:
     """Mount the layout below root; return the mount points made, in order."""
     if mode not in MODES:
@@ -109,6 +111,9 @@ def apply_layout(
                     _mount(["-o", "rw,noatime", pdev, str(pmount)])
                     done.append(layout.persistent_mount)
                 persistent_mounted = True
+
+    if after_volumes is not None:
+        after_volumes()
 
     with step("Mounting ephemeral overlays"):
         base = inside(root, OVERLAY_BASE)
