@@ -83,7 +83,8 @@ def test_gpt_layout(built_disk: tuple[Path, Path, str]) -> None:
     assert names == ["bios", "efi", "oem", "recovery", "state", "persistent"]
     codes = [line.split()[5] for line in out.splitlines() if line.strip()[:1].isdigit()]
     assert codes[:2] == ["EF02", "EF00"]
-    mbr = disk.read_bytes()[:512]
+    with open(disk, "rb") as f:
+        mbr = f.read(512)
     assert mbr[510:] == b"\x55\xaa" and mbr[0x1C2] == 0xEE  # protective MBR kept
     with open(disk, "rb") as f:
         f.seek(2048 * 512)

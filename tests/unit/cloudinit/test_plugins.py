@@ -178,3 +178,95 @@ def test_hash_password() -> None:
     h = hash_password("pw")
     assert h.startswith("$6$") and h != hash_password("pw")
     assert os.environ.get("COS_TEST_SECRET") is None
+
+
+def test_entities_ensure_and_delete(root: Path) -> None:
+    summary, _ = run(
+        root,
+        """
+stages:
+  boot:
+    - ensure_entities:
+        - entity: |
+            kind: user
+            username: svc
+            password: x
+            uid: 990
+            gid: 990
+            info: service
+            homedir: /srv/svc
+            shell: /usr/sbin/nologin
+        - entity: |
+            kind: group
+            group_name: svc
+            password: x
+            gid: 990
+            users: svc
+        - entity: |
+            kind: shadow
+            username: svc
+            password: "!"
+            last_changed: now
+    - delete_entities:
+        - entity: |
+            kind: group
+            group_name: users
+""",
+    )
+    assert summary.count("ran") == 2, summary.results
+    assert "svc:x:990:990:service:/srv/svc:/usr/sbin/nologin" in (root / "etc/passwd").read_text()
+    group = (root / "etc/group").read_text()
+    assert "svc:x:990:svc" in group and "users:" not in group
+    assert (root / "etc/shadow").read_text().splitlines()[-1].startswith("svc:!:")
+
+
+def test_entity_without_kind_is_an_error(root: Path) -> None:
+    summary, _ = run(root, "stages:\n  boot:\n    - ensure_entities: [{entity: 'a: b'}]\n")
+    assert summary.failed and "kind" in summary.results[0].detail
+
+
+def test_datasource_file_and_metadata_service(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import http.server
+    import threading
+
+    from cos.cloudinit.plugins import datasource
+
+    (root / "seed.yaml").write_text("#cloud-config\nhostname: from-file\n")
+    summary, _ = run(
+        root, "stages:\n  boot:\n    - datasource: {providers: [file], path: /seed.yaml}\n"
+    )
+    assert summary.count("ran") == 1, summary.results
+    assert "from-file" in (root / "run/config/userdata.yaml").read_text()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"#cloud-config\nhostname: from-metadata\n"
+            ok = self.path == "/latest/user-data"
+            self.send_response(200 if ok else 404)
+            self.end_headers()
+            if ok:
+                self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_port}"
+        monkeypatch.setitem(datasource.ENDPOINTS, "aws", (f"{base}/latest/user-data", {}))
+        monkeypatch.setitem(datasource.ENDPOINTS, "hetzner", (f"{base}/nothing", {}))
+        summary, _ = run(
+            root,
+            "stages:\n  boot:\n    - datasource:\n        providers: [hetzner, aws]\n"
+            "        path: /run/ud\n",
+        )
+        assert summary.count("ran") == 1, summary.results
+        assert "from-metadata" in (root / "run/ud/userdata.yaml").read_text()
+    finally:
+        server.shutdown()
+
+
+def test_datasource_without_data_fails(root: Path) -> None:
+    summary, _ = run(root, "stages:\n  boot:\n    - datasource: {providers: [file], path: /none}\n")
+    assert summary.failed and "no user-data" in summary.results[0].detail

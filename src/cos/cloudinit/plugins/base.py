@@ -53,8 +53,8 @@ class Context:
             argv = ["chroot", str(self.root), *argv]
         return runner.run(argv, check=check, timeout=3600)
 
-    def tool(self, argv: list[str], check: bool = True) -> runner.Result:
-        return runner.run(argv, check=check)
+    def tool(self, argv: list[str], check: bool = True, input: str | None = None) -> runner.Result:
+        return runner.run(argv, check=check, input=input)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cos.cloudinit.plugins import commands, files, system, users
+from cos.cloudinit.plugins import commands, datasource, entities, files, layout, system, users
 from cos.cloudinit.plugins.base import Context, Plugin, PluginError
 
 
@@ -19,11 +19,11 @@ PLUGINS: list[Plugin] = [
     Plugin("dns", ("dns",), system.dns),
     Plugin("downloads", ("downloads",), files.downloads),
     _not_available("git"),
-    _not_available("ensure_entities"),
+    Plugin("ensure_entities", ("ensure_entities",), entities.ensure_entities),
     Plugin("directories", ("directories",), files.directories),
     Plugin("files", ("files",), files.files),
     Plugin("commands", ("commands",), commands.commands),
-    _not_available("delete_entities"),
+    Plugin("delete_entities", ("delete_entities",), entities.delete_entities),
     Plugin("hostname", ("hostname",), system.hostname),
     Plugin("sysctl", ("sysctl",), system.sysctl),
     Plugin("users", ("users",), users.users),
@@ -33,8 +33,8 @@ PLUGINS: list[Plugin] = [
     Plugin("systemctl", ("systemctl",), system.systemctl),
     Plugin("environment", ("environment",), system.environment),
     Plugin("systemd_firstboot", ("systemd_firstboot",), system.systemd_firstboot),
-    _not_available("datasource"),
-    _not_available("layout"),
+    Plugin("datasource", ("datasource",), datasource.datasource),
+    Plugin("layout", ("layout",), layout.layout),
     _not_available("package_pins"),
     _not_available("packages"),
     _not_available("unpack_images"),

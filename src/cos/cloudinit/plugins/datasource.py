@@ -1,0 +1,110 @@
+"""datasource: fetch user-data from where the platform provides it and store it for the
+next stages (default /run/config/userdata.yaml).
+
+Providers: file (needs `path`), cdrom / config-drive (a filesystem labelled cidata or
+config-2, NoCloud and OpenStack layouts), and the metadata services of aws, gcp,
+openstack, digitalocean and hetzner. Disk providers are tried first; the first
+provider that returns data wins.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cos.cloudinit.plugins.base import Context, PluginError, write_file
+from cos.errors import ToolError
+
+METADATA = "http://169.254.169.254"
+# provider → (url, headers); a module-level table so a test can point it elsewhere.
+ENDPOINTS: dict[str, tuple[str, dict[str, str]]] = {
+    "aws": (f"{METADATA}/latest/user-data", {}),
+    "openstack": (f"{METADATA}/openstack/latest/user_data", {}),
+    "digitalocean": (f"{METADATA}/metadata/v1/user-data", {}),
+    "hetzner": (f"{METADATA}/hetzner/v1/userdata", {}),
+    "gcp": (
+        "http://metadata.google.internal/computeMetadata/v1/instance/attributes/user-data",
+        {"Metadata-Flavor": "Google"},
+    ),
+}
+DISK_LABELS = {"cdrom": ("cidata", "CIDATA"), "config-drive": ("config-2", "CONFIG-2")}
+DISK_FILES = ("user-data", "openstack/latest/user_data")
+
+
+def _http(provider: str) -> Callable[[dict[str, Any], Context], bytes | None]:
+    def fetch(spec: dict[str, Any], ctx: Context) -> bytes | None:
+        url, headers = ENDPOINTS[provider]
+        try:
+            req = urllib.request.Request(url, headers=headers)
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return bytes(r.read())
+        except (urllib.error.URLError, OSError):
+            return None
+
+    return fetch
+
+
+def _file(spec: dict[str, Any], ctx: Context) -> bytes | None:
+    if not spec.get("path"):
+        raise PluginError("the file provider needs datasource.path")
+    p = ctx.path(spec["path"])
+    return p.read_bytes() if p.is_file() else None
+
+
+def _disk(kind: str) -> Callable[[dict[str, Any], Context], bytes | None]:
+    def fetch(spec: dict[str, Any], ctx: Context) -> bytes | None:
+        for label in DISK_LABELS[kind]:
+            r = ctx.tool(["blkid", "-o", "device", "-t", f"LABEL={label}"], check=False)
+            dev = r.stdout.split()[0] if r.returncode == 0 and r.stdout.strip() else None
+            if dev is None:
+                continue
+            with tempfile.TemporaryDirectory(prefix="cos-datasource-") as mnt:
+                try:
+                    ctx.tool(["mount", "-o", "ro", dev, mnt])
+                except ToolError:
+                    continue
+                try:
+                    for name in DISK_FILES:
+                        f = Path(mnt) / name
+                        if f.is_file():
+                            return f.read_bytes()
+                finally:
+                    ctx.tool(["umount", mnt], check=False)
+        return None
+
+    return fetch
+
+
+PROVIDERS: dict[str, Callable[[dict[str, Any], Context], bytes | None]] = {
+    "file": _file,
+    "cdrom": _disk("cdrom"),
+    "config-drive": _disk("config-drive"),
+    **{name: _http(name) for name in ENDPOINTS},
+}
+
+
+def datasource(step: dict[str, Any], ctx: Context) -> None:
+    spec = step["datasource"]
+    wanted = list(dict.fromkeys(spec.get("providers") or []))
+    unknown = [p for p in wanted if p not in PROVIDERS]
+    if unknown:
+        raise PluginError(
+            f"unknown datasource provider(s) {', '.join(unknown)} (known: {', '.join(PROVIDERS)})"
+        )
+    if not ctx.act(f"fetch user-data from {', '.join(wanted)}"):
+        return
+    order = sorted(wanted, key=lambda p: p not in ("cdrom", "config-drive", "file"))
+    for provider in order:
+        data = PROVIDERS[provider](spec, ctx)
+        if data:
+            target = ctx.path(
+                spec.get("path") if provider != "file" and spec.get("path") else "/run/config"
+            ) / (spec.get("userdata_name") or "userdata.yaml")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_file(target, data, 0o600)
+            return
+    raise PluginError(f"no user-data from {', '.join(wanted)}")

@@ -1,0 +1,96 @@
+"""ensure_entities / delete_entities: passwd, group, shadow and gshadow rows given as
+small YAML documents (the mudler/entities format yip uses)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import yaml
+
+from cos.cloudinit.plugins.accounts import Table
+from cos.cloudinit.plugins.base import Context, PluginError
+
+# kind → (default file, row width, key field, fields in row order)
+KINDS: dict[str, tuple[str, int, str, list[str]]] = {
+    "user": (
+        "/etc/passwd",
+        7,
+        "username",
+        ["username", "password", "uid", "gid", "info", "homedir", "shell"],
+    ),
+    "group": ("/etc/group", 4, "group_name", ["group_name", "password", "gid", "users"]),
+    "shadow": (
+        "/etc/shadow",
+        9,
+        "username",
+        [
+            "username",
+            "password",
+            "last_changed",
+            "minimum_changed",
+            "maximum_changed",
+            "warn",
+            "inactive",
+            "expire",
+            "reserved",
+        ],
+    ),
+    "gshadow": ("/etc/gshadow", 4, "name", ["name", "password", "administrators", "members"]),
+}
+
+
+def _parse(item: dict[str, Any]) -> tuple[str, str, list[str]]:
+    try:
+        data = yaml.safe_load(item.get("entity") or "")
+    except yaml.YAMLError as exc:
+        raise PluginError(f"entity is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict) or data.get("kind") not in KINDS:
+        raise PluginError(f"entity needs kind: one of {', '.join(KINDS)}")
+    kind = data["kind"]
+    path, _, key, fields = KINDS[kind]
+    if not data.get(key):
+        raise PluginError(f"{kind} entity needs {key}")
+    row = []
+    for f in fields:
+        v = data.get(f, "")
+        if f == "last_changed" and v == "now":
+            v = int(time.time() // 86400)
+        row.append("" if v is None else str(v))
+    return kind, item.get("path") or path, row
+
+
+def ensure_entities(step: dict[str, Any], ctx: Context) -> None:
+    errors = []
+    for item in step["ensure_entities"]:
+        try:
+            kind, path, row = _parse(item)
+            if not ctx.act(f"ensure {kind} {row[0]} in {path}"):
+                continue
+            table = Table.read(ctx, path, len(row))
+            existing = table.find(row[0])
+            if existing is None:
+                table.rows.append(row)
+            else:
+                existing[:] = row
+            table.write()
+        except (PluginError, OSError) as exc:
+            errors.append(str(exc))
+    if errors:
+        raise PluginError("; ".join(errors))
+
+
+def delete_entities(step: dict[str, Any], ctx: Context) -> None:
+    errors = []
+    for item in step["delete_entities"]:
+        try:
+            kind, path, row = _parse(item)
+            if not ctx.act(f"delete {kind} {row[0]} from {path}"):
+                continue
+            table = Table.read(ctx, path, len(row))
+            table.rows = [r for r in table.rows if r[0] != row[0]]
+            table.write()
+        except (PluginError, OSError) as exc:
+            errors.append(str(exc))
+    if errors:
+        raise PluginError("; ".join(errors))
