@@ -53,3 +53,12 @@ def test_json_schema_is_strict_and_serialisable() -> None:
     step = s["properties"]["stages"]["additionalProperties"]["items"]
     assert step["additionalProperties"] is False and "files" in step["properties"]
     assert step["properties"]["files"]["items"]["properties"]["permissions"]["type"] == "integer"
+
+
+def test_published_schema_matches_the_code() -> None:
+    from pathlib import Path
+
+    published = Path(__file__).parents[3] / "docs/cloud-config.schema.json"
+    assert json.loads(published.read_text()) == json_schema(), (
+        "regenerate with: cos cloud-init --schema > docs/cloud-config.schema.json"
+    )
