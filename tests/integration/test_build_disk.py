@@ -22,6 +22,14 @@ from tests.support.images import LAYOUT
 
 pytestmark = pytest.mark.integration
 
+USER_CONFIG = """name: disk-test
+stages:
+  initramfs:
+    - hostname: cos-test
+  after-disk-chroot:
+    - files:
+        - {path: /etc/cos-disk-hook, permissions: 0644, content: "made at build-disk"}
+"""
 SMALL = {"COS_PARTITIONS__RECOVERY": "1024", "COS_PARTITIONS__STATE": "4096"}
 
 
@@ -46,7 +54,7 @@ def _no_leftovers(directory: Path, keep: set[str]) -> None:
 def built_disk(tmp_path_factory: pytest.TempPathFactory, vanilla: str) -> tuple[Path, Path, str]:
     out = tmp_path_factory.mktemp("disk")
     ci = out / "user.yaml"
-    ci.write_text("#cloud-config\nhostname: cos-test\n")
+    ci.write_text(USER_CONFIG)
     conf = out / "etc-cos"
     conf.mkdir()
     env = {
@@ -125,7 +133,8 @@ def test_partitions_contents(built_disk: tuple[Path, Path, str], tmp_path: Path)
     with mounted(disk, oem.offset, oem.size, tmp_path / "oem") as m:
         assert grubenv.read(m / "grubenv") == {}
         assert (m / "grubenv").stat().st_size == 1024
-        assert (m / "90_custom.yaml").read_text() == "#cloud-config\nhostname: cos-test\n"
+        assert (m / "90_custom.yaml").read_text() == USER_CONFIG
+        assert (m / "90_custom.yaml").stat().st_mode & 0o777 == 0o600
 
     state = plan.part("state")
     with mounted(disk, state.offset, state.size, tmp_path / "state") as m:
@@ -144,6 +153,9 @@ def test_partitions_contents(built_disk: tuple[Path, Path, str], tmp_path: Path)
             ["blkid", "-o", "value", "-s", "LABEL", str(img)], capture_output=True, text=True
         ).stdout.strip()
         assert label == "COS_SNAP1"
+        # The after-disk-chroot hook of the --cloud-init file changed the snapshot.
+        with mounted(img, 0, img.stat().st_size, tmp_path / "snap") as s:
+            assert (s / "etc/cos-disk-hook").read_text() == "made at build-disk"
 
     rec = plan.part("recovery")
     with mounted(disk, rec.offset, rec.size, tmp_path / "rec") as m:

@@ -130,14 +130,17 @@ def build_disk(req: BuildDiskRequest, cfg: Config) -> Path:
     runner.require(*REQUIRED_TOOLS, *(["qemu-img"] if req.disk_type == "qcow2" else []))
 
     oem_env = _grub_oem_env(cfg)  # fails early when the extra cmdline does not fit
+    hooks = [p for p in cfg.cloud_init_paths if Path(p).exists()] + [str(p) for p in req.cloud_init]
+    _hook("before-disk", hooks)
 
     cache = Path(cfg.cache_dir)
     work = Path(tempfile.mkdtemp(prefix=".cos-build-", dir=out.parent))
     partial = out.with_name(f".{out.name}.partial")
     try:
-        _build(req, cfg, ref, rec_ref, plan, cache, work, partial, oem_env)
+        _build(req, cfg, ref, rec_ref, plan, cache, work, partial, oem_env, hooks)
         os.replace(partial, out)
         fsync_dir(out.parent)
+        _hook("after-disk", hooks)
     except OSError as exc:
         partial.unlink(missing_ok=True)
         raise DiskError(
@@ -151,6 +154,22 @@ def build_disk(req: BuildDiskRequest, cfg: Config) -> Path:
         shutil.rmtree(work, ignore_errors=True)
     log.info("Disk ready: %s (%s, %d MiB)", out, req.disk_type, plan.size_mib)
     return out
+
+
+def _hook(name: str, sources: list[str], root: Path = Path("/")) -> None:
+    """Run a build-disk hook stage (before-disk, after-disk-chroot, after-disk).
+
+    Hooks come from `cloud-init-paths` in config and the --cloud-init files; the chroot
+    hook also reads the image's own /system/oem. Errors are reported, not fatal, as in
+    Elemental.
+    """
+    if not sources:
+        return
+    from cos.actions.cloud_init import StageRequest, run
+
+    summary = run(StageRequest(name, sources, root))
+    if summary.failed:
+        log.warning("hook %s: %s", name, summary.render())
 
 
 def _image_state(img: LocalImage, tree: Path, label: str, fs: str, active: bool) -> ImageState:
@@ -198,6 +217,7 @@ def _build(
     work: Path,
     partial: Path,
     oem_env: bytes,
+    hooks: list[str],
 ) -> None:
     labels = cfg.labels
     tls = cfg.tls_verify
@@ -207,6 +227,9 @@ def _build(
     with step(f"Unpacking {ref} ({img.digest[:19]})"):
         unpack(img, tree)
     boot = check_bootable(tree, ref)
+    image_oem = tree / "system/oem"
+    with step("Running the after-disk-chroot hook"):
+        _hook("after-disk-chroot", ([str(image_oem)] if image_oem.is_dir() else []) + hooks, tree)
 
     statedir = work / "state"
     snapdir = statedir / snap.SNAPSHOTS_DIR

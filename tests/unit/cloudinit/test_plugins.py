@@ -270,3 +270,39 @@ def test_datasource_file_and_metadata_service(root: Path, monkeypatch: pytest.Mo
 def test_datasource_without_data_fails(root: Path) -> None:
     summary, _ = run(root, "stages:\n  boot:\n    - datasource: {providers: [file], path: /none}\n")
     assert summary.failed and "no user-data" in summary.results[0].detail
+
+
+def test_downloads_from_a_local_server(root: Path) -> None:
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/tool" else 404)
+            self.end_headers()
+            if self.path == "/tool":
+                self.wfile.write(b"#!/bin/sh\necho tool\n")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_port}"
+        summary, _ = run(
+            root,
+            f"""
+stages:
+  boot:
+    - downloads:
+        - {{url: "{base}/tool", path: /usr/local/bin/tool, permissions: 0755}}
+        - {{url: "{base}/missing", path: /tmp/missing}}
+""",
+        )
+    finally:
+        server.shutdown()
+    tool = root / "usr/local/bin/tool"
+    assert tool.read_text().endswith("echo tool\n") and tool.stat().st_mode & 0o777 == 0o755
+    assert summary.failed and "missing" in summary.results[0].detail
+    assert not (root / "tmp/missing").exists()
