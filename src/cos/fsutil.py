@@ -92,6 +92,39 @@ def resolve_in_tree(tree: Path, path: str) -> Path | None:
     return tree.joinpath(*resolved)
 
 
+def confine(root: Path, path: str) -> Path:
+    """Host path for an in-root path, with every existing symlink resolved inside root.
+
+    Components that do not exist yet are appended as they are ('..' never climbs above
+    root), so a later mkdir/open/chmod on the result cannot be led out of root by a
+    symlink that existed when it was resolved.
+    """
+    root = Path(root)
+    parts = list(Path("/" + path.lstrip("/")).parts[1:])
+    resolved: list[str] = []
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        host = root.joinpath(*resolved, part)
+        if host.is_symlink():
+            hops += 1
+            if hops > 40:
+                raise OSError(40, "too many levels of symbolic links", str(host))
+            target = os.readlink(host)
+            if target.startswith("/"):
+                resolved = []
+            parts = [p for p in Path(target).parts if p != "/"] + parts
+            continue
+        resolved.append(part)
+    return root.joinpath(*resolved)
+
+
 def regular_file_in_tree(tree: Path, path: str) -> Path | None:
     """resolve_in_tree, and only a regular file (not a device, fifo or directory)."""
     p = resolve_in_tree(tree, path)

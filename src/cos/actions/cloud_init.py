@@ -58,12 +58,14 @@ def run(req: StageRequest) -> Summary:
     loaded = LoadResult()
     for src in req.sources:
         loaded.extend(load_source(src))
-    if req.cmdline:
-        loaded.extend(load_cmdline(req.cmdline))
+    late = LoadResult()
+    if req.cmdline and req.root == Path("/"):
+        late = load_cmdline(req.cmdline)
+        loaded.errors += late.errors
     for err in loaded.errors:
         log.error("cloud-config: %s", err)
     ctx = Context(root=req.root, dry_run=req.dry_run, values=template_values(req.root))
-    summary = run_stage(req.stage, loaded.documents, ctx)
+    summary = run_stage(req.stage, loaded.documents, ctx, late.documents)
     if req.dry_run:
         for line in ctx.plan:
             print(f"would {line}")

@@ -29,6 +29,8 @@ def _stage(cfg: Config, name: str) -> None:
             log.error("cos: stage %s: %s", name, summary.render())
     except CosError as exc:
         log.error("cos: stage %s failed: %s", name, exc)
+    except Exception as exc:  # never stop the boot for a cloud-config problem
+        log.error("cos: stage %s crashed: %s: %s", name, type(exc).__name__, exc)
 
 
 def mount_layout(

@@ -6,6 +6,7 @@ Each source becomes one or more validated documents. A broken document is report
 
 from __future__ import annotations
 
+import logging
 import re
 import shlex
 import sys
@@ -18,7 +19,9 @@ from typing import Any
 from cos.cloudinit.schema import SchemaError, validate
 from cos.cloudinit.yamlmarks import Mark, MarkedDict, YamlError, load
 
+log = logging.getLogger("cos.cloudinit")
 CLOUD_CONFIG_HEADER = "#cloud-config"
+MAX_INDEX = 1000
 _SUPPORTED_CLOUD_CONFIG = {
     "users",
     "ssh_authorized_keys",
@@ -74,27 +77,48 @@ def _octal(value: Any, mark: Mark | None, path: str, errs: list[SchemaError]) ->
         return None
 
 
-def transpile_cloud_config(doc: Any, source: str) -> tuple[Any, list[SchemaError]]:
-    """Map a #cloud-config document onto yip stages (the mapping yip itself applies)."""
+def _str_list(value: Any, path: str, mark: Mark | None, errs: list[SchemaError]) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return list(value)
+    errs.append(SchemaError(mark, path, "expected a list of strings"))
+    return []
+
+
+def transpile_cloud_config(
+    doc: Any, source: str
+) -> tuple[Any, list[SchemaError], list[SchemaError]]:
+    """Map a #cloud-config document onto yip stages (the mapping yip itself applies).
+
+    Returns (document, errors, warnings). Top-level keys cos does not run (Kairos and
+    Elemental keep their own settings beside the cloud-config ones: install, k3s,
+    elemental…) are warnings, so such files still apply their users and stages.
+    """
     errs: list[SchemaError] = []
+    warns: list[SchemaError] = []
     if doc is None:
-        return {}, errs
+        return {}, errs, warns
     if not isinstance(doc, dict):
-        return doc, errs  # validate() reports it
+        return doc, errs, warns  # validate() reports it
     km = doc.key_marks if isinstance(doc, MarkedDict) else {}
     for k in doc:
         if k not in _SUPPORTED_CLOUD_CONFIG:
-            errs.append(
+            warns.append(
                 SchemaError(
                     km.get(k),
                     str(k),
-                    "cloud-config key not supported",
-                    "supported: " + ", ".join(sorted(_SUPPORTED_CLOUD_CONFIG)),
+                    "cloud-config key not used by cos",
+                    "used: " + ", ".join(sorted(_SUPPORTED_CLOUD_CONFIG)),
                 )
             )
     step: dict[str, Any] = {}
     network_keys: dict[str, list[str]] = {}
-    global_keys = list(doc.get("ssh_authorized_keys") or [])
+    global_keys = _str_list(
+        doc.get("ssh_authorized_keys"), "ssh_authorized_keys", km.get("ssh_authorized_keys"), errs
+    )
 
     def split(keys: list[Any]) -> list[Any]:
         local = []
@@ -119,7 +143,10 @@ def transpile_cloud_config(doc: Any, source: str) -> tuple[Any, list[SchemaError
             name = str(u["name"])
             user_for_network = name
             entry = {k: v for k, v in u.items() if k != "ssh_authorized_keys"}
-            local = split(list(u.get("ssh_authorized_keys") or []) + global_keys)
+            own = _str_list(
+                u.get("ssh_authorized_keys"), f"users[{i}].ssh_authorized_keys", None, errs
+            )
+            local = split(own + global_keys)
             users[name] = entry
             if local:
                 keys[name] = local
@@ -161,7 +188,8 @@ def transpile_cloud_config(doc: Any, source: str) -> tuple[Any, list[SchemaError
         stages.setdefault("boot", []).append(step)
     growpart = doc.get("growpart") or {}
     if isinstance(growpart, dict):
-        for dev in growpart.get("devices") or []:
+        devices = _str_list(growpart.get("devices"), "growpart.devices", None, errs)
+        for dev in devices:
             stages.setdefault("boot", []).append(
                 {"layout": {"device": {"path": dev}, "expand_partition": {"size": 0}}}
             )
@@ -169,14 +197,14 @@ def transpile_cloud_config(doc: Any, source: str) -> tuple[Any, list[SchemaError
         stages.setdefault("initramfs", []).append({"hostname": doc["hostname"]})
     if network_keys:
         stages.setdefault("network", []).append({"authorized_keys": network_keys})
-    own = doc.get("stages")
-    if isinstance(own, dict):
-        for stage, steps in own.items():
+    own_stages = doc.get("stages")
+    if isinstance(own_stages, dict):
+        for stage, steps in own_stages.items():
             stages.setdefault(str(stage), []).extend(steps if isinstance(steps, list) else [steps])
     out_doc: dict[str, Any] = {"stages": stages}
     if "name" in doc:
         out_doc["name"] = doc["name"]
-    return out_doc, errs
+    return out_doc, errs, warns
 
 
 def load_text(text: str, source: str) -> LoadResult:
@@ -187,7 +215,14 @@ def load_text(text: str, source: str) -> LoadResult:
         res.errors.append(SchemaError(exc.mark, "", exc.message))
         return res
     if is_cloud_config(text):
-        data, errs = transpile_cloud_config(data, source)
+        try:
+            data, errs, warnings = transpile_cloud_config(data, source)
+        except (TypeError, ValueError, AttributeError, KeyError) as exc:
+            mark = data.mark if isinstance(data, MarkedDict) else Mark(source, 1, 1)
+            res.errors.append(SchemaError(mark, "", f"malformed cloud-config: {exc}"))
+            return res
+        for w in warnings:
+            log.warning("%s (ignored)", w)
         if errs:
             res.errors += errs
             return res
@@ -213,7 +248,7 @@ def _set_path(obj: dict[str, Any], path: str, value: str) -> bool:
         last = i == len(keys) - 1
         nxt: Any = value if last else ([] if isinstance(keys[i + 1], int) else {})
         if isinstance(k, int):
-            if not isinstance(cur, list):
+            if not isinstance(cur, list) or k > MAX_INDEX:
                 return False
             while len(cur) <= k:
                 cur.append(None)
@@ -267,6 +302,14 @@ def _files_in(directory: Path) -> list[Path]:
 
 def load_source(src: str) -> LoadResult:
     """One argument: a directory, a file, an http(s) URL, or '-' for stdin."""
+    try:
+        return _load_source(src)
+    except Exception as exc:  # a loader bug must not take the other sources down
+        err = SchemaError(None, src, f"cannot load: {type(exc).__name__}: {exc}")
+        return LoadResult(errors=[err])
+
+
+def _load_source(src: str) -> LoadResult:
     res = LoadResult()
     if src == "-":
         return load_text(sys.stdin.read(), "<stdin>")

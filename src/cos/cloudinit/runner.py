@@ -20,7 +20,7 @@ from typing import Any
 from cos.cloudinit.loader import Document
 from cos.cloudinit.plugins.base import Context, PluginError
 from cos.cloudinit.plugins.registry import PLUGINS
-from cos.errors import CosError, ToolError
+from cos.errors import CosError
 from cos.system.release import read_os_release
 
 log = logging.getLogger("cos.cloudinit")
@@ -199,7 +199,11 @@ def _refresh_machine_id(ctx: Context) -> None:
 
 def run_step(stage: str, op: str, step: dict[str, Any], ctx: Context) -> StepResult:
     _refresh_machine_id(ctx)
-    reason = skip_reason(step, ctx)
+    try:
+        reason = skip_reason(step, ctx)
+    except Exception as exc:  # a bad condition fails this step, never the stage
+        log.error("  %s: condition: %s", op, exc)
+        return StepResult(stage, op, "failed", f"condition: {exc}")
     if reason:
         log.info("  skip %s: %s", op, reason)
         return StepResult(stage, op, "skipped", reason)
@@ -210,8 +214,9 @@ def run_step(stage: str, op: str, step: dict[str, Any], ctx: Context) -> StepRes
         try:
             plugin.apply(step, ctx)
         except (CosError, OSError) as exc:
-            msg = str(exc) if not isinstance(exc, ToolError) else f"{exc}"
-            errors.append(f"{plugin.name}: {msg}")
+            errors.append(f"{plugin.name}: {exc}")
+        except Exception as exc:  # recorded like any failure: one step never stops a stage
+            errors.append(f"{plugin.name}: {type(exc).__name__}: {exc}")
     if errors:
         for e in errors:
             log.error("  %s: %s", op, e)
@@ -220,9 +225,21 @@ def run_step(stage: str, op: str, step: dict[str, Any], ctx: Context) -> StepRes
     return StepResult(stage, op, "ran")
 
 
-def run_stage(stage: str, documents: list[Document], ctx: Context) -> Summary:
-    """Run STAGE.before, STAGE, STAGE.after over all documents, in order."""
+def run_stage(
+    stage: str,
+    documents: list[Document],
+    ctx: Context,
+    late: list[Document] | None = None,
+) -> Summary:
+    """Run STAGE.before, STAGE, STAGE.after over documents, then over late ones (the
+    kernel cmdline), as Elemental does."""
     summary = Summary()
+    for group in (documents, late or []):
+        _run_group(stage, group, ctx, summary)
+    return summary
+
+
+def _run_group(stage: str, documents: list[Document], ctx: Context, summary: Summary) -> None:
     for name in (f"{stage}.before", stage, f"{stage}.after"):
         for doc in documents:
             steps = doc.stages.get(name) or []
@@ -233,4 +250,3 @@ def run_stage(stage: str, documents: list[Document], ctx: Context) -> Summary:
                 if unknown:
                     log.warning("  %s: after names unknown steps %s", op, ", ".join(unknown))
                 summary.results.append(run_step(name, op, step, ctx))
-    return summary

@@ -44,10 +44,15 @@ class Scalar(T):
 
     def check(self, v: Any, path: str, mark: Mark | None, errs: list[SchemaError]) -> Any:
         if self.kind == "str":
-            if isinstance(v, bool) or v is None or isinstance(v, dict | list):
+            # yip reads YAML scalars into string fields as text: true, 1000, 1.5 all work.
+            if v is None:
+                return ""
+            if isinstance(v, bool):
+                return "true" if v else "false"
+            if isinstance(v, dict | list):
                 errs.append(SchemaError(mark, path, f"expected a string, got {_kind(v)}"))
                 return None
-            return str(v)  # yaml numbers in string fields (uid: 1000) are taken as text
+            return str(v)
         if self.kind == "int":
             if isinstance(v, bool) or not isinstance(v, int):
                 hint = "write octal modes unquoted, e.g. 0644" if isinstance(v, str) else ""

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from cos.cloudinit.loader import (
     is_cloud_config,
     load_cmdline,
@@ -79,9 +81,29 @@ growpart:
     assert st["network"] == [{"authorized_keys": {"bob": ["github:bob"]}}]
 
 
-def test_unsupported_cloud_config_key_is_an_error() -> None:
-    r = load_text("#cloud-config\nbootcmd: [x]\nruncmd: [y]\n", "u.yaml")
-    assert not r.documents and "u.yaml:2:1: bootcmd" in str(r.errors[0])
+def test_foreign_cloud_config_keys_are_reported_and_the_rest_runs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Kairos and Elemental keep their own settings beside the cloud-config keys.
+    r = load_text("#cloud-config\ninstall: {device: auto}\nruncmd: [y]\n", "u.yaml")
+    assert not r.errors and r.documents[0].stages["boot"][0]["commands"] == ["y"]
+    assert "u.yaml:2:1: install: cloud-config key not used by cos" in caplog.text
+
+
+def test_malformed_cloud_config_values_are_errors_not_crashes() -> None:
+    for text in (
+        "ssh_authorized_keys: 5\n",
+        "users: [{name: a, ssh_authorized_keys: true}]\n",
+        "growpart: {devices: 5}\n",
+    ):
+        r = load_text("#cloud-config\n" + text, "m.yaml")
+        assert r.errors and not r.documents, text
+    r = load_text("#cloud-config\nssh_authorized_keys: ssh-rsa ONE\n", "s.yaml")
+    assert r.documents[0].stages["boot"][0]["authorized_keys"] == {"root": ["ssh-rsa ONE"]}
+
+
+def test_huge_cmdline_index_is_ignored() -> None:
+    assert parse_dot_notation("stages.boot[9999999].commands[0]=x") == {"stages": {"boot": []}}
 
 
 def test_dot_notation() -> None:

@@ -306,3 +306,87 @@ stages:
     assert tool.read_text().endswith("echo tool\n") and tool.stat().st_mode & 0o777 == 0o755
     assert summary.failed and "missing" in summary.results[0].detail
     assert not (root / "tmp/missing").exists()
+
+
+def test_symlinks_in_the_target_cannot_lead_outside(root: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "host-run"
+    outside.mkdir()
+    (root / "var").mkdir()
+    (root / "var/run").symlink_to("/run")  # absolute: means <root>/run, not the host's
+    (root / "etc/evil").symlink_to(str(outside))
+    summary, _ = run(
+        root,
+        """
+stages:
+  boot:
+    - files:
+        - {path: /var/run/marker, permissions: 0644, content: x}
+        - {path: /etc/evil/marker, permissions: 0644, content: x}
+      directories:
+        - {path: /var/run/dir, permissions: 0700}
+""",
+    )
+    assert summary.count("ran") == 1, summary.results
+    assert (root / "run/marker").is_file() and (root / "run/dir").is_dir()
+    assert not Path("/run/marker").exists() and not Path("/run/dir").exists()
+    assert list(outside.iterdir()) == []
+    assert (root / str(outside).lstrip("/") / "marker").is_file()
+
+
+def test_shadow_entity_password_is_hashed_and_groups_merge(root: Path) -> None:
+    summary, _ = run(
+        root,
+        """
+stages:
+  boot:
+    - ensure_entities:
+        - entity: |
+            kind: shadow
+            username: root
+            password: plain-secret
+        - entity: |
+            kind: group
+            group_name: sudo
+            users: alice
+    - ensure_entities:
+        - entity: |
+            kind: group
+            group_name: sudo
+            users: bob
+""",
+    )
+    assert summary.count("ran") == 2, summary.results
+    shadow = (root / "etc/shadow").read_text()
+    assert "plain-secret" not in shadow and shadow.startswith("root:$6$")
+    assert "sudo:x:27:alice,bob" in (root / "etc/group").read_text()
+
+
+def test_environment_round_trips_spaces_and_quotes(root: Path) -> None:
+    (root / "etc/environment").write_text("EXISTING=hello world\n")
+    run(root, "stages:\n  boot:\n    - environment: {Q: 'say \"hi\" $HOME'}\n")
+    run(root, "stages:\n  boot:\n    - environment: {R: '1'}\n")
+    from cos.cloudinit.plugins.system import _parse_dotenv
+
+    env = _parse_dotenv((root / "etc/environment").read_text())
+    assert env == {"EXISTING": "hello world", "Q": 'say "hi" $HOME', "R": "1"}
+
+
+def test_unsupported_template_is_used_as_written(root: Path) -> None:
+    summary, _ = run(
+        root,
+        "stages:\n  boot:\n    - files:\n"
+        "        - {path: /etc/t, content: '{{ $labels.instance }}'}\n",
+    )
+    assert summary.count("ran") == 1
+    assert (root / "etc/t").read_text() == "{{ $labels.instance }}"
+
+
+def test_scalars_in_string_fields_and_empty_values(root: Path) -> None:
+    summary, _ = run(
+        root,
+        "stages:\n  boot:\n    - environment: {DEBUG: true, N: 5}\n"
+        "      hostname: ''\n      datasource: {providers: []}\n",
+    )
+    assert summary.count("ran") == 1, summary.results
+    assert 'DEBUG="true"' in (root / "etc/environment").read_text()
+    assert not (root / "etc/hostname").exists()

@@ -61,5 +61,5 @@ def test_failures_are_recorded_and_later_steps_still_run(tmp_path: Path) -> None
     )
     s = run_stage("boot", docs, Context(root=tmp_path))
     assert [r.status for r in s.results] == ["failed", "ran"]
-    assert "must be absolute" in s.results[0].detail and s.failed
+    assert "must be an absolute path" in s.results[0].detail and s.failed
     assert (tmp_path / "ok").exists()

@@ -6,12 +6,11 @@ Acting on the files (not the host's NSS) is what lets the users plugin work on a
 
 from __future__ import annotations
 
-import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from cos.cloudinit.plugins.base import Context, PluginError
+from cos.cloudinit.plugins.base import Context, PluginError, write_file
 
 
 @dataclass
@@ -25,7 +24,7 @@ class Table:
         p = ctx.path(name)
         rows = []
         if p.exists():
-            for line in p.read_text().splitlines():
+            for line in p.read_text(errors="replace").splitlines():
                 if line.strip() and not line.startswith("#"):
                     f = line.split(":")
                     rows.append(f + [""] * (width - len(f)))
@@ -42,11 +41,8 @@ class Table:
         elif self.path.name in ("shadow", "gshadow"):
             mode = 0o640
         text = "".join(":".join(r) + "\n" for r in self.rows)
-        tmp = self.path.with_name(f"{self.path.name}+")
-        tmp.write_text(text)
-        os.chmod(tmp, mode)
-        os.chown(tmp, uid, gid)
-        os.replace(tmp, self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_file(self.path, text.encode(), mode, uid, gid)
 
 
 def lookup_uid(ctx: Context, name: str) -> int:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +13,9 @@ from typing import Any
 from cos import run as runner
 from cos.cloudinit import template
 from cos.errors import CosError
-from cos.fsutil import inside
+from cos.fsutil import confine, fsync_dir
+
+log = logging.getLogger("cos.cloudinit")
 
 
 class PluginError(CosError):
@@ -31,16 +35,19 @@ class Context:
         return self.root == Path("/")
 
     def path(self, p: str) -> Path:
-        """Host path of an in-target path; refuses to leave the target root."""
-        if not p or not p.startswith("/"):
-            raise PluginError(f"path {p!r} must be absolute")
-        return inside(self.root, p)
+        """Host path of an in-target path; symlinks are resolved inside the target."""
+        if not p or not p.startswith("/") or p.strip("/") == "":
+            raise PluginError(f"path {p!r} must be an absolute path below /")
+        return confine(self.root, p)
 
     def render(self, text: str) -> str:
+        """Render a template; text that is not a supported template is used as it is
+        (as yip does), with a warning naming the construct."""
         try:
             return template.render(text, self.values)
         except template.TemplateError as exc:
-            raise PluginError(str(exc)) from exc
+            log.warning("template not rendered (%s); using the text as written", exc)
+            return text
 
     def act(self, what: str) -> bool:
         """Record an action; False in dry-run mode (the caller then does nothing)."""
@@ -65,13 +72,19 @@ class Plugin:
 
 
 def write_file(path: Path, data: bytes, mode: int, uid: int = -1, gid: int = -1) -> None:
-    """Write data to path (following yip: parents created, content replaced)."""
-    tmp = path.with_name(f".{path.name}.cos-tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, mode)
-    if uid != -1 or gid != -1:
-        os.chown(tmp, uid, gid)
-    os.replace(tmp, path)
+    """Replace path atomically: a private temp file (0600 until its final mode and
+    owner are set), fsync, rename, directory fsync. A crash leaves old or new."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".cos-tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            if uid != -1 or gid != -1:
+                os.fchown(f.fileno(), uid, gid)
+            os.fchmod(f.fileno(), mode)
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)

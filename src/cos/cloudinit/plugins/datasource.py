@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cos.cloudinit.plugins.base import Context, PluginError, write_file
+from cos.cloudinit.plugins.base import Context, PluginError, log, write_file
 from cos.errors import ToolError
 
 METADATA = "http://169.254.169.254"
@@ -90,11 +90,18 @@ PROVIDERS: dict[str, Callable[[dict[str, Any], Context], bytes | None]] = {
 def datasource(step: dict[str, Any], ctx: Context) -> None:
     spec = step["datasource"]
     wanted = list(dict.fromkeys(spec.get("providers") or []))
+    if not wanted:
+        return
     unknown = [p for p in wanted if p not in PROVIDERS]
     if unknown:
-        raise PluginError(
-            f"unknown datasource provider(s) {', '.join(unknown)} (known: {', '.join(PROVIDERS)})"
+        log.warning(
+            "datasource: skipping unknown provider(s) %s (known: %s)",
+            ", ".join(unknown),
+            ", ".join(PROVIDERS),
         )
+        wanted = [p for p in wanted if p in PROVIDERS]
+        if not wanted:
+            raise PluginError(f"no known datasource provider in {', '.join(unknown)}")
     if not ctx.act(f"fetch user-data from {', '.join(wanted)}"):
         return
     order = sorted(wanted, key=lambda p: p not in ("cdrom", "config-drive", "file"))

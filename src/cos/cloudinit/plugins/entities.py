@@ -10,6 +10,7 @@ import yaml
 
 from cos.cloudinit.plugins.accounts import Table
 from cos.cloudinit.plugins.base import Context, PluginError
+from cos.cloudinit.plugins.users import hash_password
 
 # kind → (default file, row width, key field, fields in row order)
 KINDS: dict[str, tuple[str, int, str, list[str]]] = {
@@ -65,12 +66,22 @@ def ensure_entities(step: dict[str, Any], ctx: Context) -> None:
     for item in step["ensure_entities"]:
         try:
             kind, path, row = _parse(item)
+            if kind == "shadow" and row[1] and row[1][0] not in "$!*":
+                row[1] = hash_password(row[1])  # never a plain password on disk
             if not ctx.act(f"ensure {kind} {row[0]} in {path}"):
                 continue
             table = Table.read(ctx, path, len(row))
             existing = table.find(row[0])
             if existing is None:
                 table.rows.append(row)
+            elif kind in ("group", "gshadow"):
+                # Members are merged and fields not given are kept, as entities does.
+                members = 3
+                merged = [m for m in existing[members].split(",") if m]
+                merged += [m for m in row[members].split(",") if m and m not in merged]
+                new = [v or old for v, old in zip(row, existing, strict=True)]
+                new[members] = ",".join(merged)
+                existing[:] = new
             else:
                 existing[:] = row
             table.write()

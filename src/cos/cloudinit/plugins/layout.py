@@ -107,7 +107,10 @@ def _add(disk: str, p: dict[str, Any], ctx: Context) -> None:
     if fs in ("noformat", "-", "none"):
         return
     label = p.get("fsLabel") or ""
-    mkfs = {"vfat": ["mkfs.vfat", "-n", label] if label else ["mkfs.vfat"]}.get(
-        fs, [f"mkfs.{fs}", "-F", *(["-L", label] if label else [])]
-    )
+    if fs in ("vfat", "fat"):
+        mkfs = ["mkfs.vfat", *(["-n", label] if label else [])]
+    elif fs in ("xfs", "btrfs"):
+        mkfs = [f"mkfs.{fs}", "-f", *(["-L", label] if label else [])]
+    else:
+        mkfs = [f"mkfs.{fs}", "-F", *(["-L", label] if label else [])]
     ctx.tool([*mkfs, new[0]])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import socket
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,8 @@ from cos.errors import ToolError
 
 def hostname(step: dict[str, Any], ctx: Context) -> None:
     name = ctx.render(step["hostname"]).strip()
+    if not name:
+        return
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}", name):
         raise PluginError(f"invalid hostname {name!r}")
     if not ctx.act(f"hostname {name}"):
@@ -114,18 +115,24 @@ def timesyncd(step: dict[str, Any], ctx: Context) -> None:
 
 
 def _parse_dotenv(text: str) -> dict[str, str]:
+    """KEY=value lines; a quoted value is unquoted, an unquoted one runs to the line end."""
     out = {}
     for line in text.splitlines():
         line = line.strip()
         if not line or line.startswith("#") or "=" not in line:
             continue
         k, _, v = line.removeprefix("export ").partition("=")
-        try:
-            parts = shlex.split(v)
-        except ValueError:
-            parts = [v]
-        out[k.strip()] = parts[0] if parts else ""
+        v = v.strip()
+        if len(v) >= 2 and v[0] == v[-1] and v[0] in "\"'":
+            quote, v = v[0], v[1:-1]
+            if quote == '"':
+                v = re.sub(r'\\(["\\$`])', r"\1", v)
+        out[k.strip()] = v
     return out
+
+
+def _quote_env(value: str) -> str:
+    return '"' + re.sub(r'(["\\$`])', r"\\\1", value).replace("\n", "\\n") + '"'
 
 
 def environment(step: dict[str, Any], ctx: Context) -> None:
@@ -136,7 +143,7 @@ def environment(step: dict[str, Any], ctx: Context) -> None:
     target = ctx.path(path)
     current = _parse_dotenv(target.read_text()) if target.exists() else {}
     current.update(values)
-    text = "".join(f'{k}="{v}"\n' for k, v in sorted(current.items()))
+    text = "".join(f"{k}={_quote_env(v)}\n" for k, v in sorted(current.items()))
     target.parent.mkdir(parents=True, exist_ok=True)
     write_file(target, text.encode(), 0o644)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from cos import run as runner
 from cos.cloudinit.plugins.accounts import Table
-from cos.cloudinit.plugins.base import Context, PluginError
+from cos.cloudinit.plugins.base import Context, PluginError, write_file
 from cos.errors import ToolError
 
 
@@ -97,6 +97,8 @@ def _user(name: str, u: dict[str, Any], ctx: Context) -> None:
         return
     uids = {int(r[2]) for r in passwd.rows if r[2].isdigit()}
     gids = {int(r[2]) for r in group.rows if r[2].isdigit()}
+    if u.get("uid") and not str(u["uid"]).isdigit():
+        raise PluginError(f"uid {u['uid']!r} is not a number")
     uid = int(u["uid"]) if u.get("uid") else _free_id(uids, bool(u.get("system")))
     if u.get("primary_group"):
         g = group.find(u["primary_group"])
@@ -151,18 +153,16 @@ def _add_keys(user: str, keys: list[str], ctx: Context) -> None:
             wanted.append(k)
     if not ctx.act(f"add {len(wanted)} ssh key(s) for {user}"):
         return
-    ssh = ctx.path(home) / ".ssh"
+    ssh = ctx.path(f"{home.rstrip('/')}/.ssh")
     ssh.mkdir(parents=True, exist_ok=True)
     os.chmod(ssh, 0o700)
     os.chown(ssh, uid, gid)
-    ak = ssh / "authorized_keys"
-    current = ak.read_text() if ak.exists() else ""
+    ak = ctx.path(f"{home.rstrip('/')}/.ssh/authorized_keys")
+    current = ak.read_text(errors="replace") if ak.exists() else ""
     for k in wanted:
         if k not in current:
             current += ("" if not current or current.endswith("\n") else "\n") + k + "\n"
-    ak.write_text(current)
-    os.chmod(ak, 0o600)
-    os.chown(ak, uid, gid)
+    write_file(ak, current.encode(), 0o600, uid, gid)
 
 
 def authorized_keys(step: dict[str, Any], ctx: Context) -> None:
