@@ -17,10 +17,13 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
+def atomic_write(
+    path: Path, data: bytes | str, mode: int = 0o644, uid: int = -1, gid: int = -1
+) -> None:
     """Replace path so that a crash leaves either the old or the new content.
 
-    temp file in the same directory → write → fsync → rename → fsync the directory.
+    A private temp file (0600 until its owner and mode are set) in the same directory →
+    write → fsync → rename → fsync the directory.
     """
     raw = data.encode() if isinstance(data, str) else data
     path = Path(path)
@@ -29,6 +32,8 @@ def atomic_write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(raw)
             f.flush()
+            if uid != -1 or gid != -1:
+                os.fchown(f.fileno(), uid, gid)
             os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -58,38 +63,15 @@ def inside(root: Path, path: str | os.PathLike[str]) -> Path:
 def resolve_in_tree(tree: Path, path: str) -> Path | None:
     """Resolve an in-image path the way the booted image would, never leaving tree.
 
-    Every component is resolved inside tree: an absolute symlink target is re-rooted
-    at tree and '..' stops at tree's root, so an image cannot make a build read the
-    host's files through its symlinks. Returns None when the path does not exist.
+    Absolute symlink targets are re-rooted at tree and '..' stops at tree's root, so an
+    image cannot make a build read the host's files through its symlinks. Returns None
+    when the path does not exist (or loops).
     """
-    tree = Path(tree)
-    parts = list(Path("/" + path.lstrip("/")).parts[1:])
-    resolved: list[str] = []
-    hops = 0
-    while parts:
-        part = parts.pop(0)
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if resolved:
-                resolved.pop()
-            continue
-        host = tree.joinpath(*resolved, part)
-        if host.is_symlink():
-            hops += 1
-            if hops > 40:
-                return None
-            target = os.readlink(host)
-            if target.startswith("/"):
-                resolved = []
-            parts = list(Path(target).parts) + parts
-            if target.startswith("/"):
-                parts = parts[1:]
-            continue
-        if not host.exists():
-            return None
-        resolved.append(part)
-    return tree.joinpath(*resolved)
+    try:
+        p = confine(tree, path)
+    except OSError:
+        return None
+    return p if p.exists() else None
 
 
 def confine(root: Path, path: str) -> Path:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +11,7 @@ from typing import Any
 from cos import run as runner
 from cos.cloudinit import template
 from cos.errors import CosError
-from cos.fsutil import confine, fsync_dir
+from cos.fsutil import atomic_write, confine
 
 log = logging.getLogger("cos.cloudinit")
 
@@ -72,19 +70,5 @@ class Plugin:
 
 
 def write_file(path: Path, data: bytes, mode: int, uid: int = -1, gid: int = -1) -> None:
-    """Replace path atomically: a private temp file (0600 until its final mode and
-    owner are set), fsync, rename, directory fsync. A crash leaves old or new."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".cos-tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            if uid != -1 or gid != -1:
-                os.fchown(f.fileno(), uid, gid)
-            os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    """Replace path atomically; a crash leaves the old or the new content, never a part."""
+    atomic_write(path, data, mode, uid, gid)
