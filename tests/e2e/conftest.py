@@ -19,54 +19,31 @@ from tests.support.images import BUILD, LAYOUT, REPO, ensure_e2e_image, tree_has
 LOGS = BUILD / "e2e-logs"
 
 
-@pytest.fixture(scope="session")
-def e2e_disk() -> Path:
-    need("qemu-system-x86_64", "qemu-img", "buildah", "mmdebstrap", "umoci", "skopeo", root=True)
-    digest = ensure_e2e_image()
-    key = hashlib.sha256((digest + tree_hash(REPO / "src/cos")).encode()).hexdigest()[:16]
-    disk = BUILD / "e2e" / f"disk-{key}.raw"
-    if not disk.exists():
-        disk.parent.mkdir(parents=True, exist_ok=True)
-        for old in disk.parent.glob("disk-*.raw"):
-            old.unlink()
-        cos = shutil.which("cos") or str(REPO / ".venv/bin/cos")
-        subprocess.run(
-            [cos, "build-disk", f"oci:{LAYOUT}:e2e", "-o", str(disk)],
-            check=True,
-            env={**os.environ, "COS_CACHE_DIR": str(BUILD / "cache")},
-        )
-    return disk
-
-
-def disk_with_cloud_init(name: str, cloud_config: str) -> Path:
-    """An e2e disk built with --cloud-init FILE (cached by image, toolkit and config)."""
+def cached_disk(name: str, cloud_config: str | None = None) -> Path:
+    """An e2e disk (optionally built with --cloud-init), cached by image digest, toolkit
+    and cloud-config, so the suite builds each once."""
     digest = ensure_e2e_image()
     key = hashlib.sha256(
-        (digest + tree_hash(REPO / "src/cos") + cloud_config).encode()
+        (digest + tree_hash(REPO / "src/cos") + (cloud_config or "")).encode()
     ).hexdigest()[:16]
     disk = BUILD / "e2e" / f"{name}-{key}.raw"
     if not disk.exists():
         disk.parent.mkdir(parents=True, exist_ok=True)
-        for old in disk.parent.glob(f"{name}-*.raw"):
+        for old in disk.parent.glob(f"{name}-*"):
             old.unlink()
-        cfg = disk.parent / f"{name}-{key}.yaml"
-        cfg.write_text(cloud_config)
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "cos",
-                "build-disk",
-                f"oci:{LAYOUT}:e2e",
-                "-o",
-                str(disk),
-                "--cloud-init",
-                str(cfg),
-            ],
-            check=True,
-            env={**os.environ, "COS_CACHE_DIR": str(BUILD / "cache")},
-        )
+        argv = [sys.executable, "-m", "cos", "build-disk", f"oci:{LAYOUT}:e2e", "-o", str(disk)]
+        if cloud_config is not None:
+            cfg = disk.with_suffix(".yaml")
+            cfg.write_text(cloud_config)
+            argv += ["--cloud-init", str(cfg)]
+        subprocess.run(argv, check=True, env={**os.environ, "COS_CACHE_DIR": str(BUILD / "cache")})
     return disk
+
+
+@pytest.fixture(scope="session")
+def e2e_disk() -> Path:
+    need("qemu-system-x86_64", "qemu-img", "buildah", "mmdebstrap", "umoci", "skopeo", root=True)
+    return cached_disk("disk")
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.e2e.conftest import disk_with_cloud_init
+from tests.e2e.conftest import cached_disk
 
 pytestmark = pytest.mark.e2e
 
@@ -61,7 +61,7 @@ stages:
 
 
 def test_cloud_config_runs_in_every_stage(vm_factory) -> None:  # type: ignore[no-untyped-def]
-    disk = disk_with_cloud_init("cloud-init", CLOUD_CONFIG)
+    disk = cached_disk("cloud-init", CLOUD_CONFIG)
     vm = vm_factory("bios", base=disk)
     vm.start()
     vm.wait_multi_user()

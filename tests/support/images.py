@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import subprocess
 from pathlib import Path
+
+from cos.oci import image
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD = REPO / "build"
@@ -32,14 +33,9 @@ def tree_hash(*paths: Path) -> str:
 
 
 def layout_digest(tag: str) -> str | None:
-    try:
-        index = json.loads((LAYOUT / "index.json").read_text())
-    except OSError:
+    if not (LAYOUT / "index.json").exists():
         return None
-    for m in index.get("manifests", []):
-        if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag:
-            return str(m["digest"])
-    return None
+    return image.layout_digest(LAYOUT, tag)
 
 
 def ensure_vanilla() -> str:

@@ -10,6 +10,12 @@ from cos.cli import main
 from cos.errors import ExitCode
 
 
+@pytest.fixture(autouse=True)
+def empty_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every command reads an empty config dir, never the host's /etc/cos."""
+    monkeypatch.setenv("COS_CONFIG_DIR", str(tmp_path))
+
+
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     rc = main(list(argv))
     out, err = capsys.readouterr()
@@ -22,10 +28,7 @@ def test_unknown_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert err.startswith("cos: error: ") and "hint: " in err and "Traceback" not in err
 
 
-def test_build_disk_bad_reference(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("COS_CONFIG_DIR", str(tmp_path))
+def test_build_disk_bad_reference(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     out = tmp_path / "disk.raw"
     rc, _, err = run(capsys, "build-disk", "not a ref", "-o", str(out))
     assert rc == ExitCode.IMAGE
@@ -36,10 +39,7 @@ def test_build_disk_bad_reference(
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
-def test_build_disk_missing_cloud_init(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("COS_CONFIG_DIR", str(tmp_path))
+def test_build_disk_missing_cloud_init(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     rc, _, err = run(
         capsys,
         "build-disk",
@@ -53,9 +53,8 @@ def test_build_disk_missing_cloud_init(
 
 
 def test_build_disk_broken_cloud_init_yaml(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("COS_CONFIG_DIR", str(tmp_path))
     bad = tmp_path / "bad.yaml"
     bad.write_text("stages:\n  boot: [\n")
     rc, _, err = run(
@@ -75,46 +74,35 @@ def test_bad_size_flag(capsys: pytest.CaptureFixture[str]) -> None:
     assert rc == ExitCode.USAGE and "invalid size" in err
 
 
-def test_bad_config_file(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_bad_config_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     (tmp_path / "config.yaml").write_text("max-snaps: lots\n")
-    monkeypatch.setenv("COS_CONFIG_DIR", str(tmp_path))
     rc, _, err = run(capsys, "status")
     assert rc == ExitCode.CONFIG and "config.yaml.max-snaps: expected an integer" in err
 
 
 def test_init_refuses_on_a_host(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from cos.actions import init
 
-    monkeypatch.setenv("COS_CONFIG_DIR", str(tmp_path))
     monkeypatch.setattr(init, "image_build_reason", lambda: None)
     rc, _, err = run(capsys, "init")
     assert rc == ExitCode.STATE and "must run inside an image build" in err and "--force" in err
 
 
-def test_init_unknown_feature(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("COS_CONFIG_DIR", str(tmp_path))
+def test_init_unknown_feature(capsys: pytest.CaptureFixture[str]) -> None:
     rc, _, err = run(capsys, "init", "--force", "warp-drive")
     assert rc == ExitCode.USAGE and "available features: immutable-rootfs" in err
 
 
-def test_status_outside_cos(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("COS_CONFIG_DIR", str(tmp_path))
+def test_status_outside_cos(capsys: pytest.CaptureFixture[str]) -> None:
     rc, _, err = run(capsys, "status")
     assert rc == ExitCode.STATE and "not booted by cos" in err
 
 
 def test_cloud_init_strict_fails_with_stage_exit_code(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("COS_CONFIG_DIR", str(tmp_path))
     doc = tmp_path / "c.yaml"
     doc.write_text("stages:\n  boot:\n    - files: [{path: rel, content: x}]\n")
     root = tmp_path / "root"

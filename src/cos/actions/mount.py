@@ -8,10 +8,11 @@ reported on the console and never stops the boot.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from cos.actions import cloud_init
-from cos.config import Config, Labels
+from cos.config import Config
 from cos.errors import CosError
 from cos.log import log
 from cos.system.layout import apply_layout
@@ -43,11 +44,9 @@ def mount_layout(
 ) -> list[str]:
     """Labels given on the kernel command line (by GRUB, from the disk) win over config:
     the disk, not the image, knows how its partitions are labelled."""
-    labels = Labels(
-        efi=cfg.labels.efi,
+    labels = dataclasses.replace(
+        cfg.labels,
         oem=oem_label or cfg.labels.oem,
-        recovery=cfg.labels.recovery,
-        state=cfg.labels.state,
         persistent=persistent_label or cfg.labels.persistent,
     )
     run_stages = stages and root == Path("/")

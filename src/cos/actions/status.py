@@ -9,6 +9,7 @@ from typing import Any
 
 from cos.config import Config
 from cos.errors import StateError
+from cos.system.mounts import mount_table
 from cos.system.release import read_os_release
 from cos.system.state import read_state
 
@@ -24,16 +25,9 @@ def _booted_mode(run_dir: Path) -> str | None:
 
 
 def _mounts() -> dict[str, str]:
-    """Device source → first mount point, from /proc/self/mountinfo."""
+    """Device source → first mount point."""
     out: dict[str, str] = {}
-    try:
-        lines = Path("/proc/self/mountinfo").read_text().splitlines()
-    except OSError:
-        return out
-    for line in lines:
-        fields = line.split()
-        sep = fields.index("-")
-        source, mnt = fields[sep + 2], fields[4].replace("\\040", " ")
+    for source, mnt in mount_table():
         out.setdefault(source, mnt)
     return out
 
@@ -61,7 +55,7 @@ def collect(cfg: Config, run_dir: Path = RUN_DIR, root: Path = Path("/")) -> dic
             hint="cos status describes a running cos system",
         )
     image = (run_dir / "image").read_text().strip() if (run_dir / "image").exists() else None
-    state_dir = run_dir / "state"
+    state_dir = run_dir / BOOT_DEVICE_MOUNT.name
     state = read_state(state_dir)
     active_link = state_dir / ".snapshots/active"
     active_n = None

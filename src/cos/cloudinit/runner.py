@@ -64,14 +64,17 @@ class Summary:
         )
 
 
+def protected_id(machine_id: str) -> str:
+    """yip's ProtectedID: HMAC-SHA256 keyed by the machine-id over "yip" (not the id itself)."""
+    return hmac.new(machine_id.encode(), b"yip", hashlib.sha256).hexdigest() if machine_id else ""
+
+
 def template_values(root: Path) -> dict[str, Any]:
     """Data for templates: .Values (system facts), .MachineID, .UUID, .Random, .ProtectedID."""
     rel = read_os_release(root)
     mid_file = root / "etc/machine-id"
     machine_id = mid_file.read_text().strip() if mid_file.is_file() else ""
-    protected = (
-        hmac.new(machine_id.encode(), b"yip", hashlib.sha256).hexdigest() if machine_id else ""
-    )
+    protected = protected_id(machine_id)
     random = "".join(secrets.choice("0123456789abcdefghijklmnopqrstuvwxyz") for _ in range(32))
     hostname = socket.gethostname()
     uname = platform.uname()
@@ -112,7 +115,7 @@ def _service_manager(root: Path) -> str | None:
 
 def skip_reason(step: dict[str, Any], ctx: Context) -> str | None:
     """Why a step does not run (None: it runs). Same order as yip."""
-    rel = read_os_release(ctx.root)
+    rel = ctx.os_release
 
     def regex(key: str, value: str) -> str | None:
         try:
@@ -189,7 +192,7 @@ def _refresh_machine_id(ctx: Context) -> None:
     p = ctx.root / "etc/machine-id"
     mid = p.read_text().strip() if p.is_file() else ""
     if ctx.values.get("MachineID", mid) != mid:
-        protected = hmac.new(mid.encode(), b"yip", hashlib.sha256).hexdigest() if mid else ""
+        protected = protected_id(mid)
         ctx.values["MachineID"] = mid
         ctx.values["ProtectedID"] = protected
         node = ctx.values.get("Values", {}).get("node")

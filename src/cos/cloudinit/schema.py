@@ -99,8 +99,7 @@ class MapOf(T):
             return {}
         out = {}
         for k, x in v.items():
-            kmark = v.key_marks.get(k, mark) if isinstance(v, MarkedDict) else mark
-            vmark = v.value_marks.get(k, mark) if isinstance(v, MarkedDict) else mark
+            kmark, vmark = _marks(v, k, mark)
             if self.keys and k not in self.keys:
                 errs.append(
                     SchemaError(
@@ -134,8 +133,7 @@ class Obj(T):
             return {}
         out: dict[str, Any] = {}
         for k, x in v.items():
-            kmark = v.key_marks.get(k, mark) if isinstance(v, MarkedDict) else mark
-            vmark = v.value_marks.get(k, mark) if isinstance(v, MarkedDict) else mark
+            kmark, vmark = _marks(v, k, mark)
             t = self.fields.get(str(k))
             sub = f"{path}.{k}" if path else str(k)
             if t is None:
@@ -150,6 +148,13 @@ class Obj(T):
                 continue
             out[str(k)] = t.check(x, sub, vmark, errs)
         return out
+
+
+def _marks(v: dict[Any, Any], key: Any, default: Mark | None) -> tuple[Mark | None, Mark | None]:
+    """Where a mapping's key and its value are (the mapping's own mark when unknown)."""
+    if isinstance(v, MarkedDict):
+        return v.key_marks.get(key, default), v.value_marks.get(key, default)
+    return default, default
 
 
 def _kind(v: Any) -> str:

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from cos import run as runner
-from cos.disk.plan import MIB, DiskPlan, PartSpec, sgdisk_args
+from cos.disk.plan import MIB, DiskPlan, sgdisk_args
 
 _ZERO = bytes(MIB)
 
@@ -106,7 +106,3 @@ def mksquashfs(source: Path, image: Path) -> None:
             "-no-progress",
         ]
     )
-
-
-def part_of(plan: DiskPlan, name: str) -> PartSpec:
-    return plan.part(name)

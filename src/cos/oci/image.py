@@ -28,7 +28,8 @@ class LocalImage:
     digest: str  # manifest digest
 
 
-def _layout_digest(layout: Path, tag: str) -> str | None:
+def layout_digest(layout: Path, tag: str) -> str | None:
+    """Manifest digest of tag in an OCI layout (None if the tag is not there)."""
     try:
         index = json.loads((layout / "index.json").read_text())
         for m in index.get("manifests", []):
@@ -80,7 +81,7 @@ def fetch(ref: ImageRef, cache: Path, tls_verify: bool = True) -> LocalImage:
                 f"{ref}: {layout} is not an OCI layout (no index.json)",
                 hint="point oci: at a directory written by skopeo, buildah or umoci",
             )
-        digest = _layout_digest(layout, tag)
+        digest = layout_digest(layout, tag)
         if digest is None:
             raise ImageError(f"{ref}: tag {tag!r} not found in {layout}", hint="check the tag")
         return LocalImage(ref, layout, tag, digest)

@@ -43,10 +43,6 @@ class ImageRef:
         )
         return s
 
-    @property
-    def is_registry(self) -> bool:
-        return self.transport == "docker"
-
 
 def parse_ref(text: str) -> ImageRef:
     """Parse `docker://host/repo[:tag][@digest]`, `host/repo[:tag]`, `oci:DIR[:tag]`."""

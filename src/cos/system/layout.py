@@ -9,7 +9,6 @@ each group sorted by depth so a parent is mounted before its children.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +18,7 @@ from cos.config import Labels, Layout
 from cos.errors import StateError
 from cos.fsutil import inside
 from cos.log import log, step
+from cos.system.mounts import is_mountpoint
 
 MODES = ("active", "passive", "recovery")
 OVERLAY_BASE = "/run/cos/overlay"
@@ -47,12 +47,6 @@ def find_device(label: str, timeout: float = 0.0) -> str | None:
         if time.monotonic() >= deadline:
             return None
         time.sleep(0.2)
-
-
-def is_mountpoint(path: Path) -> bool:
-    target = os.path.realpath(path)
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == target for line in f)
 
 
 def _mount(argv: list[str]) -> None:

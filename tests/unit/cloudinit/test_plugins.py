@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import base64
 import gzip
+import http.server
 import os
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -27,6 +30,33 @@ def root(tmp_path: Path) -> Path:
         'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nVERSION_ID="12"\n'
     )
     return r
+
+
+@pytest.fixture
+def http_files() -> Iterator[Callable[[dict[str, bytes]], str]]:
+    """Serve fixed files over HTTP on 127.0.0.1; returns the base URL (404 otherwise)."""
+    servers: list[http.server.HTTPServer] = []
+
+    def serve(files: dict[str, bytes]) -> str:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = files.get(self.path)
+                self.send_response(200 if body is not None else 404)
+                self.end_headers()
+                if body is not None:
+                    self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_port}"
+
+    yield serve
+    for server in servers:
+        server.shutdown()
 
 
 def run(root: Path, text: str, stage: str = "boot", dry_run: bool = False):  # type: ignore[no-untyped-def]
@@ -225,10 +255,9 @@ def test_entity_without_kind_is_an_error(root: Path) -> None:
     assert summary.failed and "kind" in summary.results[0].detail
 
 
-def test_datasource_file_and_metadata_service(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import http.server
-    import threading
-
+def test_datasource_file_and_metadata_service(
+    root: Path, monkeypatch: pytest.MonkeyPatch, http_files: Callable[[dict[str, bytes]], str]
+) -> None:
     from cos.cloudinit.plugins import datasource
 
     (root / "seed.yaml").write_text("#cloud-config\nhostname: from-file\n")
@@ -238,33 +267,16 @@ def test_datasource_file_and_metadata_service(root: Path, monkeypatch: pytest.Mo
     assert summary.count("ran") == 1, summary.results
     assert "from-file" in (root / "run/config/userdata.yaml").read_text()
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = b"#cloud-config\nhostname: from-metadata\n"
-            ok = self.path == "/latest/user-data"
-            self.send_response(200 if ok else 404)
-            self.end_headers()
-            if ok:
-                self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        base = f"http://127.0.0.1:{server.server_port}"
-        monkeypatch.setitem(datasource.ENDPOINTS, "aws", (f"{base}/latest/user-data", {}))
-        monkeypatch.setitem(datasource.ENDPOINTS, "hetzner", (f"{base}/nothing", {}))
-        summary, _ = run(
-            root,
-            "stages:\n  boot:\n    - datasource:\n        providers: [hetzner, aws]\n"
-            "        path: /run/ud\n",
-        )
-        assert summary.count("ran") == 1, summary.results
-        assert "from-metadata" in (root / "run/ud/userdata.yaml").read_text()
-    finally:
-        server.shutdown()
+    base = http_files({"/latest/user-data": b"#cloud-config\nhostname: from-metadata\n"})
+    monkeypatch.setitem(datasource.ENDPOINTS, "aws", (f"{base}/latest/user-data", {}))
+    monkeypatch.setitem(datasource.ENDPOINTS, "hetzner", (f"{base}/nothing", {}))
+    summary, _ = run(
+        root,
+        "stages:\n  boot:\n    - datasource:\n        providers: [hetzner, aws]\n"
+        "        path: /run/ud\n",
+    )
+    assert summary.count("ran") == 1, summary.results
+    assert "from-metadata" in (root / "run/ud/userdata.yaml").read_text()
 
 
 def test_datasource_without_data_fails(root: Path) -> None:
@@ -272,36 +284,20 @@ def test_datasource_without_data_fails(root: Path) -> None:
     assert summary.failed and "no user-data" in summary.results[0].detail
 
 
-def test_downloads_from_a_local_server(root: Path) -> None:
-    import http.server
-    import threading
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200 if self.path == "/tool" else 404)
-            self.end_headers()
-            if self.path == "/tool":
-                self.wfile.write(b"#!/bin/sh\necho tool\n")
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        base = f"http://127.0.0.1:{server.server_port}"
-        summary, _ = run(
-            root,
-            f"""
+def test_downloads_from_a_local_server(
+    root: Path, http_files: Callable[[dict[str, bytes]], str]
+) -> None:
+    base = http_files({"/tool": b"#!/bin/sh\necho tool\n"})
+    summary, _ = run(
+        root,
+        f"""
 stages:
   boot:
     - downloads:
         - {{url: "{base}/tool", path: /usr/local/bin/tool, permissions: 0755}}
         - {{url: "{base}/missing", path: /tmp/missing}}
 """,
-        )
-    finally:
-        server.shutdown()
+    )
     tool = root / "usr/local/bin/tool"
     assert tool.read_text().endswith("echo tool\n") and tool.stat().st_mode & 0o777 == 0o755
     assert summary.failed and "missing" in summary.results[0].detail

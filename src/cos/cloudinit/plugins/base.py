@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ from cos import run as runner
 from cos.cloudinit import template
 from cos.errors import CosError
 from cos.fsutil import atomic_write, confine
+from cos.system.release import read_os_release
 
 log = logging.getLogger("cos.cloudinit")
 
@@ -26,6 +29,11 @@ class Context:
     dry_run: bool = False
     values: dict[str, Any] = field(default_factory=dict)
     plan: list[str] = field(default_factory=list)
+
+    @functools.cached_property
+    def os_release(self) -> dict[str, str]:
+        """The target's os-release, read once for all the steps of a run."""
+        return read_os_release(self.root)
 
     @property
     def live(self) -> bool:
@@ -60,6 +68,25 @@ class Context:
 
     def tool(self, argv: list[str], check: bool = True, input: str | None = None) -> runner.Result:
         return runner.run(argv, check=check, input=input)
+
+
+class Errors:
+    """Failures of a plugin's items, collected so one bad item does not stop the others;
+    raise_any() then reports them all as one PluginError."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    @contextlib.contextmanager
+    def item(self, label: object) -> Iterator[None]:
+        try:
+            yield
+        except (PluginError, OSError) as exc:
+            self.messages.append(f"{label}: {exc}" if label is not None else str(exc))
+
+    def raise_any(self) -> None:
+        if self.messages:
+            raise PluginError("; ".join(self.messages))
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from cos.cloudinit.plugins.accounts import Table
-from cos.cloudinit.plugins.base import Context, PluginError
+from cos.cloudinit.plugins.base import Context, Errors, PluginError
 from cos.cloudinit.plugins.users import hash_password
 
 # kind → (default file, row width, key field, fields in row order)
@@ -62,9 +62,9 @@ def _parse(item: dict[str, Any]) -> tuple[str, str, list[str]]:
 
 
 def ensure_entities(step: dict[str, Any], ctx: Context) -> None:
-    errors = []
+    errors = Errors()
     for item in step["ensure_entities"]:
-        try:
+        with errors.item(None):
             kind, path, row = _parse(item)
             if kind == "shadow" and row[1] and row[1][0] not in "$!*":
                 row[1] = hash_password(row[1])  # never a plain password on disk
@@ -85,23 +85,17 @@ def ensure_entities(step: dict[str, Any], ctx: Context) -> None:
             else:
                 existing[:] = row
             table.write()
-        except (PluginError, OSError) as exc:
-            errors.append(str(exc))
-    if errors:
-        raise PluginError("; ".join(errors))
+    errors.raise_any()
 
 
 def delete_entities(step: dict[str, Any], ctx: Context) -> None:
-    errors = []
+    errors = Errors()
     for item in step["delete_entities"]:
-        try:
+        with errors.item(None):
             kind, path, row = _parse(item)
             if not ctx.act(f"delete {kind} {row[0]} from {path}"):
                 continue
             table = Table.read(ctx, path, len(row))
             table.rows = [r for r in table.rows if r[0] != row[0]]
             table.write()
-        except (PluginError, OSError) as exc:
-            errors.append(str(exc))
-    if errors:
-        raise PluginError("; ".join(errors))
+    errors.raise_any()

@@ -9,7 +9,7 @@ import urllib.request
 from typing import Any
 
 from cos.cloudinit.plugins.accounts import owner_of
-from cos.cloudinit.plugins.base import Context, PluginError, write_file
+from cos.cloudinit.plugins.base import Context, Errors, PluginError, write_file
 
 
 def _decode(content: str, encoding: str) -> bytes:
@@ -46,9 +46,9 @@ def _mkparents(path: Any, mode: int, uid: int, gid: int) -> None:
 
 
 def files(step: dict[str, Any], ctx: Context) -> None:
-    errors = []
+    errors = Errors()
     for f in step.get("files") or []:
-        try:
+        with errors.item(f.get("path")):
             path = ctx.path(f.get("path") or "")
             mode = f.get("permissions") or 0
             uid, gid = _owner(f, ctx)
@@ -63,16 +63,13 @@ def files(step: dict[str, Any], ctx: Context) -> None:
             dmode = mode | 0o100 if mode < 0o700 else mode
             _mkparents(path, dmode, uid, gid)
             write_file(path, data, mode, uid, gid)
-        except (PluginError, OSError) as exc:
-            errors.append(f"{f.get('path')}: {exc}")
-    if errors:
-        raise PluginError("; ".join(errors))
+    errors.raise_any()
 
 
 def directories(step: dict[str, Any], ctx: Context) -> None:
-    errors = []
+    errors = Errors()
     for d in step.get("directories") or []:
-        try:
+        with errors.item(d.get("path")):
             path = ctx.path(d.get("path") or "")
             mode = d.get("permissions") or 0
             uid, gid = d.get("owner", 0) or 0, d.get("group", 0) or 0
@@ -85,16 +82,13 @@ def directories(step: dict[str, Any], ctx: Context) -> None:
                 path.mkdir()
             os.chmod(path, mode)
             os.chown(path, uid, gid)
-        except (PluginError, OSError) as exc:
-            errors.append(f"{d.get('path')}: {exc}")
-    if errors:
-        raise PluginError("; ".join(errors))
+    errors.raise_any()
 
 
 def downloads(step: dict[str, Any], ctx: Context) -> None:
-    errors = []
+    errors = Errors()
     for d in step.get("downloads") or []:
-        try:
+        with errors.item(d.get("url")):
             url = d.get("url") or ""
             if not url.startswith(("http://", "https://")):
                 raise PluginError(f"unsupported URL {url!r} (http or https only)")
@@ -106,7 +100,4 @@ def downloads(step: dict[str, Any], ctx: Context) -> None:
             uid, gid = _owner(d, ctx)
             path.parent.mkdir(parents=True, exist_ok=True)
             write_file(path, data, d.get("permissions") or 0o644, uid, gid)
-        except (PluginError, OSError) as exc:
-            errors.append(f"{d.get('url')}: {exc}")
-    if errors:
-        raise PluginError("; ".join(errors))
+    errors.raise_any()

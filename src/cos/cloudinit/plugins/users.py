@@ -15,7 +15,7 @@ from typing import Any
 
 from cos import run as runner
 from cos.cloudinit.plugins.accounts import Table
-from cos.cloudinit.plugins.base import Context, PluginError, write_file
+from cos.cloudinit.plugins.base import Context, Errors, PluginError, write_file
 from cos.errors import ToolError
 
 
@@ -61,14 +61,11 @@ def _password_field(u: dict[str, Any]) -> str | None:
 
 
 def users(step: dict[str, Any], ctx: Context) -> None:
-    errors = []
+    errors = Errors()
     for name, u in sorted(step["users"].items()):
-        try:
+        with errors.item(f"user {name}"):
             _user(name, u, ctx)
-        except (PluginError, OSError) as exc:
-            errors.append(f"user {name}: {exc}")
-    if errors:
-        raise PluginError("; ".join(errors))
+    errors.raise_any()
     for name, u in sorted(step["users"].items()):
         if u.get("ssh_authorized_keys"):
             _add_keys(name, u["ssh_authorized_keys"], ctx)
@@ -166,11 +163,8 @@ def _add_keys(user: str, keys: list[str], ctx: Context) -> None:
 
 
 def authorized_keys(step: dict[str, Any], ctx: Context) -> None:
-    errors = []
+    errors = Errors()
     for user, keys in sorted(step["authorized_keys"].items()):
-        try:
+        with errors.item(None):
             _add_keys(user, keys, ctx)
-        except (PluginError, OSError) as exc:
-            errors.append(str(exc))
-    if errors:
-        raise PluginError("; ".join(errors))
+    errors.raise_any()
