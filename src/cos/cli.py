@@ -42,6 +42,24 @@ def _image_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _device_flags(p: argparse.ArgumentParser) -> None:
+    """Where the installed system's parts are (default: as the initrd left them).
+
+    For maintenance of a device mounted by hand; hidden from --help."""
+    p.add_argument("--state-dir", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--oem-dir", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--run-dir", type=Path, help=argparse.SUPPRESS)
+
+
+def _installed(args: argparse.Namespace, cfg: Config) -> Any:
+    from cos.system.installed import Installed
+
+    inst = Installed.running(cfg.layout.oem_mount)
+    return Installed(
+        args.state_dir or inst.state_dir, args.oem_dir or inst.oem_dir, args.run_dir or inst.run_dir
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="cos", description="Make container images bootable and keep them updated.")
     p.add_argument("--version", action="version", version=f"cos {__version__}")
@@ -85,8 +103,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     s.add_argument("--strict", action="store_true", help="fail when any step fails")
 
+    s = sub.add_parser("upgrade", help="pull a new image and boot it next (A/B, atomic)")
+    s.add_argument("--system", metavar="REF", help="image (default: the recorded source)")
+    s.add_argument("--force", action="store_true", help="upgrade even to the same digest")
+    s.add_argument("--reboot", action="store_true", help="reboot when done")
+    _image_flags(s)
+    _device_flags(s)
+
+    s = sub.add_parser("rollback", help="make a kept snapshot the one that boots")
+    s.add_argument("snapshot", nargs="?", type=int, metavar="N", help="default: the newest other")
+    s.add_argument("--once", action="store_true", help="only for the next boot (next_entry)")
+    s.add_argument("--reboot", action="store_true", help="reboot when done")
+    _device_flags(s)
+
+    s = sub.add_parser("boot-assessment", help="confirm or fail a trial boot (run by systemd)")
+    s.add_argument("--mark-good", action="store_true", help="run the checks, confirm the trial")
+    _device_flags(s)
+
     s = sub.add_parser("status", help="booted mode, snapshots and partitions")
     s.add_argument("--json", action="store_true", help="machine-readable output")
+    _device_flags(s)
 
     return p
 
@@ -151,10 +187,25 @@ def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
             )
         )
         return 0
+    if args.command == "upgrade":
+        from cos.actions.upgrade import UpgradeRequest, upgrade
+
+        upgrade(UpgradeRequest(args.system, args.force, args.reboot, _installed(args, cfg)), cfg)
+        return 0
+    if args.command == "rollback":
+        from cos.actions.rollback import RollbackRequest, rollback
+
+        rollback(RollbackRequest(args.snapshot, args.once, args.reboot, _installed(args, cfg)), cfg)
+        return 0
+    if args.command == "boot-assessment":
+        from cos.actions.assess import assess
+
+        print(assess(cfg, args.mark_good, _installed(args, cfg)))
+        return 0
     if args.command == "status":
         from cos.actions.status import show_status
 
-        return show_status(cfg, as_json=args.json)
+        return show_status(cfg, as_json=args.json, installed=_installed(args, cfg))
     raise UsageError("no command given", hint="see 'cos --help'")
 
 

@@ -109,6 +109,11 @@ class Config:
     grub_timeout: int = 3
     extra_cmdline: str = ""
     cache_dir: str = "/var/cache/cos"
+    # Upgrade source when `cos upgrade` gets no --system (a tag is a channel); empty:
+    # the source recorded for the active snapshot in state.yaml.
+    upgrade_system: str = ""
+    # Boots a freshly upgraded snapshot gets to reach multi-user before GRUB falls back.
+    boot_attempts: int = 3
     cloud_init_paths: list[str] = field(default_factory=list)
     partitions: Partitions = field(default_factory=Partitions)
     labels: Labels = field(default_factory=Labels)
@@ -126,6 +131,10 @@ class Config:
             raise ConfigError(
                 f"{where}: recovery-fs {self.recovery_fs!r} is not supported",
                 hint="use squashfs, ext2 or ext4",
+            )
+        if not 1 <= self.boot_attempts <= 9:
+            raise ConfigError(
+                f"{where}: boot-attempts must be between 1 and 9 (got {self.boot_attempts})"
             )
         if not 0 <= self.grub_timeout <= 600:
             raise ConfigError(f"{where}: grub-timeout must be between 0 and 600 seconds")

@@ -18,9 +18,15 @@ def vanilla() -> str:
 
 
 @pytest.fixture(scope="session")
-def local_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def registry_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Storage and registry.log (access log) of the test registry."""
+    return tmp_path_factory.mktemp("registry")
+
+
+@pytest.fixture(scope="session")
+def local_registry(registry_dir: Path) -> Iterator[str]:
     need("docker-registry", "skopeo")
-    with registry(tmp_path_factory.mktemp("registry")) as addr:
+    with registry(registry_dir) as addr:
         yield addr
 
 

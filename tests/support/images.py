@@ -84,3 +84,63 @@ def ensure_e2e_image() -> str:
     digest = layout_digest("e2e")
     assert digest
     return digest
+
+
+def derive(
+    src_tag: str, dst_tag: str, files: dict[str, str], whiteouts: tuple[str, ...] = ()
+) -> str:
+    """A derivative of LAYOUT:src_tag with one more layer (files written, paths removed),
+    made in seconds with `umoci raw add-layer` (no container build). Returns its digest."""
+    import io
+    import tarfile
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir=BUILD) as tmp:
+        layer = Path(tmp) / "layer.tar"
+        with tarfile.open(layer, "w", format=tarfile.PAX_FORMAT) as tar:
+            dirs: set[str] = set()
+            entries = [(p, c.encode()) for p, c in files.items()]
+            entries += [(str(Path(p).parent / f".wh.{Path(p).name}"), b"") for p in whiteouts]
+            for path, data in entries:
+                rel = path.lstrip("/")
+                parent = Path(rel).parent
+                for d in reversed([parent, *parent.parents]):
+                    if str(d) not in (".", "") and str(d) not in dirs:
+                        info = tarfile.TarInfo(str(d))
+                        info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, 1
+                        tar.addfile(info)
+                        dirs.add(str(d))
+                info = tarfile.TarInfo(rel)
+                info.size, info.mode, info.mtime = len(data), 0o644, 1
+                tar.addfile(info, io.BytesIO(data))
+        sh(
+            [
+                "umoci",
+                "raw",
+                "add-layer",
+                "--image",
+                f"{LAYOUT}:{src_tag}",
+                "--tag",
+                dst_tag,
+                str(layer),
+            ]
+        )
+    digest = layout_digest(dst_tag)
+    assert digest
+    return digest
+
+
+def push(tag: str, registry: str, repo: str) -> str:
+    """Copy LAYOUT:tag to registry/repo (plain HTTP); returns the registry reference."""
+    ref = f"{registry}/{repo}"
+    sh(
+        [
+            "skopeo",
+            "copy",
+            "--quiet",
+            "--dest-tls-verify=false",
+            f"oci:{LAYOUT}:{tag}",
+            f"docker://{ref}",
+        ]
+    )
+    return ref

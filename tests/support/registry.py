@@ -24,7 +24,7 @@ def registry(workdir: Path) -> Iterator[str]:
     workdir.mkdir(parents=True, exist_ok=True)
     cfg = workdir / "config.yml"
     cfg.write_text(
-        "version: 0.1\nlog: {level: warn}\n"
+        "version: 0.1\nlog: {level: info}\n"
         "storage:\n"
         f"  filesystem: {{rootdirectory: {workdir / 'data'}}}\n"
         "  delete: {enabled: true}\n"

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cos import run as runner
-from cos.boot import grub, grubenv
+from cos.actions.hooks import run_hook
+from cos.boot import assessment, grub, grubenv
 from cos.config import Config, read_yaml_mapping
 from cos.disk import image as diskimg
 from cos.disk.plan import MIB, DiskPlan, plan_disk
@@ -24,6 +25,7 @@ from cos.fsutil import fsync_dir, regular_file_in_tree
 from cos.log import log, step
 from cos.oci.image import LocalImage, fetch, unpack
 from cos.oci.reference import ImageRef, parse_ref
+from cos.oci.store import LayerStore, snapshot_tag
 from cos.snapshot import loop as snap
 from cos.system.kernel import require_kernel
 from cos.system.release import read_os_release
@@ -131,7 +133,7 @@ def build_disk(req: BuildDiskRequest, cfg: Config) -> Path:
 
     oem_env = _grub_oem_env(cfg)  # fails early when the extra cmdline does not fit
     hooks = [p for p in cfg.cloud_init_paths if Path(p).exists()] + [str(p) for p in req.cloud_init]
-    _hook("before-disk", hooks)
+    run_hook("before-disk", hooks)
 
     cache = Path(cfg.cache_dir)
     work = Path(tempfile.mkdtemp(prefix=".cos-build-", dir=out.parent))
@@ -140,7 +142,7 @@ def build_disk(req: BuildDiskRequest, cfg: Config) -> Path:
         _build(req, cfg, ref, rec_ref, plan, cache, work, partial, oem_env, hooks)
         os.replace(partial, out)
         fsync_dir(out.parent)
-        _hook("after-disk", hooks)
+        run_hook("after-disk", hooks)
     except OSError as exc:
         partial.unlink(missing_ok=True)
         raise DiskError(
@@ -156,23 +158,9 @@ def build_disk(req: BuildDiskRequest, cfg: Config) -> Path:
     return out
 
 
-def _hook(name: str, sources: list[str], root: Path = Path("/")) -> None:
-    """Run a build-disk hook stage (before-disk, after-disk-chroot, after-disk).
-
-    Hooks come from `cloud-init-paths` in config and the --cloud-init files; the chroot
-    hook also reads the image's own /system/oem. Errors are reported, not fatal, as in
-    Elemental.
-    """
-    if not sources:
-        return
-    from cos.actions.cloud_init import StageRequest, run
-
-    summary = run(StageRequest(name, sources, root))
-    if summary.failed:
-        log.warning("hook %s: %s", name, summary.render())
-
-
-def _image_state(img: LocalImage, tree: Path, label: str, fs: str, active: bool) -> ImageState:
+def image_state(
+    img: LocalImage, tree: Path, label: str, fs: str, active: bool, from_action: str = "build-disk"
+) -> ImageState:
     rel = read_os_release(tree)
     keep: dict[str, str] = {
         k: rel[k] for k in ("NAME", "VERSION_ID", "IMAGE_REPO", "IMAGE_TAG", "IMAGE") if k in rel
@@ -183,14 +171,17 @@ def _image_state(img: LocalImage, tree: Path, label: str, fs: str, active: bool)
         label=label,
         fs=fs,
         date=now(),
-        from_action="build-disk",
+        from_action=from_action,
         os_release=keep,
         active=active,
     )
 
 
 def _grub_oem_env(cfg: Config) -> bytes:
-    """The toolkit's GRUB variables (labels, passive snapshots, fallback) for the ESP."""
+    """The toolkit's fixed GRUB variables (labels, fallback, timeout) for the ESP.
+
+    What changes with upgrades (the snapshot menu, boot assessment) lives in the
+    grubenv on COS_OEM instead, so an upgrade never has to rewrite the ESP."""
     labels = cfg.labels
     env = {
         "state_label": labels.state,
@@ -198,7 +189,6 @@ def _grub_oem_env(cfg: Config) -> bytes:
         "oem_label": labels.oem,
         "persistent_label": labels.persistent,
         "efi_label": labels.efi,
-        "passive_snaps": "",
         "default_fallback": "recovery",
         "grub_timeout": str(cfg.grub_timeout),
     }
@@ -229,7 +219,9 @@ def _build(
     boot = check_bootable(tree, ref)
     image_oem = tree / "system/oem"
     with step("Running the after-disk-chroot hook"):
-        _hook("after-disk-chroot", ([str(image_oem)] if image_oem.is_dir() else []) + hooks, tree)
+        run_hook(
+            "after-disk-chroot", ([str(image_oem)] if image_oem.is_dir() else []) + hooks, tree
+        )
 
     statedir = work / "state"
     snapdir = statedir / snap.SNAPSHOTS_DIR
@@ -238,9 +230,14 @@ def _build(
             tree, snapdir / "1" / snap.IMAGE_NAME, snap.snapshot_label(1), fs=cfg.snapshot_fs
         )
         (snapdir / snap.ACTIVE_LINK).symlink_to(f"1/{snap.IMAGE_NAME}")
+    with step("Seeding the layer store"):
+        # The first upgrade then pulls only the layers that changed.
+        store = LayerStore.on(statedir)
+        store.add(img, snapshot_tag(1))
+    store_size = sum(f.stat().st_size for f in store.path.rglob("*") if f.is_file())
     _fits(
-        f"the state partition ({cfg.max_snaps} snapshots of {size // MIB} MiB)",
-        size * cfg.max_snaps + _ext_overhead(plan.part("state").size),
+        f"the state partition ({cfg.max_snaps} snapshots of {size // MIB} MiB + layer store)",
+        size * cfg.max_snaps + 2 * store_size + _ext_overhead(plan.part("state").size),
         plan.part("state").size,
         "raise partitions.state in config, or lower max-snaps",
     )
@@ -284,15 +281,15 @@ def _build(
             "state": labels.state,
             "persistent": labels.persistent,
         },
-        snapshots={1: _image_state(img, tree, snap.snapshot_label(1), cfg.snapshot_fs, True)},
-        recovery=_image_state(rec_img, rec_tree, RECOVERY_LABEL, cfg.recovery_fs, False),
+        snapshots={1: image_state(img, tree, snap.snapshot_label(1), cfg.snapshot_fs, True)},
+        recovery=image_state(rec_img, rec_tree, RECOVERY_LABEL, cfg.recovery_fs, False),
     )
     write_state(statedir, state)
     write_state(recdir, state)
 
     oemdir = work / "oem"
     oemdir.mkdir()
-    grubenv.write(oemdir / "grubenv", {})
+    grubenv.write(oemdir / "grubenv", {assessment.PASSIVE: ""})
     for src, name in zip(req.cloud_init, cloud_init_names(req.cloud_init), strict=True):
         shutil.copyfile(src, oemdir / name)
         (oemdir / name).chmod(0o600)

@@ -7,21 +7,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+from cos.boot import assessment
 from cos.config import Config
 from cos.errors import StateError
+from cos.snapshot.loop import LoopSnapshotter
+from cos.system.installed import FAILURE_FILE, Installed
 from cos.system.mounts import mount_table
 from cos.system.release import read_os_release
 from cos.system.state import read_state
-
-RUN_DIR = Path("/run/cos")
-BOOT_DEVICE_MOUNT = RUN_DIR / "state"  # where the initrd mounted the device holding the image
-
-
-def _booted_mode(run_dir: Path) -> str | None:
-    for mode in ("active", "passive", "recovery", "live"):
-        if (run_dir / f"{mode}_mode").exists():
-            return mode
-    return None
 
 
 def _mounts() -> dict[str, str]:
@@ -47,38 +40,45 @@ def _partition(label: str, mounts: dict[str, str]) -> dict[str, Any]:
     return info
 
 
-def collect(cfg: Config, run_dir: Path = RUN_DIR, root: Path = Path("/")) -> dict[str, Any]:
-    mode = _booted_mode(run_dir)
+def collect(
+    cfg: Config, installed: Installed | None = None, root: Path = Path("/")
+) -> dict[str, Any]:
+    inst = installed or Installed.running(cfg.layout.oem_mount)
+    mode = inst.mode()
     if mode is None:
         raise StateError(
             "this system was not booted by cos (no /run/cos/*_mode)",
             hint="cos status describes a running cos system",
         )
-    image = (run_dir / "image").read_text().strip() if (run_dir / "image").exists() else None
-    state_dir = run_dir / BOOT_DEVICE_MOUNT.name
-    state = read_state(state_dir)
-    active_link = state_dir / ".snapshots/active"
-    active_n = None
-    if active_link.is_symlink():
-        target = os.readlink(active_link)
-        active_n = int(target.split("/")[0]) if target.split("/")[0].isdigit() else None
-    booted_n: int | None = None
-    if mode == "active":
-        booted_n = active_n
-    elif mode == "passive" and image:
-        parts = Path(image).parts
-        booted_n = int(parts[-2]) if len(parts) >= 2 and parts[-2].isdigit() else None
+    state = read_state(inst.state_dir)
+    snaps = LoopSnapshotter(inst.state_dir, cfg.snapshot_fs)
+    active_n = snaps.active()
+    booted_n = inst.booted_snapshot()
+    trial = assessment.read_trial(inst.oem_dir) if (inst.oem_dir / "grubenv").exists() else None
+    failure = None
+    fail_file = inst.run_dir / FAILURE_FILE
+    if fail_file.exists():
+        try:
+            failure = json.loads(fail_file.read_text())
+        except ValueError:
+            failure = {"reason": fail_file.read_text().strip()}
     rel = read_os_release(root)
     mounts = _mounts()
     labels = cfg.labels
     data: dict[str, Any] = {
         "mode": mode,
-        "image_path": image,
+        "image_path": inst.booted_image(),
         "booted_snapshot": booted_n,
         "os_release": {
             k: rel[k] for k in ("PRETTY_NAME", "IMAGE", "IMAGE_REPO", "IMAGE_TAG") if k in rel
         },
         "snapshots": [],
+        "trial": (
+            {"snapshot": trial.snapshot, "tries_left": trial.tries_left, "fallback": trial.fallback}
+            if trial
+            else None
+        ),
+        "upgrade_failure": failure,
         "recovery": None,
         "partitions": [
             _partition(lbl, mounts)
@@ -96,6 +96,7 @@ def collect(cfg: Config, run_dir: Path = RUN_DIR, root: Path = Path("/")) -> dic
                     "digest": s.digest,
                     "date": s.date,
                     "from_action": s.from_action,
+                    "boot_assessment": s.boot_assessment or None,
                     "image": s.os_release.get("IMAGE"),
                 }
             )
@@ -120,12 +121,25 @@ def render(data: dict[str, Any]) -> str:
     ]
     for s in data["snapshots"]:
         flags = ",".join(f for f, on in (("active", s["active"]), ("booted", s["booted"])) if on)
+        assessed = f", {s['boot_assessment']}" if s.get("boot_assessment") else ""
         lines.append(
             f"  {s['number']:>3}  {flags or 'passive':14} {s['source']}  {s['digest'][:19]}  "
-            f"{s['date']}  ({s['from_action']})"
+            f"{s['date']}  ({s['from_action']}{assessed})"
         )
     if not data["snapshots"]:
         lines.append("  (no state.yaml on the boot device)")
+    if data.get("trial"):
+        t = data["trial"]
+        lines.append(
+            f"Trial:     snapshot {t['snapshot']} not confirmed yet "
+            f"({t['tries_left']} boot(s) left, then snapshot {t['fallback']})"
+        )
+    if data.get("upgrade_failure"):
+        f = data["upgrade_failure"]
+        lines.append(
+            f"FAILED:    snapshot {f.get('snapshot', '?')} did not boot: {f.get('reason', '')};"
+            f" rolled back to snapshot {f.get('booted', '?')}"
+        )
     if data["recovery"]:
         r = data["recovery"]
         lines.append(f"Recovery:  {r['source']}  {r['digest'][:19]}  {r['date']}")
@@ -137,7 +151,7 @@ def render(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def show_status(cfg: Config, as_json: bool = False) -> int:
-    data = collect(cfg)
+def show_status(cfg: Config, as_json: bool = False, installed: Installed | None = None) -> int:
+    data = collect(cfg, installed)
     print(json.dumps(data, indent=2) if as_json else render(data))
     return 0

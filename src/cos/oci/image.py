@@ -59,7 +59,7 @@ _REGISTRY_ENV = (
 )
 
 
-def _registry_env() -> dict[str, str]:
+def registry_env() -> dict[str, str]:
     return {k: os.environ[k] for k in _REGISTRY_ENV if k in os.environ}
 
 
@@ -88,7 +88,7 @@ def fetch(ref: ImageRef, cache: Path, tls_verify: bool = True) -> LocalImage:
     tls = f"--tls-verify={'true' if tls_verify else 'false'}"
     try:
         info = json.loads(
-            runner.run(["skopeo", "inspect", tls, ref.skopeo], env=_registry_env()).stdout
+            runner.run(["skopeo", "inspect", tls, ref.skopeo], env=registry_env()).stdout
         )
     except ToolError as exc:
         detail = exc.stderr.strip().splitlines()[-1] if exc.stderr.strip() else str(exc)
@@ -118,7 +118,7 @@ def fetch(ref: ImageRef, cache: Path, tls_verify: bool = True) -> LocalImage:
                 pinned.skopeo,
                 f"oci:{layout}:{tag}",
             ],
-            env=_registry_env(),
+            env=registry_env(),
         )
     except ToolError as exc:
         raise ImageError(

@@ -100,7 +100,10 @@ def _layout(root: Path) -> None:
         _enable_unit(root, "tmp.mount", "local-fs.target")
 
 
-@feature("systemd", "units of the toolkit: cloud-init stages fs/boot/network/reconcile, status")
+@feature(
+    "systemd",
+    "units of the toolkit: cloud-init stages fs/boot/network/reconcile, status, boot assessment",
+)
 def _systemd(root: Path) -> None:
     for entry in data_path("systemd").iterdir():
         _write(root, f"/etc/systemd/system/{entry.name}", entry.read_text())
@@ -109,6 +112,18 @@ def _systemd(root: Path) -> None:
     _enable_unit(root, "cos-setup-boot.service", "multi-user.target")
     _enable_unit(root, "cos-setup-network.service", "multi-user.target")
     _enable_unit(root, "cos-setup-reconcile.timer", "timers.target")
+    _enable_unit(root, "cos-boot-assessment.service", "multi-user.target")
+    _enable_unit(root, "cos-mark-good.service", "multi-user.target")
+    inside(root, "/usr/libexec/cos-checks").mkdir(parents=True, exist_ok=True)
+
+
+@feature("network", "DHCP on wired interfaces with systemd-networkd")
+def _network(root: Path) -> None:
+    for entry in data_path("network").iterdir():
+        _write(root, f"/etc/systemd/network/{entry.name}", entry.read_text())
+    if inside(root, "/usr/lib/systemd/system/systemd-networkd.service").exists():
+        _enable_unit(root, "systemd-networkd.service", "multi-user.target")
+        _enable_unit(root, "systemd-networkd.socket", "sockets.target")
 
 
 @feature("cloud-config", "default cloud-configs in /system/oem (machine-id, hostname)")

@@ -6,20 +6,35 @@ import os
 from pathlib import Path
 
 
-def mount_table() -> list[tuple[str, str]]:
-    """(source, mount point) for every mount, in mount order."""
+def _mountinfo() -> list[list[str]]:
     try:
-        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+        return [line.split() for line in Path("/proc/self/mountinfo").read_text().splitlines()]
     except OSError:
         return []
+
+
+def _unescape(text: str) -> str:
+    return text.replace("\\040", " ")
+
+
+def mount_table() -> list[tuple[str, str]]:
+    """(source, mount point) for every mount, in mount order."""
     out = []
-    for line in lines:
-        fields = line.split()
+    for fields in _mountinfo():
         sep = fields.index("-")
-        out.append((fields[sep + 2], fields[4].replace("\\040", " ")))
+        out.append((fields[sep + 2], _unescape(fields[4])))
     return out
 
 
-def is_mountpoint(path: Path) -> bool:
+def mount_options(path: Path) -> set[str] | None:
+    """Options of the topmost mount at path (None when path is not a mount point)."""
     target = os.path.realpath(path)
-    return any(mnt == target for _, mnt in mount_table())
+    found: set[str] | None = None
+    for fields in _mountinfo():
+        if _unescape(fields[4]) == target:
+            found = set(fields[5].split(","))
+    return found
+
+
+def is_mountpoint(path: Path) -> bool:
+    return mount_options(path) is not None

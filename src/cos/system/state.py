@@ -7,7 +7,7 @@ dir fsync) so a crash never leaves a torn file.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,9 @@ class ImageState:
     from_action: str
     os_release: dict[str, str] = field(default_factory=dict)
     active: bool = False
+    # Boot assessment: "" (not assessed: installed, rolled back to), "trial" (switched
+    # to by an upgrade, not confirmed yet), "good", "failed" (GRUB fell back from it).
+    boot_assessment: str = ""
 
 
 @dataclass
@@ -63,7 +66,11 @@ class InstallState:
             data = yaml.safe_load(text) or {}
 
             def img(d: dict[str, Any]) -> ImageState:
-                return ImageState(**{k.replace("-", "_"): v for k, v in d.items()})
+                known = {f.name for f in fields(ImageState)}
+                # Keys a newer toolkit wrote are kept out, not fatal.
+                return ImageState(
+                    **{k.replace("-", "_"): v for k, v in d.items() if k.replace("-", "_") in known}
+                )
 
             return cls(
                 date=str(data.get("date", "")),

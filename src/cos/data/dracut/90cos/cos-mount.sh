@@ -19,7 +19,10 @@ img="/run/cos/state/${cos_image#/}"
 mount -o loop,ro "$img" "$NEWROOT" || die "cos: cannot mount $img"
 
 : > "/run/cos/${cos_mode}_mode"
-echo "$cos_image" > /run/cos/image
+# The image actually booted (the active link resolved): later switches move the link,
+# not what this boot runs.
+real=$(readlink -f "$img")
+echo "${real#/run/cos/state/}" > /run/cos/image
 
 size=${cos_overlay#tmpfs:}
 ismounted /run/cos/overlay || mount -t tmpfs -o "mode=0755,size=$size" cos-overlay /run/cos/overlay

@@ -17,7 +17,7 @@ installkernel() {
 }
 
 install() {
-    inst_multiple mount umount losetup blkid chroot mkdir modprobe
+    inst_multiple mount umount losetup blkid chroot mkdir modprobe readlink
     inst_hook cmdline 96 "$moddir/cos-parse.sh"
     inst_hook mount 10 "$moddir/cos-mount.sh"
 }

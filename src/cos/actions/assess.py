@@ -1,0 +1,111 @@
+"""cos boot-assessment: the userspace half of boot assessment (run by systemd).
+
+Early in every boot (`cos-boot-assessment.service`) it notices when GRUB gave up
+on a trial snapshot and booted the fallback: it records the failure
+(/run/cos/upgrade_failure and state.yaml) and makes the running snapshot active
+again, so the machine settles without anyone's help. After multi-user
+(`cos-mark-good.service`, `--mark-good`) it runs the checks in
+/usr/libexec/cos-checks and, when all pass, confirms the trial snapshot.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from cos import run as runner
+from cos.boot import assessment
+from cos.config import Config
+from cos.disk.mount import writable
+from cos.errors import StateError, ToolError
+from cos.fsutil import atomic_write
+from cos.log import log
+from cos.snapshot.loop import LoopSnapshotter
+from cos.system.installed import FAILURE_FILE, Installed
+from cos.system.state import now, write_state
+
+CHECKS_DIR = Path("/usr/libexec/cos-checks")
+
+
+def run_checks(checks_dir: Path = CHECKS_DIR) -> list[str]:
+    """Run every executable check; returns the failures (name: reason)."""
+    failed = []
+    for check in sorted(checks_dir.iterdir()) if checks_dir.is_dir() else []:
+        if not check.is_file() or not check.stat().st_mode & 0o111:
+            continue
+        try:
+            runner.run([str(check)], timeout=300)
+        except ToolError as exc:
+            failed.append(f"{check.name}: {exc.message}")
+    return failed
+
+
+def assess(cfg: Config, mark_good: bool = False, installed: Installed | None = None) -> str:
+    """Returns what was decided: none, fallback, good, checks-failed, pending."""
+    inst = installed or Installed.running(cfg.layout.oem_mount)
+    mode = inst.mode()
+    if mode not in ("active", "passive"):
+        return "none"
+    trial = assessment.read_trial(inst.oem_dir)
+    if trial is None:
+        return "none"
+    booted = inst.booted_snapshot()
+    snaps = LoopSnapshotter(inst.state_dir, cfg.snapshot_fs)
+    if assessment.fell_back(trial, mode, booted):
+        assert booted is not None
+        _record_failure(inst, snaps, trial, booted)
+        return "fallback"
+    if booted != trial.snapshot:
+        if snaps.active() != trial.snapshot:
+            # The upgrade never switched (a crash between its writes): no trial left.
+            assessment.end_trial(inst.oem_dir, [n for n in snaps.numbers() if n != snaps.active()])
+            return "none"
+        return "pending"  # a passive boot during a trial: the trial goes on
+    if not mark_good:
+        return "pending"
+    failures = run_checks()
+    if failures:
+        for f in failures:
+            log.error("cos: boot check failed: %s", f)
+        return "checks-failed"
+    assessment.end_trial(inst.oem_dir)
+    _set_assessment(inst, trial.snapshot, "good")
+    log.info("cos: snapshot %d confirmed good", trial.snapshot)
+    return "good"
+
+
+def _set_assessment(inst: Installed, n: int, value: str) -> None:
+    state = inst.state()
+    if n in state.snapshots:
+        with writable(inst.state_dir):
+            state.snapshots[n].boot_assessment = value
+            write_state(inst.state_dir, state)
+
+
+def _record_failure(
+    inst: Installed, snaps: LoopSnapshotter, trial: assessment.Trial, booted: int
+) -> None:
+    report = {
+        "snapshot": trial.snapshot,
+        "booted": booted,
+        "date": now(),
+        "reason": "no good boot within the allowed attempts",
+    }
+    atomic_write(inst.run_dir / FAILURE_FILE, json.dumps(report) + "\n")
+    log.error(
+        "cos: snapshot %d failed to boot; running snapshot %d and making it active again",
+        trial.snapshot,
+        booted,
+    )
+    state = inst.state()
+    with writable(inst.state_dir):
+        if trial.snapshot in state.snapshots:
+            state.snapshots[trial.snapshot].boot_assessment = "failed"
+        if booted not in snaps.numbers():
+            raise StateError(f"the booted snapshot {booted} is not on the state partition")
+        # Menu first (the failed one stays listed for inspection), then the switch.
+        assessment.end_trial(inst.oem_dir, [n for n in snaps.numbers() if n != booted])
+        snaps.switch(booted)
+        for k, s in state.snapshots.items():
+            s.active = k == booted
+        write_state(inst.state_dir, state)

@@ -1,0 +1,72 @@
+"""The installed system as the running OS sees it: what booted, where its parts are.
+
+The initrd leaves the facts in /run/cos: the mode sentinel, the image it booted
+(resolved, `.snapshots/N/snapshot.img`), and COS_STATE mounted read-only at
+/run/cos/state. COS_OEM is mounted at /oem by the layout. Actions take these paths
+from here, so they can also act on a device mounted elsewhere (maintenance, tests).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from cos.errors import StateError
+from cos.system.state import InstallState, read_state
+
+RUN_DIR = Path("/run/cos")
+MODES = ("active", "passive", "recovery", "live")
+FAILURE_FILE = "upgrade_failure"
+
+
+@dataclass(frozen=True)
+class Installed:
+    state_dir: Path  # COS_STATE mount
+    oem_dir: Path  # COS_OEM mount (grubenv)
+    run_dir: Path = RUN_DIR
+
+    @classmethod
+    def running(cls, oem_mount: str = "/oem") -> Installed:
+        return cls(RUN_DIR / "state", Path(oem_mount), RUN_DIR)
+
+    # -- what booted ------------------------------------------------------------
+    def mode(self) -> str | None:
+        for mode in MODES:
+            if (self.run_dir / f"{mode}_mode").exists():
+                return mode
+        return None
+
+    def booted_image(self) -> str | None:
+        p = self.run_dir / "image"
+        return p.read_text().strip() if p.exists() else None
+
+    def booted_snapshot(self) -> int | None:
+        """Number of the snapshot this boot runs (None in recovery, live or unknown)."""
+        image = self.booted_image()
+        if self.mode() not in ("active", "passive") or not image:
+            return None
+        parts = Path(image).parts
+        if len(parts) >= 2 and parts[-2].isdigit():
+            return int(parts[-2])
+        return None
+
+    # -- what is installed ------------------------------------------------------
+    def state(self) -> InstallState:
+        state = read_state(self.state_dir)
+        if state is None:
+            raise StateError(
+                f"no state.yaml in {self.state_dir}: this is not an installed cos system",
+                hint="install first (cos install) or boot the installed system",
+            )
+        return state
+
+    def require_mode(self, action: str, allowed: tuple[str, ...], hint: str) -> str:
+        mode = self.mode()
+        if mode is None:
+            raise StateError(
+                f"{action} runs on a system booted by cos (no {self.run_dir}/*_mode)",
+                hint=hint,
+            )
+        if mode not in allowed:
+            raise StateError(f"{action} cannot run in {mode} mode", hint=hint)
+        return mode

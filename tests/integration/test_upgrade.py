@@ -1,0 +1,427 @@
+"""cos upgrade / rollback / boot-assessment against a loop-backed disk file (no VM).
+
+The disk is built by build-disk from a real registry; its state and OEM partitions are
+mounted here the way the initrd mounts them on a device, and /run/cos facts are
+written as the initrd would (active mode, booted image).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from cos.boot import grubenv
+from cos.config import Labels, Partitions
+from cos.disk.plan import plan_disk
+from tests.support.images import LAYOUT, derive, push
+
+SMALL = {"COS_PARTITIONS__RECOVERY": "1024", "COS_PARTITIONS__STATE": "4096"}
+V2_FILES = {"/etc/cos-upgrade-test": "v2\n"}
+
+
+@dataclass
+class Images:
+    v1: str
+    v2: str
+    noboot: str
+    registry: str
+
+
+@pytest.fixture(scope="module")
+def images(vanilla: str, local_registry: str) -> Images:
+    derive("vanilla", "upgrade-v2", V2_FILES)
+    derive(
+        "vanilla", "upgrade-noboot", {"/etc/cos-upgrade-test": "noboot\n"}, ("/etc/cos/grub.cfg",)
+    )
+    return Images(
+        v1=push("vanilla", local_registry, "cos/upgrade:v1"),
+        v2=push("upgrade-v2", local_registry, "cos/upgrade:v2"),
+        noboot=push("upgrade-noboot", local_registry, "cos/upgrade:noboot"),
+        registry=local_registry,
+    )
+
+
+def _env(conf: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "COS_CONFIG_DIR": str(conf),
+        **SMALL,
+        "COS_CACHE_DIR": str(LAYOUT.parent / "cache"),
+    }
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory, images: Images) -> Path:
+    out = tmp_path_factory.mktemp("upgrade-disk")
+    conf = out / "etc-cos"
+    conf.mkdir()
+    disk = out / "disk.raw"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cos",
+            "build-disk",
+            images.v1,
+            "-o",
+            str(disk),
+            "--tls-verify=false",
+        ],
+        check=True,
+        env=_env(conf),
+    )
+    return disk
+
+
+@dataclass
+class Device:
+    disk: Path
+    state: Path
+    oem: Path
+    run: Path
+    conf: Path
+
+    def cos(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "cos", *args, *self.flags()],
+            capture_output=True,
+            text=True,
+            env=_env(self.conf),
+            check=check,
+        )
+
+    def flags(self) -> list[str]:
+        return [
+            "--state-dir",
+            str(self.state),
+            "--oem-dir",
+            str(self.oem),
+            "--run-dir",
+            str(self.run),
+        ]
+
+    def boot(self, mode: str, snapshot: int | None) -> None:
+        """Write what the initrd leaves in /run/cos for a boot of snapshot in mode."""
+        for f in self.run.glob("*_mode"):
+            f.unlink()
+        (self.run / f"{mode}_mode").touch()
+        (self.run / "upgrade_failure").unlink(missing_ok=True)
+        (self.run / "image").write_text(f".snapshots/{snapshot}/snapshot.img\n" if snapshot else "")
+
+    def active(self) -> int:
+        return int(os.readlink(self.state / ".snapshots/active").split("/")[0])
+
+    def env(self) -> dict[str, str]:
+        return grubenv.read(self.oem / "grubenv")
+
+    def status(self) -> dict:  # type: ignore[type-arg]
+        return json.loads(self.cos("status", "--json").stdout)
+
+
+def _part(name: str) -> tuple[int, int]:
+    plan = plan_disk(Partitions(recovery=1024, state=4096), Labels())
+    p = plan.part(name)
+    return p.offset, p.size
+
+
+@contextmanager
+def _mount(disk: Path, name: str, where: Path) -> Iterator[Path]:
+    offset, size = _part(name)
+    where.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["mount", "-o", f"loop,offset={offset},sizelimit={size}", str(disk), str(where)], check=True
+    )
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-d", str(where)], check=True)
+
+
+@pytest.fixture
+def device(pristine: Path, tmp_path: Path) -> Iterator[Device]:
+    disk = tmp_path / "disk.raw"
+    subprocess.run(["cp", "--sparse=always", str(pristine), str(disk)], check=True)
+    conf = tmp_path / "etc-cos"
+    conf.mkdir()
+    with (
+        _mount(disk, "state", tmp_path / "state") as state,
+        _mount(disk, "oem", tmp_path / "oem") as oem,
+    ):
+        dev = Device(disk, state, oem, tmp_path / "run", conf)
+        dev.run.mkdir()
+        dev.boot("active", 1)
+        yield dev
+        _release(dev)
+
+
+def _release(dev: Device) -> None:
+    """What a power cut does to mounts: drop whatever an interrupted upgrade left mounted."""
+    tree = dev.run / "upgrade/tree"
+    for _ in range(4):
+        mounts = Path("/proc/self/mountinfo").read_text()
+        if f" {tree} " not in mounts and f" {tree}/" not in mounts:
+            break
+        subprocess.run(["umount", "-R", "-d", str(tree)], check=False, capture_output=True)
+
+
+def _fsck_clean(image: Path) -> None:
+    subprocess.run(["e2fsck", "-fn", str(image)], check=True, capture_output=True)
+
+
+def _cat(image: Path, path: str) -> str:
+    return subprocess.run(
+        ["debugfs", "-R", f"cat {path}", str(image)], capture_output=True, text=True, check=True
+    ).stdout
+
+
+def _blob_gets(images: Images, log: Path) -> set[str]:
+    text = log.read_text()
+    return set(re.findall(r"GET /v2/cos/upgrade/blobs/(sha256:[0-9a-f]{64})", text))
+
+
+def _layers(tag: str) -> list[str]:
+    out = subprocess.run(
+        ["skopeo", "inspect", f"oci:{LAYOUT}:{tag}"], capture_output=True, text=True, check=True
+    ).stdout
+    return list(json.loads(out)["Layers"])
+
+
+def test_upgrade_rollback_and_prune(device: Device, images: Images, registry_dir: Path) -> None:
+    log = registry_dir / "registry.log"
+    before = _blob_gets(images, log)
+    r = device.cos("upgrade", "--system", images.v2, "--tls-verify=false")
+    assert "Switching to snapshot 2" in r.stderr
+
+    # Only the added layer travelled: the store was seeded with v1's blobs at build-disk.
+    new_layers = set(_layers("upgrade-v2")) - set(_layers("vanilla"))
+    fetched = _blob_gets(images, log) - before
+    assert new_layers and new_layers <= fetched
+    assert not (fetched & set(_layers("vanilla")))
+
+    # Switched: active link, complete and clean image with v2's content, state and trial.
+    assert device.active() == 2
+    img = device.state / ".snapshots/2/snapshot.img"
+    _fsck_clean(img)
+    assert _cat(img, "/etc/cos-upgrade-test") == "v2\n"
+    env = device.env()
+    assert (env["cos_trial"], env["cos_tries"], env["cos_fallback"], env["passive_snaps"]) == (
+        "2",
+        "3",
+        "1",
+        "1",
+    )
+    st = device.status()
+    snaps = {s["number"]: s for s in st["snapshots"]}
+    assert snaps[2]["active"] and not snaps[1]["active"]
+    assert snaps[2]["source"] == images.v2 and snaps[2]["from_action"] == "upgrade"
+    assert snaps[2]["boot_assessment"] == "trial"
+    assert st["trial"] == {"snapshot": 2, "tries_left": 3, "fallback": 1}
+    digest = json.loads(
+        subprocess.run(
+            ["skopeo", "inspect", "--tls-verify=false", f"docker://{images.v2}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )["Digest"]
+    assert snaps[2]["digest"] == digest
+    assert not list((device.state / ".snapshots").glob("*/.partial"))
+
+    # The same digest again: nothing to do, nothing changed.
+    r = device.cos("upgrade", "--system", images.v2, "--tls-verify=false")
+    assert "Already up to date" in r.stderr
+    assert sorted(p.name for p in (device.state / ".snapshots").iterdir()) == ["1", "2", "active"]
+
+    # Boot 2 and confirm it: the trial ends, state records it.
+    device.boot("active", 2)
+    assert device.cos("boot-assessment", "--mark-good").stdout.strip() == "good"
+    assert "cos_trial" not in device.env()
+    assert {s["number"]: s for s in device.status()["snapshots"]}[2]["boot_assessment"] == "good"
+
+    # Roll back: 1 is active again; 2 stays in the menu.
+    device.cos("rollback")
+    assert device.active() == 1
+    assert device.env()["passive_snaps"] == "2"
+    device.boot("active", 1)
+
+    # Downgrade-style upgrade from 1 to v1 with max-snaps 2: 3 is made, 2 pruned with its blobs.
+    device.cos("upgrade", "--system", images.v1, "--tls-verify=false", "--force")
+    assert device.active() == 3
+    assert sorted(p.name for p in (device.state / ".snapshots").iterdir()) == ["1", "3", "active"]
+    stored = {p.name for p in (device.state / ".store/blobs/sha256").iterdir()}
+    assert not {d.split(":")[1] for d in new_layers} & stored
+    assert set(json.loads((device.state / ".store/index.json").read_text())["manifests"][0]) >= {
+        "digest"
+    }
+    assert (
+        sorted(device.status()["snapshots"], key=lambda s: s["number"])[-1]["source"] == images.v1
+    )
+
+    # One-shot rollback: only next_entry changes.
+    device.cos("rollback", "1", "--once")
+    assert device.env()["next_entry"] == "passive1"
+    assert device.active() == 3
+
+
+def test_fallback_is_recorded_and_rolled_back(device: Device, images: Images) -> None:
+    device.cos("upgrade", "--system", images.v2, "--tls-verify=false")
+    # GRUB used up the tries and booted the fallback (passive 1).
+    grubenv.update(device.oem / "grubenv", {"cos_tries": "0"})
+    device.boot("passive", 1)
+    assert device.cos("boot-assessment").stdout.strip() == "fallback"
+    failure = json.loads((device.run / "upgrade_failure").read_text())
+    assert failure["snapshot"] == 2 and failure["booted"] == 1
+    assert device.active() == 1
+    env = device.env()
+    assert "cos_trial" not in env and env["passive_snaps"] == "2"
+    st = device.status()
+    assert st["upgrade_failure"]["snapshot"] == 2
+    assert {s["number"]: s for s in st["snapshots"]}[2]["boot_assessment"] == "failed"
+    # A later good upgrade starts clean: fresh counters, fallback is the running one.
+    device.boot("active", 1)
+    device.cos("upgrade", "--system", images.v2, "--tls-verify=false", "--force")
+    env = device.env()
+    assert (env["cos_trial"], env["cos_tries"], env["cos_fallback"]) == ("3", "3", "1")
+
+
+class TestRefusals:
+    """Each refusal: one error line + hint, its exit code, and nothing changed."""
+
+    @staticmethod
+    def snapshot_of(dev: Device) -> tuple[object, ...]:
+        snaps = sorted(str(p.relative_to(dev.state)) for p in (dev.state / ".snapshots").rglob("*"))
+        return (
+            snaps,
+            os.readlink(dev.state / ".snapshots/active"),
+            (dev.state / "state.yaml").read_text(),
+            (dev.oem / "grubenv").read_bytes(),
+            json.loads((dev.state / ".store/index.json").read_text()),
+            sorted(p.name for p in (dev.state / ".store/blobs/sha256").iterdir()),
+        )
+
+    def refused(self, dev: Device, code: int, words: str, *args: str) -> None:
+        before = self.snapshot_of(dev)
+        r = dev.cos(*args, check=False)
+        assert r.returncode == code, r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert lines[-2].startswith("cos: error:") and words in lines[-2], r.stderr
+        assert lines[-1].startswith("hint:")
+        assert "Traceback" not in r.stderr
+        assert self.snapshot_of(dev) == before
+
+    def test_image_not_prepared_by_cos_init(self, device: Device, images: Images) -> None:
+        self.refused(
+            device,
+            4,
+            "not prepared by cos init",
+            "upgrade",
+            "--system",
+            images.noboot,
+            "--tls-verify=false",
+        )
+
+    def test_state_partition_too_small(self, device: Device, images: Images) -> None:
+        st = os.statvfs(device.state)
+        filler = device.state / "filler"
+        subprocess.run(
+            ["fallocate", "-l", str(st.f_bavail * st.f_frsize - 300 * 1024 * 1024), str(filler)],
+            check=True,
+        )
+        try:
+            self.refused(
+                device, 5, "missing", "upgrade", "--system", images.v2, "--tls-verify=false"
+            )
+        finally:
+            filler.unlink()
+
+    def test_not_in_recovery(self, device: Device, images: Images) -> None:
+        device.boot("recovery", None)
+        self.refused(
+            device, 7, "recovery mode", "upgrade", "--system", images.v2, "--tls-verify=false"
+        )
+
+    def test_unreachable_registry(self, device: Device) -> None:
+        self.refused(
+            device,
+            4,
+            "cannot read image",
+            "upgrade",
+            "--system",
+            "127.0.0.1:9/cos/x:1",
+            "--tls-verify=false",
+        )
+
+    def test_rollback_to_a_missing_snapshot(self, device: Device) -> None:
+        self.refused(device, 7, "does not exist", "rollback", "7")
+
+
+def test_killed_at_random_points_always_leaves_a_bootable_selection(
+    device: Device, images: Images
+) -> None:
+    """SIGKILL the upgrade (and its children) at ≥ 20 random instants: every time the
+    active link names a complete, fsck-clean image, the boot env and state.yaml parse,
+    and a later upgrade succeeds."""
+    t0 = time.monotonic()
+    device.cos("upgrade", "--system", images.v2, "--tls-verify=false")
+    full = time.monotonic() - t0
+    rng = random.Random(20261123)
+    targets = [images.v1, images.v2]
+    kills = 0
+    for i in range(30):
+        if kills == 20:
+            break
+        device.boot("active", device.active())
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cos",
+                "upgrade",
+                "--system",
+                targets[i % 2],
+                "--tls-verify=false",
+                "--force",
+                *device.flags(),
+            ],
+            env=_env(device.conf),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        time.sleep(rng.uniform(0.2, full * 0.9))
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            kills += 1
+        proc.wait()
+        _release(device)
+        active = device.active()
+        img = device.state / f".snapshots/{active}/snapshot.img"
+        assert img.is_file() and not (img.parent / ".partial").exists(), f"round {i}: {active}"
+        _fsck_clean(img)
+        # Every snapshot the menu offers is complete (a crash may list the active one
+        # twice, never a missing one).
+        for n in device.env().get("passive_snaps", "").split():
+            assert (device.state / f".snapshots/{n}/snapshot.img").is_file(), f"round {i}: {n}"
+            assert not (device.state / f".snapshots/{n}/.partial").exists(), f"round {i}: {n}"
+        json.dumps(device.status())
+    assert kills >= 20
+    # And the device still upgrades; debris of the interrupted runs is gone.
+    device.boot("active", device.active())
+    device.cos("upgrade", "--system", images.v2, "--tls-verify=false", "--force")
+    assert not list((device.state / ".snapshots").glob("*/.partial"))
+    nums = [p.name for p in (device.state / ".snapshots").iterdir() if p.name.isdigit()]
+    assert len(nums) == 2
+    shutil.rmtree(device.run / "upgrade", ignore_errors=True)
