@@ -103,6 +103,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     s.add_argument("--strict", action="store_true", help="fail when any step fails")
 
+    s = sub.add_parser("install", help="install an image onto a disk (from live or recovery)")
+    s.add_argument("device", type=Path, metavar="DEVICE", help="block device, e.g. /dev/vdb")
+    s.add_argument("--system", required=True, metavar="REF", help="image to install")
+    s.add_argument("--cloud-init", action="append", default=[], type=Path, metavar="FILE")
+    s.add_argument("--recovery-system", metavar="REF", help="image for recovery (default: REF)")
+    s.add_argument("--force", action="store_true", help="overwrite an existing installation")
+    after = s.add_mutually_exclusive_group()
+    after.add_argument("--reboot", action="store_const", const="reboot", dest="after")
+    after.add_argument("--poweroff", action="store_const", const="poweroff", dest="after")
+    _image_flags(s)
+
     s = sub.add_parser("upgrade", help="pull a new image and boot it next (A/B, atomic)")
     s.add_argument("--system", metavar="REF", help="image (default: the recorded source)")
     s.add_argument("--force", action="store_true", help="upgrade even to the same digest")
@@ -114,6 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("snapshot", nargs="?", type=int, metavar="N", help="default: the newest other")
     s.add_argument("--once", action="store_true", help="only for the next boot (next_entry)")
     s.add_argument("--reboot", action="store_true", help="reboot when done")
+    _device_flags(s)
+
+    s = sub.add_parser("reset", help="from recovery: redeploy the system as freshly installed")
+    s.add_argument("--system", metavar="REF", help="image (default: the recovery image)")
+    s.add_argument("--reset-persistent", action="store_true", help="also wipe COS_PERSISTENT")
+    s.add_argument("--reset-oem", action="store_true", help="also remove the OEM cloud-configs")
+    s.add_argument("--reboot", action="store_true", help="reboot when done")
+    _image_flags(s)
     _device_flags(s)
 
     s = sub.add_parser("boot-assessment", help="confirm or fail a trial boot (run by systemd)")
@@ -187,6 +206,21 @@ def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
             )
         )
         return 0
+    if args.command == "install":
+        from cos.actions.install import InstallRequest, install
+
+        install(
+            InstallRequest(
+                args.device,
+                args.system,
+                args.cloud_init,
+                args.recovery_system,
+                args.force,
+                args.after,
+            ),
+            cfg,
+        )
+        return 0
     if args.command == "upgrade":
         from cos.actions.upgrade import UpgradeRequest, upgrade
 
@@ -196,6 +230,20 @@ def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
         from cos.actions.rollback import RollbackRequest, rollback
 
         rollback(RollbackRequest(args.snapshot, args.once, args.reboot, _installed(args, cfg)), cfg)
+        return 0
+    if args.command == "reset":
+        from cos.actions.reset import ResetRequest, reset
+
+        reset(
+            ResetRequest(
+                args.system,
+                args.reset_persistent,
+                args.reset_oem,
+                args.reboot,
+                _installed(args, cfg),
+            ),
+            cfg,
+        )
         return 0
     if args.command == "boot-assessment":
         from cos.actions.assess import assess

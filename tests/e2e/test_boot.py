@@ -104,9 +104,7 @@ def test_passive_entry_boots_a_kept_snapshot(vm_factory) -> None:  # type: ignor
         "mount -o remount,rw /run/cos/state && mkdir -p /run/cos/state/.snapshots/2"
         " && ln /run/cos/state/.snapshots/1/snapshot.img /run/cos/state/.snapshots/2/snapshot.img"
         " && mount -o remount,ro /run/cos/state"
-        " && mkdir -p /run/e2e-esp && mount LABEL=COS_GRUB /run/e2e-esp"
-        " && grub-editenv /run/e2e-esp/grub_oem_env set passive_snaps=2"
-        " && umount /run/e2e-esp && grub-editenv /oem/grubenv set next_entry=passive2"
+        " && grub-editenv /oem/grubenv set passive_snaps=2 next_entry=passive2"
     )
     vm.reboot()
     assert vm.ok("test -e /run/cos/passive_mode && echo yes").strip() == "yes"

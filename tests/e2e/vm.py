@@ -29,11 +29,21 @@ class Result:
 
 
 class VM:
-    def __init__(self, disk: Path, workdir: Path, firmware: str = "bios", memory: int = 1536):
+    def __init__(
+        self,
+        disk: Path,
+        workdir: Path,
+        firmware: str = "bios",
+        memory: int = 1536,
+        net: bool = False,
+        extra_disks: tuple[Path, ...] = (),
+    ):
         self.disk = disk
         self.dir = workdir
         self.firmware = firmware
         self.memory = memory
+        self.net = net  # user networking: the host (and its 127.0.0.1 registry) is 10.0.2.2
+        self.extra_disks = extra_disks  # /dev/vdb, /dev/vdc, … in the guest
         self.proc: subprocess.Popen[bytes] | None = None
         self.sock: socket.socket | None = None
         self.buf = b""
@@ -46,6 +56,8 @@ class VM:
         self.dir.mkdir(parents=True, exist_ok=True)
         agent = self.dir / "agent.sock"
         agent.unlink(missing_ok=True)
+        self.monitor = self.dir / "monitor.sock"
+        self.monitor.unlink(missing_ok=True)
         argv = [
             "qemu-system-x86_64",
             "-machine",
@@ -61,7 +73,7 @@ class VM:
             "-display",
             "none",
             "-nic",
-            "none",
+            "user,model=virtio-net-pci" if self.net else "none",
             "-chardev",
             f"file,id=con,path={self.console_log},append=on",
             "-serial",
@@ -72,9 +84,13 @@ class VM:
             f"socket,id=agent,path={agent},server=on,wait=off",
             "-device",
             "virtserialport,chardev=agent,name=cos.agent",
+            "-monitor",
+            f"unix:{self.monitor},server=on,wait=off",
             "-drive",
             f"file={self.disk},format=qcow2,if=virtio",
         ]
+        for extra in self.extra_disks:
+            argv += ["-drive", f"file={extra},format=qcow2,if=virtio"]
         if self.firmware == "efi":
             vars_copy = self.dir / "OVMF_VARS.fd"
             if not vars_copy.exists():
@@ -174,6 +190,17 @@ class VM:
             raise VMError(f"{command!r} failed with {r.rc}: {r.err.strip() or r.out.strip()}")
         return r.out
 
+    def wait_exit(self, timeout: float = 300) -> int:
+        """Wait for the guest to power off (qemu exits)."""
+        assert self.proc
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise VMError(
+                f"guest did not power off within {timeout}s; console tail:\n"
+                + self.console()[-3000:]
+            ) from None
+
     def wait_agent(self, timeout: float = 300) -> str:
         """Wait until the agent of a (new) boot answers; returns that boot's id."""
         deadline = time.monotonic() + timeout
@@ -198,6 +225,13 @@ class VM:
         if state not in ("running", "degraded"):
             raise VMError(f"system state is {state!r}")
         return state
+
+    def hard_reset(self) -> None:
+        """Pull the plug and push the button: a reset without any sync (qemu monitor)."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as mon:
+            mon.connect(str(self.monitor))
+            mon.sendall(b"system_reset\n")
+            time.sleep(0.5)
 
     def reboot(self, timeout: float = 300) -> str:
         self._send({"sh": "sync; systemctl reboot", "timeout": 30})

@@ -27,8 +27,9 @@ from cos.system.state import now, write_state
 CHECKS_DIR = Path("/usr/libexec/cos-checks")
 
 
-def run_checks(checks_dir: Path = CHECKS_DIR) -> list[str]:
+def run_checks(checks_dir: Path | None = None) -> list[str]:
     """Run every executable check; returns the failures (name: reason)."""
+    checks_dir = checks_dir or CHECKS_DIR
     failed = []
     for check in sorted(checks_dir.iterdir()) if checks_dir.is_dir() else []:
         if not check.is_file() or not check.stat().st_mode & 0o111:

@@ -23,7 +23,7 @@ from cos.disk.plan import MIB, DiskPlan, plan_disk
 from cos.errors import ConfigError, DiskError, ImageError, StateError
 from cos.fsutil import fsync_dir, regular_file_in_tree
 from cos.log import log, step
-from cos.oci.image import LocalImage, fetch, unpack
+from cos.oci.image import fetch, unpack
 from cos.oci.reference import ImageRef, parse_ref
 from cos.oci.store import LayerStore, snapshot_tag
 from cos.snapshot import loop as snap
@@ -159,15 +159,22 @@ def build_disk(req: BuildDiskRequest, cfg: Config) -> Path:
 
 
 def image_state(
-    img: LocalImage, tree: Path, label: str, fs: str, active: bool, from_action: str = "build-disk"
+    source: str,
+    digest: str,
+    tree: Path,
+    label: str,
+    fs: str,
+    active: bool,
+    from_action: str = "build-disk",
 ) -> ImageState:
+    """What state.yaml records of a snapshot or recovery system made from tree."""
     rel = read_os_release(tree)
     keep: dict[str, str] = {
         k: rel[k] for k in ("NAME", "VERSION_ID", "IMAGE_REPO", "IMAGE_TAG", "IMAGE") if k in rel
     }
     return ImageState(
-        source=str(img.ref),
-        digest=img.digest,
+        source=source,
+        digest=digest,
         label=label,
         fs=fs,
         date=now(),
@@ -281,8 +288,14 @@ def _build(
             "state": labels.state,
             "persistent": labels.persistent,
         },
-        snapshots={1: image_state(img, tree, snap.snapshot_label(1), cfg.snapshot_fs, True)},
-        recovery=image_state(rec_img, rec_tree, RECOVERY_LABEL, cfg.recovery_fs, False),
+        snapshots={
+            1: image_state(
+                str(img.ref), img.digest, tree, snap.snapshot_label(1), cfg.snapshot_fs, True
+            )
+        },
+        recovery=image_state(
+            str(rec_img.ref), rec_img.digest, rec_tree, RECOVERY_LABEL, cfg.recovery_fs, False
+        ),
     )
     write_state(statedir, state)
     write_state(recdir, state)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cos import run as runner
-from cos.actions.build_disk import check_bootable, image_state
+from cos.actions.deploy import check_bootable, image_state
 from cos.actions.hooks import run_chroot_hook, run_hook, system_sources
 from cos.boot import assessment
 from cos.config import Config
@@ -178,7 +178,8 @@ def _build_and_switch(
             # Make room: drop old snapshots now (the menu first), keep the fallback.
             assessment.set_passive(inst.oem_dir, [k for k in plan.keep if k != snaps.active()])
             for d in plan.drop:
-                snaps.delete(d)
+                if d != snaps.active():
+                    snaps.delete(d)
         _check_space(inst.state_dir, size, 0, f"the new snapshot of {remote.ref}")
         with step(f"Building snapshot {n}"), snaps.start(size, inst.run_dir / "upgrade") as p:
             assert p.number == n
@@ -186,7 +187,13 @@ def _build_and_switch(
                 unpack(image, p.tree)
             check_bootable(p.tree, remote.ref)
             tree_state = image_state(
-                image, p.tree, snapshot_label(n), cfg.snapshot_fs, False, "upgrade"
+                str(remote.ref),
+                remote.digest,
+                p.tree,
+                snapshot_label(n),
+                cfg.snapshot_fs,
+                False,
+                "upgrade",
             )
             tree_state.boot_assessment = "trial"
             with step("Running the after-upgrade-chroot hook"):

@@ -53,12 +53,13 @@ def fsck_ext(target: Path) -> None:
     runner.run(["e2fsck", "-fn", str(target)])
 
 
-def copy_into(disk: Path, src: Path, offset: int) -> None:
-    """Copy src into disk at offset, skipping zero blocks so the disk stays sparse."""
+def copy_into(disk: Path, src: Path, offset: int, sparse: bool = True) -> None:
+    """Copy src into disk at offset. sparse skips zero blocks: a new image file is all
+    zeros already; a used device is not, so there every block is written."""
     with open(src, "rb") as fi, open(disk, "r+b") as fo:
         pos = offset
         while chunk := fi.read(MIB):
-            if chunk != _ZERO[: len(chunk)]:
+            if not sparse or chunk != _ZERO[: len(chunk)]:
                 fo.seek(pos)
                 fo.write(chunk)
             pos += len(chunk)

@@ -99,6 +99,8 @@ class LoopSnapshotter:
         return int(head) if head.isdigit() else None
 
     def next_number(self) -> int:
+        if not self.root.is_dir():
+            return 1
         used = [int(d.name) for d in self.root.iterdir() if d.name.isdigit()]
         return max(used, default=0) + 1
 

@@ -1,0 +1,276 @@
+"""cos install: put an image onto a block device, from a live or recovery system.
+
+The result is the disk build-disk makes, but built in place: the device is
+partitioned, the filesystems are made at the partitions' offsets, and the image is
+pulled into the layer store on the new COS_STATE and unpacked straight into
+snapshot 1, so a live system needs no scratch space for the tree. Partitions are
+reached through offsets (mount -o offset=), never through partition device nodes,
+so the same code runs with or without udev.
+
+Everything is checked before the first write: the device (a block device, not in
+use, large enough, no installation on it unless --force), the image (readable), the
+cloud-init files.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cos import run as runner
+from cos.actions.deploy import (
+    RECOVERY_LABEL,
+    check_bootable,
+    grub_oem_env,
+    image_state,
+    install_bootloader,
+    install_state,
+    make_bootloader,
+    write_oem,
+    write_recovery,
+)
+from cos.actions.hooks import run_chroot_hook, run_hook, system_sources
+from cos.config import Config, read_yaml_mapping
+from cos.disk import image as diskimg
+from cos.disk.mount import mounted
+from cos.disk.plan import MIB, DiskPlan, PartSpec, plan_disk
+from cos.errors import ConfigError, DiskError
+from cos.log import log, step
+from cos.oci.image import LocalImage, fetch, unpack
+from cos.oci.reference import ImageRef, parse_ref
+from cos.oci.store import LayerStore, inspect_remote, snapshot_tag
+from cos.snapshot.loop import LoopSnapshotter, estimate_image_bytes, snapshot_label
+from cos.system.mounts import mount_table
+from cos.system.state import ImageState, write_state
+
+REQUIRED_TOOLS = [
+    "sgdisk",
+    "blockdev",
+    "mkfs.ext4",
+    "mkfs.vfat",
+    "mmd",
+    "mcopy",
+    "grub-mkimage",
+    "mksquashfs",
+    "umoci",
+    "skopeo",
+    "e2fsck",
+    "resize2fs",
+    "mount",
+]
+COS_PARTLABELS = {"state", "recovery", "oem", "persistent"}
+
+
+@dataclass
+class InstallRequest:
+    device: Path
+    system: str
+    cloud_init: list[Path] = field(default_factory=list)
+    recovery_system: str | None = None
+    force: bool = False
+    after: str | None = None  # "reboot" or "poweroff"
+
+
+def _check_device(dev: Path, force: bool, cfg: Config) -> DiskPlan:
+    try:
+        st = os.stat(dev)
+    except OSError as exc:
+        raise DiskError(
+            f"device {dev}: {exc.strerror}", hint="give a disk such as /dev/vdb"
+        ) from exc
+    if not stat.S_ISBLK(st.st_mode):
+        raise DiskError(
+            f"{dev} is not a block device",
+            hint="install writes to a disk; to make a disk image file use cos build-disk",
+        )
+    real = os.path.realpath(dev)
+    busy = sorted(
+        mnt
+        for src, mnt in mount_table()
+        if src == real or (src.startswith(real) and src[len(real) :].lstrip("p").isdigit())
+    )
+    if busy:
+        raise DiskError(
+            f"{dev} is in use (mounted at {', '.join(busy)})",
+            hint="install onto a disk the running system does not use",
+        )
+    size = int(runner.run(["blockdev", "--getsize64", real]).stdout.strip())
+    try:
+        plan = plan_disk(cfg.partitions, cfg.labels, size // MIB)
+    except DiskError as exc:
+        raise DiskError(
+            f"{dev} is too small ({size // MIB} MiB): {exc.message}",
+            hint="use a larger disk or smaller partitions (partitions.* in config)",
+        ) from exc
+    if not force:
+        out = runner.run(["sgdisk", "--print", real], check=False).stdout
+        names = {ln.split()[-1] for ln in out.splitlines() if ln.strip()[:1].isdigit()}
+        if names >= COS_PARTLABELS:
+            raise DiskError(
+                f"{dev} already holds a cos installation",
+                hint="pass --force to overwrite it (everything on it is lost)",
+            )
+    return plan
+
+
+def _check_cloud_init(files: list[Path]) -> None:
+    for f in files:
+        if not f.is_file():
+            raise ConfigError(
+                f"cloud-init file {f} does not exist", hint="check the --cloud-init path"
+            )
+        read_yaml_mapping(f)
+
+
+def _source(ref: ImageRef, cfg: Config) -> Callable[[LayerStore, str], LocalImage]:
+    """Check the image is reachable now; return how to put it into a store later."""
+    if ref.transport == "docker":
+        remote = inspect_remote(ref, cfg.tls_verify)
+        return lambda store, tag: store.pull(remote, tag, cfg.tls_verify)
+    local = fetch(ref, Path(cfg.cache_dir), cfg.tls_verify)  # oci: layouts (live media)
+
+    def add(store: LayerStore, tag: str) -> LocalImage:
+        store.add(local, tag)
+        return store.image(ref, tag)
+
+    return add
+
+
+def _mount_part(stack: ExitStack, dev: Path, part: PartSpec, where: Path) -> Path:
+    return stack.enter_context(
+        mounted(dev, where, f"loop,offset={part.offset},sizelimit={part.size}")
+    )
+
+
+def install(req: InstallRequest, cfg: Config) -> None:
+    runner.require(*REQUIRED_TOOLS)
+    dev = Path(os.path.realpath(req.device))
+    plan = _check_device(req.device, req.force, cfg)
+    _check_cloud_init(req.cloud_init)
+    grub_oem_env(cfg)
+    ref = parse_ref(req.system)
+    rec_ref = parse_ref(req.recovery_system) if req.recovery_system else None
+    with step(f"Checking {ref}"):
+        get = _source(ref, cfg)
+        get_rec = _source(rec_ref, cfg) if rec_ref else None
+
+    hooks = system_sources(cfg) + [str(f) for f in req.cloud_init]
+    run_hook("before-install", hooks)
+    with step(f"Partitioning {dev} ({plan.size_mib} MiB)"):
+        runner.run(["sgdisk", "--zap-all", str(dev)], check=False)
+        diskimg.partition(dev, plan)
+        runner.run(["blockdev", "--rereadpt", str(dev)], check=False)
+    with step("Making filesystems"):
+        for name in ("oem", "recovery", "state", "persistent"):
+            p = plan.part(name)
+            assert p.label is not None
+            diskimg.mkfs_ext4(dev, p.label, size=p.size, offset=p.offset)
+
+    work = Path(tempfile.mkdtemp(prefix="cos-install-"))
+    try:
+        _deploy(req, cfg, dev, plan, ref, rec_ref, get, get_rec, hooks, work)
+    finally:
+        _remove_workdir(work)
+    os.sync()
+    run_hook("after-install", hooks)
+    log.info("Installed %s on %s", ref, dev)
+    if req.after:
+        runner.run(["systemctl", req.after], check=False)
+
+
+def _remove_workdir(work: Path) -> None:
+    """Remove the scratch dir, but never through a mount that failed to go away."""
+    left = [mnt for _, mnt in mount_table() if mnt == str(work) or mnt.startswith(f"{work}/")]
+    if left:
+        log.warning("still mounted, left in place: %s", ", ".join(left))
+        return
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def _deploy(
+    req: InstallRequest,
+    cfg: Config,
+    dev: Path,
+    plan: DiskPlan,
+    ref: ImageRef,
+    rec_ref: ImageRef | None,
+    get: Callable[[LayerStore, str], LocalImage],
+    get_rec: Callable[[LayerStore, str], LocalImage] | None,
+    hooks: list[str],
+    work: Path,
+) -> None:
+    with ExitStack() as stack:
+        state_dir = _mount_part(stack, dev, plan.part("state"), work / "state")
+        rec_dir = _mount_part(stack, dev, plan.part("recovery"), work / "recovery")
+        oem_dir = _mount_part(stack, dev, plan.part("oem"), work / "oem")
+        store = LayerStore.on(state_dir)
+        snaps = LoopSnapshotter(state_dir, cfg.snapshot_fs)
+        with step(f"Pulling {ref}"):
+            image = get(store, snapshot_tag(1))
+        size = estimate_image_bytes(store.unpacked_size(snapshot_tag(1)))
+        with step("Building snapshot 1"), snaps.start(size, work / "snap") as p:
+            with step(f"Unpacking {ref} ({image.digest[:19]})"):
+                unpack(image, p.tree)
+            boot = check_bootable(p.tree, ref)
+            with step("Running the after-install-chroot hook"):
+                run_chroot_hook("after-install-chroot", hooks, p.tree)
+            snapshot = image_state(
+                str(ref), image.digest, p.tree, snapshot_label(1), cfg.snapshot_fs, True, "install"
+            )
+            bl = make_bootloader(p.tree, boot, cfg, work / "boot", plan.part("efi").size)
+            if rec_ref is None:
+                with step("Building the recovery system"):
+                    write_recovery(p.tree, boot, rec_dir, cfg.recovery_fs)
+                recovery = image_state(
+                    str(ref),
+                    image.digest,
+                    p.tree,
+                    RECOVERY_LABEL,
+                    cfg.recovery_fs,
+                    False,
+                    "install",
+                )
+        snaps.switch(1)
+        if rec_ref is not None and get_rec is not None:
+            recovery = _recovery_from(rec_ref, get_rec, store, cfg, rec_dir, work)
+        state = install_state(cfg, snapshot, recovery)
+        write_state(state_dir, state)
+        write_state(rec_dir, state)
+        write_oem(oem_dir, req.cloud_init)
+        with step("Installing GRUB (ESP and BIOS boot code)"):
+            install_bootloader(dev, plan, bl, sparse=False)
+
+
+def _recovery_from(
+    ref: ImageRef,
+    get: Callable[[LayerStore, str], LocalImage],
+    store: LayerStore,
+    cfg: Config,
+    rec_dir: Path,
+    work: Path,
+) -> ImageState:
+    """A recovery system from another image: unpacked in a scratch image on COS_RECOVERY."""
+    tag = "recovery-install"
+    with step(f"Pulling recovery image {ref}"):
+        image = get(store, tag)
+    scratch = LoopSnapshotter(rec_dir / ".scratch", "ext4")
+    try:
+        with (
+            step("Building the recovery system"),
+            scratch.start(estimate_image_bytes(store.unpacked_size(tag)), work / "rec") as p,
+        ):
+            unpack(image, p.tree)
+            boot = check_bootable(p.tree, ref)
+            write_recovery(p.tree, boot, rec_dir, cfg.recovery_fs)
+            return image_state(
+                str(ref), image.digest, p.tree, RECOVERY_LABEL, cfg.recovery_fs, False, "install"
+            )
+    finally:
+        shutil.rmtree(rec_dir / ".scratch", ignore_errors=True)
+        store.keep_only({snapshot_tag(1)})

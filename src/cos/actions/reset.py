@@ -1,0 +1,162 @@
+"""cos reset: from recovery mode, redeploy the state partition as fresh as an install.
+
+The system comes from the recovery image itself (the tree recovery booted from) or,
+with --system, from a registry. COS_STATE is formatted and gets snapshot 1, a new
+state.yaml and an empty boot menu; persistent data and OEM configuration survive
+unless --reset-persistent / --reset-oem say otherwise. Pre-flight (mode, devices,
+source, sizes) happens before the first write.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+from cos import run as runner
+from cos.actions.deploy import check_bootable, image_state
+from cos.actions.hooks import run_chroot_hook, run_hook, system_sources
+from cos.boot import assessment, grubenv
+from cos.config import Config
+from cos.disk.image import mkfs_ext4
+from cos.disk.mount import mounted
+from cos.errors import DiskError, StateError
+from cos.log import log, step
+from cos.oci.image import unpack
+from cos.oci.reference import ImageRef, parse_ref
+from cos.oci.store import LayerStore, inspect_remote, snapshot_tag
+from cos.snapshot.loop import (
+    LoopSnapshotter,
+    estimate_image_bytes,
+    image_size_for,
+    snapshot_label,
+)
+from cos.system.installed import Installed
+from cos.system.layout import find_device
+from cos.system.state import InstallState, now, write_state
+
+RECOVERY_IMAGE = "boot/recovery.img"
+
+
+@dataclass
+class ResetRequest:
+    system: str | None = None
+    reset_persistent: bool = False
+    reset_oem: bool = False
+    reboot: bool = False
+    installed: Installed | None = None
+
+
+def _device(label: str, what: str) -> str:
+    dev = find_device(label, timeout=5)
+    if dev is None:
+        raise DiskError(
+            f"no {what} partition (label {label}) found",
+            hint="reset repairs an installed disk; check the labels in state.yaml",
+        )
+    return dev
+
+
+def _block_size(dev: str) -> int:
+    return int(runner.run(["blockdev", "--getsize64", dev]).stdout.strip())
+
+
+def reset(req: ResetRequest, cfg: Config) -> None:
+    inst = req.installed or Installed.running(cfg.layout.oem_mount)
+    inst.require_mode("reset", ("recovery",), "boot the recovery entry, then run cos reset")
+    # In recovery the initrd mounted COS_RECOVERY where the state partition usually is.
+    old = inst.state()
+    labels = {**cfg.labels.__dict__, **old.labels}
+    state_dev = _device(labels["state"], "state")
+    persistent_dev = _device(labels["persistent"], "persistent") if req.reset_persistent else None
+    ref = parse_ref(req.system) if req.system else None
+    if ref is not None and ref.transport != "docker":
+        raise StateError(
+            f"reset pulls from a registry; {ref} is a local {ref.transport}: reference",
+            hint="pass --system HOST/REPO:TAG, or no --system to use the recovery image",
+        )
+    recovery_img = inst.state_dir / RECOVERY_IMAGE
+    if ref is None and not recovery_img.is_file():
+        raise StateError(
+            f"no recovery image at {recovery_img}",
+            hint="pass --system REF to reset from a registry image",
+        )
+    runner.require(
+        "mkfs.ext4", "e2fsck", "resize2fs", "blockdev", *(["skopeo", "umoci"] if ref else [])
+    )
+    remote = inspect_remote(ref, cfg.tls_verify) if ref is not None else None
+    size = _block_size(state_dev)
+
+    hooks = system_sources(cfg)
+    run_hook("before-reset", hooks)
+    work = inst.run_dir / "reset"
+    with step(f"Formatting the state partition {state_dev}"):
+        mkfs_ext4(Path(state_dev), labels["state"], size=size)
+    with ExitStack() as stack:
+        state_dir = stack.enter_context(mounted(state_dev, work / "state"))
+        snaps = LoopSnapshotter(state_dir, cfg.snapshot_fs)
+        fill: Callable[[Path], None]
+        if remote is not None:
+            store = LayerStore.on(state_dir)
+            with step(f"Pulling {remote.ref}"):
+                image = store.pull(remote, snapshot_tag(1), cfg.tls_verify)
+            source, digest = str(remote.ref), remote.digest
+            room = estimate_image_bytes(store.unpacked_size(snapshot_tag(1)))
+
+            def fill(tree: Path) -> None:
+                unpack(image, tree)
+        else:
+            rec_tree = stack.enter_context(mounted(recovery_img, work / "recovery", "loop,ro"))
+            source = old.recovery.source if old.recovery else str(recovery_img)
+            digest = old.recovery.digest if old.recovery else ""
+            room = image_size_for(rec_tree)[0]
+
+            def fill(tree: Path) -> None:
+                runner.run(["cp", "-a", f"{rec_tree}/.", str(tree)])
+
+        with step("Building snapshot 1"), snaps.start(room, work) as p:
+            fill(p.tree)
+            check_bootable(p.tree, parse_ref(source) if remote else ImageRef("oci", source))
+            snap = image_state(
+                source, digest, p.tree, snapshot_label(1), cfg.snapshot_fs, True, "reset"
+            )
+            with step("Running the after-reset-chroot hook"):
+                run_chroot_hook("after-reset-chroot", hooks, p.tree)
+        snaps.switch(1)
+        write_state(
+            state_dir,
+            InstallState(
+                date=now(),
+                snapshotter={
+                    "type": "loopdevice",
+                    "max-snaps": cfg.max_snaps,
+                    "fs": cfg.snapshot_fs,
+                },
+                labels=old.labels,
+                snapshots={1: snap},
+                recovery=old.recovery,
+            ),
+        )
+    with step("Resetting the boot menu"):
+        env_path = assessment.env_path(inst.oem_dir)
+        if req.reset_oem:
+            for entry in inst.oem_dir.iterdir():
+                if entry.name in ("lost+found", assessment.ENV_FILE):
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+            grubenv.write(env_path, {assessment.PASSIVE: ""})
+        else:
+            assessment.end_trial(inst.oem_dir, [])
+            grubenv.update(env_path, unset=("next_entry", "saved_entry"))
+    if persistent_dev is not None:
+        with step(f"Formatting the persistent partition {persistent_dev}"):
+            mkfs_ext4(Path(persistent_dev), labels["persistent"], size=_block_size(persistent_dev))
+    run_hook("after-reset", hooks)
+    log.info("Reset done: snapshot 1 from %s boots next", snap.source)
+    if req.reboot:
+        runner.run(["systemctl", "reboot"], check=False)

@@ -1,0 +1,262 @@
+"""The OS lifecycle in real VMs: upgrade from the host registry, rollback, downgrade from
+a passive boot, and the automatic fallback from an upgrade that cannot boot."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import pytest
+
+from tests.e2e.conftest import GuestRegistry
+from tests.e2e.vm import VMError
+from tests.support.images import LAYOUT
+
+pytestmark = pytest.mark.e2e
+
+HOOKS = """
+name: upgrade hooks
+stages:
+  before-upgrade:
+    - commands: ["echo before >> /usr/local/e2e-hooks"]
+  after-upgrade-chroot:
+    - files:
+        - {path: /etc/e2e-chroot-hook, permissions: 0644, content: "made in the new tree\\n"}
+      commands: ["test -e /proc/self/status && echo proc >> /etc/e2e-chroot-hook"]
+  after-upgrade:
+    - commands: ["echo after >> /usr/local/e2e-hooks"]
+"""
+
+BREAK_INIT = """
+name: an upgrade hook that leaves no working init
+stages:
+  after-upgrade-chroot:
+    - commands:
+        - rm -f /sbin/init && printf '#!/bin/sh\\nexit 1\\n' > /sbin/init && chmod 755 /sbin/init
+"""
+
+
+def _status(vm) -> dict:  # type: ignore[no-untyped-def,type-arg]
+    return json.loads(vm.ok("cos status --json"))
+
+
+def _snap(status: dict, n: int) -> dict:  # type: ignore[type-arg]
+    return {s["number"]: s for s in status["snapshots"]}[n]
+
+
+def _booted(vm) -> tuple[str, int, str]:  # type: ignore[no-untyped-def]
+    st = _status(vm)
+    tag = vm.ok(". /etc/os-release; echo $IMAGE_TAG").strip()
+    return st["mode"], st["booted_snapshot"], tag
+
+
+def _wait_good(vm, n: int) -> None:  # type: ignore[no-untyped-def]
+    vm.ok("systemctl start cos-mark-good.service", timeout=120)
+    assert _snap(_status(vm), n)["boot_assessment"] == "good"
+
+
+def _wait_network(vm) -> None:  # type: ignore[no-untyped-def]
+    vm.ok("timeout 90 sh -c 'until ip -4 route | grep -q default; do sleep 1; done'", timeout=100)
+
+
+def _layers(tag: str) -> set[str]:
+    import subprocess
+
+    out = subprocess.run(
+        ["skopeo", "inspect", f"oci:{LAYOUT}:{tag}"], capture_output=True, text=True, check=True
+    ).stdout
+    return set(json.loads(out)["Layers"])
+
+
+def test_upgrade_rollback_downgrade_from_passive(vm_factory, guest_registry: GuestRegistry) -> None:  # type: ignore[no-untyped-def]
+    vm = vm_factory("bios", net=True)
+    vm.start()
+    vm.wait_multi_user()
+    _wait_network(vm)
+    vm.ok(f"cat > /oem/95_e2e_hooks.yaml <<'EOF'\n{HOOKS}\nEOF")
+    before = guest_registry.blob_gets("cos/e2e")
+
+    out = vm.ok(f"cos upgrade --system {guest_registry.v2} --tls-verify=false 2>&1", timeout=1200)
+    assert "Switching to snapshot 2" in out, out
+    # Only the layer v2 adds travelled: the disk's layer store already held the rest.
+    fetched = guest_registry.blob_gets("cos/e2e") - before
+    added = _layers("e2e-v2") - _layers("e2e")
+    assert added and added <= fetched and not fetched & _layers("e2e")
+    assert vm.ok("cat /usr/local/e2e-hooks").split() == ["before", "after"]
+    st = _status(vm)
+    assert st["trial"] == {"snapshot": 2, "tries_left": 3, "fallback": 1}
+    assert _snap(st, 2)["active"] and _snap(st, 2)["source"] == guest_registry.v2
+
+    vm.reboot()
+    assert _booted(vm) == ("active", 2, "v2")
+    assert vm.ok("cat /etc/cos-e2e-version").strip() == "v2"
+    assert vm.ok("cat /etc/e2e-chroot-hook").split() == ["made", "in", "the", "new", "tree", "proc"]
+    _wait_good(vm, 2)
+    st = _status(vm)
+    assert st["trial"] is None
+    assert not _snap(st, 1)["active"] and _snap(st, 1)["from_action"] == "build-disk"
+    assert _snap(st, 2)["from_action"] == "upgrade"
+
+    # Rollback: the previous snapshot boots, as active, from now on.
+    vm.ok("cos rollback")
+    vm.reboot()
+    assert _booted(vm) == ("active", 1, "latest")
+
+    # Boot snapshot 2 (v2) once, as passive, and downgrade from there to v1: snapshot 3.
+    # The active snapshot already is v1, so without --force there is nothing to do.
+    vm.ok("cos rollback 2 --once")
+    vm.reboot()
+    assert _booted(vm) == ("passive", 2, "v2")
+    out = vm.ok(f"cos upgrade --system {guest_registry.v1} --tls-verify=false 2>&1", timeout=600)
+    assert "Already up to date" in out
+    vm.ok(f"cos upgrade --force --system {guest_registry.v1} --tls-verify=false", timeout=1200)
+    st = _status(vm)
+    assert st["trial"] == {"snapshot": 3, "tries_left": 3, "fallback": 2}
+    assert sorted(s["number"] for s in st["snapshots"]) == [2, 3]  # max-snaps 2: 1 pruned
+    vm.reboot()
+    assert _booted(vm) == ("active", 3, "latest")
+    _wait_good(vm, 3)
+
+
+def test_upgrade_that_cannot_boot_falls_back(vm_factory, guest_registry: GuestRegistry) -> None:  # type: ignore[no-untyped-def]
+    vm = vm_factory("bios", net=True)
+    vm.start()
+    vm.wait_multi_user()
+    _wait_network(vm)
+    vm.ok(f"cat > /oem/95_e2e_break.yaml <<'EOF'\n{BREAK_INIT}\nEOF")
+    vm.ok(f"cos upgrade --system {guest_registry.v2} --tls-verify=false", timeout=1200)
+
+    # Snapshot 2 has no working init: three tries, each a kernel panic and a reboot, then
+    # GRUB boots snapshot 1; nobody touches the machine meanwhile.
+    vm.reboot(timeout=1500)
+    console = vm.console()
+    assert console.count("trial boot of snapshot 2") == 3
+    assert "snapshot 2 did not confirm a good boot; booting snapshot 1" in console
+    st = _status(vm)
+    assert (st["mode"], st["booted_snapshot"]) == ("passive", 1)
+    assert st["upgrade_failure"]["snapshot"] == 2
+    assert json.loads(vm.ok("cat /run/cos/upgrade_failure"))["booted"] == 1
+    assert _snap(st, 2)["boot_assessment"] == "failed"
+    assert _snap(st, 1)["active"] and st["trial"] is None
+
+    # The failure was rolled back for good: the next boot is snapshot 1 as active.
+    vm.reboot()
+    assert _booted(vm)[:2] == ("active", 1)
+
+
+def test_recovery_reset_keeps_or_wipes_persistent(
+    vm_factory, guest_registry: GuestRegistry
+) -> None:  # type: ignore[no-untyped-def]
+    vm = vm_factory("bios", net=True)
+    vm.start()
+    vm.wait_multi_user()
+    vm.ok("echo kept > /usr/local/e2e-persist && echo kept > /root/e2e-root && sync")
+
+    # Reset from the recovery image: state is redeployed, persistent data survives.
+    vm.ok("grub-editenv /oem/grubenv set next_entry=recovery")
+    vm.reboot()
+    assert _status(vm)["mode"] == "recovery"
+    r = vm.sh("cos upgrade --system x/y:z")
+    assert r.rc == 7 and "recovery mode" in r.err
+    vm.ok("cos reset 2>&1", timeout=1500)
+    vm.reboot()
+    st = _status(vm)
+    assert (st["mode"], st["booted_snapshot"]) == ("active", 1)
+    assert [(s["number"], s["from_action"]) for s in st["snapshots"]] == [(1, "reset")]
+    assert vm.ok("cat /usr/local/e2e-persist /root/e2e-root").split() == ["kept", "kept"]
+
+    # Reset from a registry image, wiping persistent data.
+    vm.ok("grub-editenv /oem/grubenv set next_entry=recovery")
+    vm.reboot()
+    _wait_network(vm)
+    vm.ok(
+        f"cos reset --reset-persistent --system {guest_registry.v2} --tls-verify=false",
+        timeout=1500,
+    )
+    vm.reboot()
+    st = _status(vm)
+    assert _booted(vm) == ("active", 1, "v2")
+    assert st["snapshots"][0]["source"] == guest_registry.v2
+    assert vm.sh("test -e /usr/local/e2e-persist").rc != 0
+    assert vm.sh("test -e /root/e2e-root").rc != 0
+
+
+def test_power_loss_during_upgrade(vm_factory, guest_registry: GuestRegistry) -> None:  # type: ignore[no-untyped-def]
+    """Hard resets before, during the pull/unpack, at the switch and right after the
+    upgrade: every next boot reaches multi-user in a complete snapshot, and a final
+    upgrade succeeds."""
+    vm = vm_factory("bios", net=True)
+    vm.start()
+    vm.wait_multi_user()
+    refs = [guest_registry.v2, guest_registry.v1]
+    points = ["Reading", "Unpacking", "Switching to snapshot", "Upgraded:"]
+    for i, point in enumerate(points):
+        _wait_network(vm)
+        vm.ok(
+            f"nohup cos upgrade --force --tls-verify=false --system {refs[i % 2]}"
+            " > /run/e2e-upgrade.log 2>&1 &"
+        )
+        deadline = time.monotonic() + 900
+        while point not in vm.sh("cat /run/e2e-upgrade.log").out:
+            assert time.monotonic() < deadline, vm.sh("cat /run/e2e-upgrade.log").out
+            time.sleep(0.3)
+        vm.hard_reset()
+        vm.wait_multi_user(timeout=900)
+        st = _status(vm)
+        booted = st["booted_snapshot"]
+        assert st["mode"] == "active", (point, st)
+        assert vm.sh(f"test -e /run/cos/state/.snapshots/{booted}/.partial").rc != 0, point
+        assert booted in [s["number"] for s in st["snapshots"]], (point, st)
+        vm.ok("systemctl start cos-mark-good.service", timeout=120)
+    out = vm.ok(
+        f"cos upgrade --force --tls-verify=false --system {guest_registry.v2} 2>&1", timeout=1200
+    )
+    assert "Switching to snapshot" in out
+    vm.reboot()
+    assert _booted(vm)[0::2] == ("active", "v2")
+    assert not vm.ok("ls /run/cos/state/.snapshots/*/.partial 2>/dev/null || true").strip()
+
+
+def test_install_from_recovery_onto_a_second_disk(
+    vm_factory, guest_registry: GuestRegistry
+) -> None:  # type: ignore[no-untyped-def]
+    """Recovery boot runs `cos install /dev/vdb`; the machine then boots from that disk."""
+    target = guest_registry.log.parent / "install-target.qcow2"
+    target.unlink(missing_ok=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(target), "16G"], check=True)
+    vm = vm_factory("bios", net=True, extra_disks=(target,))
+    vm.start()
+    vm.wait_multi_user()
+    vm.ok("grub-editenv /oem/grubenv set next_entry=recovery")
+    vm.reboot()
+    assert _status(vm)["mode"] == "recovery"
+    _wait_network(vm)
+    node = "name: installed\nstages:\n  initramfs:\n    - hostname: installed-node\n"
+    vm.ok(f"printf '{node}' > /tmp/node.yaml")
+    # The booted disk is in use: refused, nothing written.
+    r = vm.sh(f"cos install /dev/vda --system {guest_registry.v1} --tls-verify=false")
+    assert r.rc == 5 and "in use" in r.err, r.err
+    vm.ok(
+        f"nohup cos install /dev/vdb --system {guest_registry.v1} --tls-verify=false"
+        " --cloud-init /tmp/node.yaml --poweroff > /run/e2e-install.log 2>&1 &"
+    )
+    deadline = time.monotonic() + 2400
+    while vm.proc.poll() is None:
+        assert time.monotonic() < deadline, "install did not finish"
+        try:
+            log = vm.sh("cat /run/e2e-install.log", timeout=20).out
+        except VMError:
+            break  # powering off
+        assert "cos: error" not in log and "internal error" not in log, log
+        time.sleep(5)
+    vm.wait_exit(timeout=120)
+
+    installed = vm_factory("bios", disk=target)
+    installed.start()
+    installed.wait_multi_user()
+    st = _status(installed)
+    assert (st["mode"], st["booted_snapshot"]) == ("active", 1)
+    assert st["snapshots"][0]["from_action"] == "install"
+    assert st["snapshots"][0]["source"] == guest_registry.v1
+    assert installed.ok("hostname").strip() == "installed-node"
