@@ -49,6 +49,7 @@ def _device_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state-dir", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--oem-dir", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--run-dir", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--recovery-dir", type=Path, help=argparse.SUPPRESS)
 
 
 def _installed(args: argparse.Namespace, cfg: Config) -> Any:
@@ -56,7 +57,10 @@ def _installed(args: argparse.Namespace, cfg: Config) -> Any:
 
     inst = Installed.running(cfg.layout.oem_mount)
     return Installed(
-        args.state_dir or inst.state_dir, args.oem_dir or inst.oem_dir, args.run_dir or inst.run_dir
+        args.state_dir or inst.state_dir,
+        args.oem_dir or inst.oem_dir,
+        args.run_dir or inst.run_dir,
+        args.recovery_dir,
     )
 
 
@@ -117,7 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("upgrade", help="pull a new image and boot it next (A/B, atomic)")
     s.add_argument("--system", metavar="REF", help="image (default: the recorded source)")
     s.add_argument("--force", action="store_true", help="upgrade even to the same digest")
+    s.add_argument("--recovery", action="store_true", help="upgrade the recovery system instead")
     s.add_argument("--reboot", action="store_true", help="reboot when done")
+    _image_flags(s)
+    _device_flags(s)
+
+    s = sub.add_parser("upgrade-recovery", help="replace the recovery system atomically")
+    s.add_argument("--recovery-system", metavar="REF", help="image (default: the recorded one)")
+    s.add_argument("--force", action="store_true", help="replace even with the same digest")
     _image_flags(s)
     _device_flags(s)
 
@@ -220,6 +231,12 @@ def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
             ),
             cfg,
         )
+        return 0
+    if args.command == "upgrade-recovery" or (args.command == "upgrade" and args.recovery):
+        from cos.actions.upgrade_recovery import RecoveryRequest, upgrade_recovery
+
+        ref = args.recovery_system if args.command == "upgrade-recovery" else args.system
+        upgrade_recovery(RecoveryRequest(ref, args.force, _installed(args, cfg)), cfg)
         return 0
     if args.command == "upgrade":
         from cos.actions.upgrade import UpgradeRequest, upgrade

@@ -149,6 +149,8 @@ class VM:
         assert self.sock
         rid = self.next_id
         self.next_id += 1
+        # A guest between boots reads nothing; give the send time, then report it.
+        self.sock.settimeout(30)
         self.sock.sendall(json.dumps({**req, "id": rid}).encode() + b"\n")
         return rid
 
@@ -205,7 +207,11 @@ class VM:
         """Wait until the agent of a (new) boot answers; returns that boot's id."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            rid = self._send({"sh": "cat /proc/sys/kernel/random/boot_id", "timeout": 10})
+            try:
+                rid = self._send({"sh": "cat /proc/sys/kernel/random/boot_id", "timeout": 10})
+            except TimeoutError:
+                self._check_alive()
+                continue
             msg = self._recv(rid, 2.0)
             if msg is not None and msg.get("rc") == 0:
                 boot_id = str(msg["out"]).strip()

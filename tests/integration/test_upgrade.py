@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from cos.boot import grubenv
 from cos.config import Labels, Partitions
@@ -425,3 +426,42 @@ def test_killed_at_random_points_always_leaves_a_bootable_selection(
     nums = [p.name for p in (device.state / ".snapshots").iterdir() if p.name.isdigit()]
     assert len(nums) == 2
     shutil.rmtree(device.run / "upgrade", ignore_errors=True)
+
+
+def test_upgrade_recovery_switches_generations(
+    device: Device, images: Images, tmp_path: Path
+) -> None:
+    with _mount(device.disk, "recovery", tmp_path / "rec") as rec:
+        assert os.readlink(rec / "boot") == "boot.1"
+        r = device.cos(
+            "upgrade-recovery",
+            "--recovery-system",
+            images.v2,
+            "--tls-verify=false",
+            "--recovery-dir",
+            str(rec),
+        )
+        assert "Recovery system replaced" in r.stderr
+        assert os.readlink(rec / "boot") == "boot.2" and not (rec / "boot.1").exists()
+        assert {p.name for p in (rec / "boot").iterdir()} >= {"recovery.img", "vmlinuz", "initrd"}
+        content = subprocess.run(
+            ["unsquashfs", "-cat", str(rec / "boot/recovery.img"), "etc/cos-upgrade-test"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert content == "v2\n"
+        for where in (rec, device.state):
+            st = yaml.safe_load((where / "state.yaml").read_text())
+            assert st["recovery"]["source"] == images.v2
+            assert st["recovery"]["from-action"] == "upgrade-recovery"
+        assert set(json.loads(device.cos("status", "--json").stdout)["recovery"]) >= {"source"}
+        tags = [
+            m["annotations"]["org.opencontainers.image.ref.name"]
+            for m in json.loads((device.state / ".store/index.json").read_text())["manifests"]
+        ]
+        assert tags == ["snapshot-1"] and not (device.state / ".scratch").exists()
+        # Same digest again: nothing to do; the active system was never touched.
+        r = device.cos("upgrade-recovery", "--recovery-dir", str(rec))
+        assert "up to date" in r.stderr
+        assert device.active() == 1

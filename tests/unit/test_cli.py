@@ -116,3 +116,44 @@ def test_cloud_init_strict_fails_with_stage_exit_code(
 def test_cloud_init_schema(capsys: pytest.CaptureFixture[str]) -> None:
     rc, out, _ = run(capsys, "cloud-init", "--schema")
     assert rc == 0 and '"stages"' in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["upgrade", "--system", "x/y:1"], "runs on a system booted by cos"),
+        (["rollback"], "runs on a system booted by cos"),
+        (["reset"], "runs on a system booted by cos"),
+        (["upgrade-recovery"], "runs on a system booted by cos"),
+    ],
+)
+def test_lifecycle_commands_outside_a_cos_boot(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, argv: list[str], words: str
+) -> None:
+    flags = ["--state-dir", str(tmp_path), "--oem-dir", str(tmp_path), "--run-dir", str(tmp_path)]
+    rc, _, err = run(capsys, *argv, *flags)
+    assert rc == ExitCode.STATE, err
+    assert words in err and "hint: " in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_upgrade_in_recovery_mode_is_refused(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    (tmp_path / "recovery_mode").touch()
+    flags = ["--state-dir", str(tmp_path), "--oem-dir", str(tmp_path), "--run-dir", str(tmp_path)]
+    rc, _, err = run(capsys, "upgrade", "--system", "x/y:1", *flags)
+    assert rc == ExitCode.STATE and "cannot run in recovery mode" in err
+
+
+def test_install_refuses_a_regular_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    target = tmp_path / "disk.raw"
+    target.write_bytes(b"\0" * 4096)
+    rc, _, err = run(capsys, "install", str(target), "--system", "x/y:1")
+    assert rc == ExitCode.DISK and "not a block device" in err
+    assert target.read_bytes() == b"\0" * 4096
+
+
+def test_rollback_once_and_snapshot_number_parse(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, _, err = run(capsys, "rollback", "two")
+    assert rc == ExitCode.USAGE and "invalid int value" in err

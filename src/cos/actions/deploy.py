@@ -4,6 +4,7 @@ into a directory or onto a disk (file or block device) at the plan's offsets."""
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from cos.config import Config
 from cos.disk import image as diskimg
 from cos.disk.plan import DiskPlan
 from cos.errors import ImageError
-from cos.fsutil import regular_file_in_tree
+from cos.fsutil import atomic_symlink, fsync_dir, regular_file_in_tree
 from cos.log import step
 from cos.oci.reference import ImageRef
 from cos.snapshot import loop as snap
@@ -92,20 +93,39 @@ def install_state(cfg: Config, snapshot: ImageState, recovery: ImageState | None
     )
 
 
-def write_recovery(tree: Path, boot: BootFiles, recdir: Path, fs: str) -> int:
-    """recovery.img (squashfs or ext image of tree) + kernel, initrd, bootargs in recdir/boot.
+def write_recovery(tree: Path, boot: BootFiles, recdir: Path, fs: str, generation: int = 1) -> int:
+    """recovery.img (squashfs or ext image of tree) + kernel, initrd, bootargs.
 
-    Returns the bytes written."""
-    (recdir / "boot").mkdir(parents=True, exist_ok=True)
+    They go into recdir/boot.<generation>/, made durable, and then the `boot` link is
+    renamed onto that directory: GRUB and the initrd read `/boot/…` through it, so a
+    recovery system is replaced in one atomic step. Returns the bytes written.
+    """
+    gen = recdir / f"boot.{generation}"
+    gen.mkdir(parents=True, exist_ok=True)
     if fs == "squashfs":
-        diskimg.mksquashfs(tree, recdir / "boot/recovery.img")
+        diskimg.mksquashfs(tree, gen / "recovery.img")
     else:
-        snap.make_snapshot_image(tree, recdir / "boot/recovery.img", RECOVERY_LABEL, fs=fs)
-    shutil.copyfile(boot.vmlinuz, recdir / "boot/vmlinuz")
-    shutil.copyfile(boot.initrd, recdir / "boot/initrd")
+        snap.make_snapshot_image(tree, gen / "recovery.img", RECOVERY_LABEL, fs=fs)
+    shutil.copyfile(boot.vmlinuz, gen / "vmlinuz")
+    shutil.copyfile(boot.initrd, gen / "initrd")
     if boot.bootargs is not None:
-        shutil.copyfile(boot.bootargs, recdir / "boot/bootargs.cfg")
-    return sum(p.stat().st_size for p in (recdir / "boot").iterdir() if p.is_file())
+        shutil.copyfile(boot.bootargs, gen / "bootargs.cfg")
+    total = 0
+    for f in gen.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+        total += f.stat().st_size
+    fsync_dir(gen)
+    atomic_symlink(gen.name, recdir / "boot")
+    return total
+
+
+def recovery_generations(recdir: Path) -> list[int]:
+    return sorted(
+        int(d.name.split(".", 1)[1])
+        for d in recdir.glob("boot.*")
+        if d.is_dir() and d.name.split(".", 1)[1].isdigit()
+    )
 
 
 def cloud_init_names(files: list[Path]) -> list[str]:

@@ -24,6 +24,7 @@ class Installed:
     state_dir: Path  # COS_STATE mount
     oem_dir: Path  # COS_OEM mount (grubenv)
     run_dir: Path = RUN_DIR
+    recovery_dir: Path | None = None  # COS_RECOVERY mounted read-write (else found by label)
 
     @classmethod
     def running(cls, oem_mount: str = "/oem") -> Installed:

@@ -1,0 +1,143 @@
+"""cos upgrade-recovery: replace the recovery system in one atomic step.
+
+The image is pulled into the layer store on COS_STATE and unpacked into a scratch
+snapshot there; the new recovery files are written beside the old ones on
+COS_RECOVERY (`boot.<N+1>/`) and the `boot` link is renamed onto them. A crash
+before the rename leaves the old recovery system whole; the scratch image and the
+pulled blobs are removed whatever happens.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+from cos import run as runner
+from cos.actions.deploy import (
+    RECOVERY_LABEL,
+    check_bootable,
+    image_state,
+    recovery_generations,
+    write_recovery,
+)
+from cos.config import Config
+from cos.disk.mount import mounted, writable
+from cos.disk.plan import MIB
+from cos.errors import DiskError, StateError
+from cos.fsutil import atomic_symlink
+from cos.log import log, step
+from cos.oci.image import unpack
+from cos.oci.reference import parse_ref
+from cos.oci.store import LayerStore, inspect_remote, snapshot_tag
+from cos.snapshot.loop import LoopSnapshotter, estimate_image_bytes
+from cos.system.installed import Installed
+from cos.system.layout import find_device
+from cos.system.state import write_state
+
+SCRATCH = ".scratch"
+TAG = "recovery"
+
+
+@dataclass
+class RecoveryRequest:
+    system: str | None = None
+    force: bool = False
+    installed: Installed | None = None
+
+
+def _free(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def upgrade_recovery(req: RecoveryRequest, cfg: Config) -> None:
+    inst = req.installed or Installed.running(cfg.layout.oem_mount)
+    inst.require_mode(
+        "upgrade-recovery",
+        ("active", "passive"),
+        "the recovery system cannot replace itself: boot the installed system",
+    )
+    state = inst.state()
+    source = req.system or (state.recovery.source if state.recovery else "")
+    if not source:
+        raise StateError(
+            "no recovery image given and none recorded in state.yaml",
+            hint="pass --recovery-system REF",
+        )
+    ref = parse_ref(source)
+    if ref.transport != "docker":
+        raise StateError(
+            f"upgrade-recovery pulls from a registry; {ref} is a local {ref.transport}: reference",
+            hint="pass --recovery-system HOST/REPO:TAG",
+        )
+    runner.require("skopeo", "umoci", "mkfs.ext4", "e2fsck", "resize2fs", "mksquashfs")
+    with step(f"Reading {ref}"):
+        remote = inspect_remote(ref, cfg.tls_verify)
+    if state.recovery and state.recovery.digest == remote.digest and not req.force:
+        log.info("Recovery is up to date: %s (%s)", ref, remote.digest[:19])
+        return
+
+    with ExitStack() as stack:
+        rec_dir = inst.recovery_dir
+        if rec_dir is None:
+            label = state.labels.get("recovery", cfg.labels.recovery)
+            dev = find_device(label, timeout=5)
+            if dev is None:
+                raise DiskError(f"no recovery partition (label {label})")
+            rec_dir = stack.enter_context(mounted(dev, inst.run_dir / "recovery-upgrade"))
+        stack.enter_context(writable(inst.state_dir))
+        store = LayerStore.on(inst.state_dir)
+        want = store.estimated_tar_size(remote)
+        need_state = sum(s for _, s in store.missing(remote)) + estimate_image_bytes(want)
+        if need_state > _free(inst.state_dir):
+            raise DiskError(
+                f"the state partition needs {need_state // MIB} MiB of scratch space for the "
+                f"new recovery system; {_free(inst.state_dir) // MIB} MiB are free",
+                hint="remove a passive snapshot (max-snaps) or free space on COS_STATE",
+            )
+        need_rec = want // 2 if cfg.recovery_fs == "squashfs" else estimate_image_bytes(want)
+        if need_rec > _free(rec_dir):
+            raise DiskError(
+                f"the recovery partition needs about {need_rec // MIB} MiB for the new system "
+                f"beside the current one; {_free(rec_dir) // MIB} MiB are free",
+                hint="a larger partitions.recovery is needed (reinstall)",
+            )
+        stack.callback(store.keep_only, {snapshot_tag(n) for n in state.snapshots})
+        stack.callback(shutil.rmtree, inst.state_dir / SCRATCH, True)
+        with step(f"Pulling {ref}"):
+            image = store.pull(remote, TAG, cfg.tls_verify)
+        scratch = LoopSnapshotter(inst.state_dir / SCRATCH)
+        gens = recovery_generations(rec_dir)
+        boot_link = rec_dir / "boot"
+        if boot_link.is_dir() and not boot_link.is_symlink():
+            # A disk from before generations: adopt its files as generation 0.
+            os.rename(boot_link, rec_dir / "boot.0")
+            atomic_symlink("boot.0", boot_link)
+            gens = [0]
+        gen = max(gens, default=0) + 1
+        with (
+            step("Building the recovery system"),
+            scratch.start(
+                estimate_image_bytes(store.unpacked_size(TAG)), inst.run_dir / "recovery-scratch"
+            ) as p,
+        ):
+            unpack(image, p.tree)
+            boot = check_bootable(p.tree, ref)
+            write_recovery(p.tree, boot, rec_dir, cfg.recovery_fs, gen)
+            state.recovery = image_state(
+                str(ref),
+                remote.digest,
+                p.tree,
+                RECOVERY_LABEL,
+                cfg.recovery_fs,
+                False,
+                "upgrade-recovery",
+            )
+        write_state(inst.state_dir, state)
+        write_state(rec_dir, state)
+        for old in gens:
+            shutil.rmtree(rec_dir / f"boot.{old}", ignore_errors=True)
+    log.info("Recovery system replaced by %s (%s)", ref, remote.digest[:19])
