@@ -85,9 +85,19 @@ def _refused(r: subprocess.CompletedProcess[str], code: int, words: str) -> None
 
 def test_install_then_refuse_to_overwrite(loopdev: Path, tmp_path: Path, vanilla: str) -> None:
     ci = tmp_path / "node.yaml"
-    ci.write_text("name: node\nstages:\n  boot:\n    - hostname: node-1\n")
+    ci.write_text(
+        "name: node\nstages:\n"
+        f"  before-install:\n    - commands: ['echo before > {tmp_path}/hook-before']\n"
+        "  after-install-chroot:\n"
+        "    - files: [{path: /etc/installed-marker, content: chroot, permissions: 0644}]\n"
+        f"  after-install:\n    - commands: ['echo after > {tmp_path}/hook-after']\n"
+        "  boot:\n    - hostname: node-1\n"
+    )
     r = _install(loopdev, tmp_path, "--cloud-init", str(ci))
     assert r.returncode == 0, r.stderr
+    # Hooks: before-/after-install on this system, after-install-chroot in the new tree.
+    assert (tmp_path / "hook-before").read_text() == "before\n"
+    assert (tmp_path / "hook-after").read_text() == "after\n"
 
     out = subprocess.run(
         ["sgdisk", "--print", str(loopdev)], capture_output=True, text=True, check=True
@@ -122,11 +132,15 @@ def test_install_then_refuse_to_overwrite(loopdev: Path, tmp_path: Path, vanilla
         snap = st["snapshots"][1]
         assert snap["from-action"] == "install" and snap["active"] and snap["digest"] == vanilla
         assert os.readlink(state / ".snapshots/active") == "1/snapshot.img"
-        subprocess.run(
-            ["e2fsck", "-fn", str(state / ".snapshots/1/snapshot.img")],
-            check=True,
+        img = state / ".snapshots/1/snapshot.img"
+        subprocess.run(["e2fsck", "-fn", str(img)], check=True, capture_output=True)
+        marker = subprocess.run(
+            ["debugfs", "-R", "cat /etc/installed-marker", str(img)],
             capture_output=True,
-        )
+            text=True,
+            check=True,
+        ).stdout
+        assert marker == "chroot"
         index = json.loads((state / ".store/index.json").read_text())
         assert [
             m["annotations"]["org.opencontainers.image.ref.name"] for m in index["manifests"]

@@ -67,11 +67,11 @@ def assess(cfg: Config, mark_good: bool = False, installed: Installed | None = N
     failures = run_checks()
     if failures:
         for f in failures:
-            log.error("cos: boot check failed: %s", f)
+            log.error("boot check failed: %s", f)
         return "checks-failed"
     assessment.end_trial(inst.oem_dir)
     _set_assessment(inst, trial.snapshot, "good")
-    log.info("cos: snapshot %d confirmed good", trial.snapshot)
+    log.info("snapshot %d confirmed good", trial.snapshot)
     return "good"
 
 
@@ -94,7 +94,7 @@ def _record_failure(
     }
     atomic_write(inst.run_dir / FAILURE_FILE, json.dumps(report) + "\n")
     log.error(
-        "cos: snapshot %d failed to boot; running snapshot %d and making it active again",
+        "snapshot %d failed to boot; running snapshot %d and making it active again",
         trial.snapshot,
         booted,
     )

@@ -17,6 +17,7 @@ from cos import run as runner
 from cos.actions.deploy import (
     RECOVERY_LABEL,
     check_bootable,
+    check_cloud_init,
     grub_oem_env,
     image_state,
     install_bootloader,
@@ -26,10 +27,10 @@ from cos.actions.deploy import (
     write_recovery,
 )
 from cos.actions.hooks import run_hook
-from cos.config import Config, read_yaml_mapping
+from cos.config import Config
 from cos.disk import image as diskimg
 from cos.disk.plan import MIB, DiskPlan, plan_disk
-from cos.errors import ConfigError, DiskError, StateError
+from cos.errors import DiskError, StateError
 from cos.fsutil import fsync_dir
 from cos.log import log, step
 from cos.oci.image import fetch, unpack
@@ -59,15 +60,6 @@ class BuildDiskRequest:
     disk_type: str = "raw"
     size_mib: int | None = None
     recovery_image: str | None = None
-
-
-def _check_cloud_init(files: list[Path]) -> None:
-    for f in files:
-        if not f.is_file():
-            raise ConfigError(
-                f"cloud-init file {f} does not exist", hint="check the --cloud-init path"
-            )
-        read_yaml_mapping(f)
 
 
 def _check_output(out: Path) -> None:
@@ -103,7 +95,7 @@ def build_disk(req: BuildDiskRequest, cfg: Config) -> Path:
     ref = parse_ref(req.image)
     rec_ref = parse_ref(req.recovery_image) if req.recovery_image else ref
     _check_output(out)
-    _check_cloud_init(req.cloud_init)
+    check_cloud_init(req.cloud_init)
     plan = plan_disk(cfg.partitions, cfg.labels, req.size_mib)
     runner.require(*REQUIRED_TOOLS, *(["qemu-img"] if req.disk_type == "qcow2" else []))
 

@@ -11,13 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cos.boot import assessment, grub, grubenv
-from cos.config import Config
+from cos.config import Config, read_yaml_mapping
 from cos.disk import image as diskimg
 from cos.disk.plan import DiskPlan
-from cos.errors import ImageError
+from cos.errors import ConfigError, ImageError, StateError
 from cos.fsutil import atomic_symlink, fsync_dir, regular_file_in_tree
 from cos.log import step
-from cos.oci.reference import ImageRef
+from cos.oci.reference import ImageRef, parse_ref
 from cos.snapshot import loop as snap
 from cos.system.kernel import require_kernel
 from cos.system.release import read_os_release
@@ -126,6 +126,26 @@ def recovery_generations(recdir: Path) -> list[int]:
         for d in recdir.glob("boot.*")
         if d.is_dir() and d.name.split(".", 1)[1].isdigit()
     )
+
+
+def check_cloud_init(files: list[Path]) -> None:
+    for f in files:
+        if not f.is_file():
+            raise ConfigError(
+                f"cloud-init file {f} does not exist", hint="check the --cloud-init path"
+            )
+        read_yaml_mapping(f)
+
+
+def require_registry(source: str, action: str, hint: str) -> ImageRef:
+    """Parse source; actions that pull on the device take registry references only."""
+    ref = parse_ref(source)
+    if ref.transport != "docker":
+        raise StateError(
+            f"{action} pulls from a registry; {ref} is a local {ref.transport}: reference",
+            hint=hint,
+        )
+    return ref
 
 
 def cloud_init_names(files: list[Path]) -> list[str]:

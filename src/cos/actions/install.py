@@ -24,9 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cos import run as runner
+from cos.actions.build_disk import REQUIRED_TOOLS as DISK_TOOLS
 from cos.actions.deploy import (
     RECOVERY_LABEL,
     check_bootable,
+    check_cloud_init,
     grub_oem_env,
     image_state,
     install_bootloader,
@@ -36,11 +38,11 @@ from cos.actions.deploy import (
     write_recovery,
 )
 from cos.actions.hooks import run_chroot_hook, run_hook, system_sources
-from cos.config import Config, read_yaml_mapping
+from cos.config import Config
 from cos.disk import image as diskimg
 from cos.disk.mount import mounted
 from cos.disk.plan import MIB, DiskPlan, PartSpec, plan_disk
-from cos.errors import ConfigError, DiskError
+from cos.errors import DiskError
 from cos.log import log, step
 from cos.oci.image import LocalImage, fetch, unpack
 from cos.oci.reference import ImageRef, parse_ref
@@ -49,21 +51,8 @@ from cos.snapshot.loop import LoopSnapshotter, estimate_image_bytes, snapshot_la
 from cos.system.mounts import mount_table
 from cos.system.state import ImageState, write_state
 
-REQUIRED_TOOLS = [
-    "sgdisk",
-    "blockdev",
-    "mkfs.ext4",
-    "mkfs.vfat",
-    "mmd",
-    "mcopy",
-    "grub-mkimage",
-    "mksquashfs",
-    "umoci",
-    "skopeo",
-    "e2fsck",
-    "resize2fs",
-    "mount",
-]
+# build-disk's tools, plus what acting on a device takes.
+REQUIRED_TOOLS = [*DISK_TOOLS, "blockdev", "e2fsck", "resize2fs", "mount"]
 COS_PARTLABELS = {"state", "recovery", "oem", "persistent"}
 
 
@@ -119,15 +108,6 @@ def _check_device(dev: Path, force: bool, cfg: Config) -> DiskPlan:
     return plan
 
 
-def _check_cloud_init(files: list[Path]) -> None:
-    for f in files:
-        if not f.is_file():
-            raise ConfigError(
-                f"cloud-init file {f} does not exist", hint="check the --cloud-init path"
-            )
-        read_yaml_mapping(f)
-
-
 def _source(ref: ImageRef, cfg: Config) -> Callable[[LayerStore, str], LocalImage]:
     """Check the image is reachable now; return how to put it into a store later."""
     if ref.transport == "docker":
@@ -152,7 +132,7 @@ def install(req: InstallRequest, cfg: Config) -> None:
     runner.require(*REQUIRED_TOOLS)
     dev = Path(os.path.realpath(req.device))
     plan = _check_device(req.device, req.force, cfg)
-    _check_cloud_init(req.cloud_init)
+    check_cloud_init(req.cloud_init)
     grub_oem_env(cfg)
     ref = parse_ref(req.system)
     rec_ref = parse_ref(req.recovery_system) if req.recovery_system else None

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cos import run as runner
-from cos.actions.deploy import check_bootable, image_state
+from cos.actions.deploy import check_bootable, image_state, require_registry
 from cos.actions.hooks import run_chroot_hook, run_hook, system_sources
 from cos.boot import assessment
 from cos.config import Config
@@ -29,7 +29,6 @@ from cos.disk.plan import MIB
 from cos.errors import CosError, DiskError, StateError
 from cos.log import log, step
 from cos.oci.image import unpack
-from cos.oci.reference import parse_ref
 from cos.oci.store import LayerStore, RemoteImage, inspect_remote, snapshot_tag
 from cos.snapshot.loop import LoopSnapshotter, estimate_image_bytes, snapshot_label
 from cos.system.installed import Installed
@@ -112,12 +111,9 @@ def upgrade(req: UpgradeRequest, cfg: Config) -> int | None:
             "no upgrade source: none given and none recorded for the active snapshot",
             hint="pass --system REF (or set upgrade-system in /etc/cos/config.yaml)",
         )
-    ref = parse_ref(source)
-    if ref.transport != "docker":
-        raise StateError(
-            f"upgrade pulls from a registry; {ref} is a local {ref.transport}: reference",
-            hint="push the image to a registry and pass --system HOST/REPO:TAG",
-        )
+    ref = require_registry(
+        source, "upgrade", "push the image to a registry and pass --system HOST/REPO:TAG"
+    )
     runner.require(*REQUIRED_TOOLS)
     with step(f"Reading {ref}"):
         remote = inspect_remote(ref, cfg.tls_verify)

@@ -21,6 +21,7 @@ from cos.actions.deploy import (
     check_bootable,
     image_state,
     recovery_generations,
+    require_registry,
     write_recovery,
 )
 from cos.config import Config
@@ -30,7 +31,6 @@ from cos.errors import DiskError, StateError
 from cos.fsutil import atomic_symlink
 from cos.log import log, step
 from cos.oci.image import unpack
-from cos.oci.reference import parse_ref
 from cos.oci.store import LayerStore, inspect_remote, snapshot_tag
 from cos.snapshot.loop import LoopSnapshotter, estimate_image_bytes
 from cos.system.installed import Installed
@@ -67,12 +67,7 @@ def upgrade_recovery(req: RecoveryRequest, cfg: Config) -> None:
             "no recovery image given and none recorded in state.yaml",
             hint="pass --recovery-system REF",
         )
-    ref = parse_ref(source)
-    if ref.transport != "docker":
-        raise StateError(
-            f"upgrade-recovery pulls from a registry; {ref} is a local {ref.transport}: reference",
-            hint="pass --recovery-system HOST/REPO:TAG",
-        )
+    ref = require_registry(source, "upgrade-recovery", "pass --recovery-system HOST/REPO:TAG")
     runner.require("skopeo", "umoci", "mkfs.ext4", "e2fsck", "resize2fs", "mksquashfs")
     with step(f"Reading {ref}"):
         remote = inspect_remote(ref, cfg.tls_verify)

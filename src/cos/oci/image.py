@@ -107,6 +107,12 @@ def fetch(ref: ImageRef, cache: Path, tls_verify: bool = True) -> LocalImage:
             hint="set cache-dir in config (or COS_CACHE_DIR) to a writable directory",
         ) from exc
     tag = _cache_tag(ref)
+    copy_pinned(ref, digest, layout, tag, tls_verify)
+    return LocalImage(ref, layout, tag, digest)
+
+
+def copy_pinned(ref: ImageRef, digest: str, layout: Path, tag: str, tls_verify: bool) -> None:
+    """skopeo copy of ref pinned to digest into layout:tag (blobs already there are kept)."""
     pinned = ImageRef("docker", ref.name, None, digest)
     try:
         runner.run(
@@ -124,7 +130,6 @@ def fetch(ref: ImageRef, cache: Path, tls_verify: bool = True) -> LocalImage:
         raise ImageError(
             f"pulling {ref} failed: {exc}", hint="rerun with --debug for details"
         ) from exc
-    return LocalImage(ref, layout, tag, digest)
 
 
 def unpack(image: LocalImage, dest: Path) -> None:

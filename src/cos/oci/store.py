@@ -18,7 +18,7 @@ from typing import Any
 from cos import run as runner
 from cos.errors import ImageError, ToolError
 from cos.fsutil import atomic_write, fsync_dir
-from cos.oci.image import LocalImage, layout_digest, registry_env
+from cos.oci.image import LocalImage, copy_pinned, layout_digest, registry_env
 from cos.oci.reference import ImageRef
 
 STORE_DIR = ".store"
@@ -177,23 +177,7 @@ class LayerStore:
     def pull(self, remote: RemoteImage, tag: str, tls_verify: bool = True) -> LocalImage:
         """Copy the image pinned by digest into the store; existing blobs are reused."""
         self.path.mkdir(parents=True, exist_ok=True)
-        pinned = ImageRef("docker", remote.ref.name, None, remote.digest)
-        try:
-            runner.run(
-                [
-                    "skopeo",
-                    "copy",
-                    "--quiet",
-                    f"--src-tls-verify={str(tls_verify).lower()}",
-                    pinned.skopeo,
-                    f"oci:{self.path}:{tag}",
-                ],
-                env=registry_env(),
-            )
-        except ToolError as exc:
-            raise ImageError(
-                f"pulling {remote.ref} failed: {exc}", hint="rerun with --debug for details"
-            ) from exc
+        copy_pinned(remote.ref, remote.digest, self.path, tag, tls_verify)
         got = layout_digest(self.path, tag)
         if got != remote.digest:
             raise ImageError(
