@@ -131,7 +131,7 @@ def test_partitions_contents(built_disk: tuple[Path, Path, str], tmp_path: Path)
 
     oem = plan.part("oem")
     with mounted(disk, oem.offset, oem.size, tmp_path / "oem") as m:
-        assert grubenv.read(m / "grubenv") == {}
+        assert grubenv.read(m / "grubenv") == {"passive_snaps": ""}  # no other snapshot yet
         assert (m / "grubenv").stat().st_size == 1024
         assert (m / "90_custom.yaml").read_text() == USER_CONFIG
         assert (m / "90_custom.yaml").stat().st_mode & 0o777 == 0o600
