@@ -271,6 +271,14 @@ def test_upgrade_rollback_and_prune(device: Device, images: Images, registry_dir
         sorted(device.status()["snapshots"], key=lambda s: s["number"])[-1]["source"] == images.v1
     )
 
+    history = yaml.safe_load((device.state / "state.yaml").read_text())["history"]
+    assert [(h["action"], h.get("snapshot")) for h in history] == [
+        ("build-disk", 1),
+        ("upgrade", 2),
+        ("rollback", 1),
+        ("upgrade", 3),
+    ]
+
     # One-shot rollback: only next_entry changes.
     device.cos("rollback", "1", "--once")
     assert device.env()["next_entry"] == "passive1"
@@ -291,6 +299,7 @@ def test_fallback_is_recorded_and_rolled_back(device: Device, images: Images) ->
     st = device.status()
     assert st["upgrade_failure"]["snapshot"] == 2
     assert {s["number"]: s for s in st["snapshots"]}[2]["boot_assessment"] == "failed"
+    assert st["history"][-1]["action"] == "fallback from 2" and st["history"][-1]["snapshot"] == 1
     # A later good upgrade starts clean: fresh counters, fallback is the running one.
     device.boot("active", 1)
     device.cos("upgrade", "--system", images.v2, "--tls-verify=false", "--force")

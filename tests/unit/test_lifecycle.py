@@ -189,3 +189,21 @@ class TestSnapshotDirs:
     def test_estimate_grows_with_the_tree(self) -> None:
         assert estimate_image_bytes(0) >= 64 * 1024 * 1024
         assert estimate_image_bytes(1 << 30) > (1 << 30) * 1.2
+
+
+def test_state_history_round_trip_and_limit() -> None:
+    from cos.system.state import HISTORY_LIMIT, ImageState, InstallState
+
+    img = ImageState("r/e:1", "sha256:ab", "COS_SNAP1", "ext4", "d", "upgrade")
+    st = InstallState(date="d", snapshotter={}, labels={})
+    for i in range(HISTORY_LIMIT + 5):
+        st.record("upgrade", i, img)
+    st.record("upgrade-recovery", None, None)
+    back = InstallState.from_yaml(st.to_yaml())
+    assert len(back.history) == HISTORY_LIMIT
+    assert back.history[-2]["snapshot"] == HISTORY_LIMIT + 4
+    assert back.history[-2]["digest"] == "sha256:ab"
+    assert back.history[-1]["action"] == "upgrade-recovery" and "snapshot" not in back.history[-1]
+    # A state.yaml without history (older toolkit) still reads.
+    old = st.to_yaml().split("history:")[0]
+    assert InstallState.from_yaml(old).history == []

@@ -109,4 +109,5 @@ def _record_failure(
         snaps.switch(booted)
         for k, s in state.snapshots.items():
             s.active = k == booted
+        state.record(f"fallback from {trial.snapshot}", booted, state.snapshots.get(booted))
         write_state(inst.state_dir, state)

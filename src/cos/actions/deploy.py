@@ -78,7 +78,7 @@ def image_state(
 
 def install_state(cfg: Config, snapshot: ImageState, recovery: ImageState | None) -> InstallState:
     labels = cfg.labels
-    return InstallState(
+    state = InstallState(
         date=now(),
         snapshotter={"type": "loopdevice", "max-snaps": cfg.max_snaps, "fs": cfg.snapshot_fs},
         labels={
@@ -91,6 +91,8 @@ def install_state(cfg: Config, snapshot: ImageState, recovery: ImageState | None
         snapshots={1: snapshot},
         recovery=recovery,
     )
+    state.record(snapshot.from_action, 1, snapshot)
+    return state
 
 
 def write_recovery(tree: Path, boot: BootFiles, recdir: Path, fs: str, generation: int = 1) -> int:

@@ -125,20 +125,16 @@ def reset(req: ResetRequest, cfg: Config) -> None:
             with step("Running the after-reset-chroot hook"):
                 run_chroot_hook("after-reset-chroot", hooks, p.tree)
         snaps.switch(1)
-        write_state(
-            state_dir,
-            InstallState(
-                date=now(),
-                snapshotter={
-                    "type": "loopdevice",
-                    "max-snaps": cfg.max_snaps,
-                    "fs": cfg.snapshot_fs,
-                },
-                labels=old.labels,
-                snapshots={1: snap},
-                recovery=old.recovery,
-            ),
+        new = InstallState(
+            date=now(),
+            snapshotter={"type": "loopdevice", "max-snaps": cfg.max_snaps, "fs": cfg.snapshot_fs},
+            labels=old.labels,
+            snapshots={1: snap},
+            recovery=old.recovery,
+            history=old.history,
         )
+        new.record("reset", 1, snap)
+        write_state(state_dir, new)
     with step("Resetting the boot menu"):
         env_path = assessment.env_path(inst.oem_dir)
         if req.reset_oem:

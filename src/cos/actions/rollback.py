@@ -64,6 +64,7 @@ def rollback(req: RollbackRequest, cfg: Config) -> int:
             snaps.switch(target)
             for k, s in state.snapshots.items():
                 s.active = k == target
+            state.record("rollback", target, state.snapshots.get(target))
             write_state(inst.state_dir, state)
     log.info("Snapshot %d boots next", target)
     if req.reboot:

@@ -100,6 +100,7 @@ def collect(
                     "image": s.os_release.get("IMAGE"),
                 }
             )
+        data["history"] = state.history[-10:]
         if state.recovery:
             r = state.recovery
             data["recovery"] = {

@@ -206,6 +206,7 @@ def _build_and_switch(
         snaps.switch(n)
         for k, s in state.snapshots.items():
             s.active = k == n
+        state.record("upgrade", n, tree_state)
         write_state(inst.state_dir, state)
 
     _cleanup(snaps, store, state, inst, plan.drop, n)

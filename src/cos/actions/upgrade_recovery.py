@@ -131,6 +131,7 @@ def upgrade_recovery(req: RecoveryRequest, cfg: Config) -> None:
                 False,
                 "upgrade-recovery",
             )
+        state.record("upgrade-recovery", None, state.recovery)
         write_state(inst.state_dir, state)
         write_state(rec_dir, state)
         for old in gens:

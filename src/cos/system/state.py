@@ -17,6 +17,7 @@ from cos.errors import StateError
 from cos.fsutil import atomic_write
 
 STATE_FILE = "state.yaml"
+HISTORY_LIMIT = 50
 
 
 def now() -> str:
@@ -45,6 +46,18 @@ class InstallState:
     labels: dict[str, str]
     snapshots: dict[int, ImageState] = field(default_factory=dict)
     recovery: ImageState | None = None
+    # What each action did, oldest first (kept to HISTORY_LIMIT entries): snapshots come
+    # and go, this says how the system got where it is.
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def record(self, action: str, snapshot: int | None, image: ImageState | None) -> None:
+        entry: dict[str, Any] = {"date": now(), "action": action}
+        if snapshot is not None:
+            entry["snapshot"] = snapshot
+        if image is not None:
+            entry["source"] = image.source
+            entry["digest"] = image.digest
+        self.history = [*self.history, entry][-HISTORY_LIMIT:]
 
     def to_yaml(self) -> str:
         def conv(d: dict[str, Any]) -> dict[str, Any]:
@@ -58,6 +71,7 @@ class InstallState:
         }
         if self.recovery is not None:
             data["recovery"] = conv(asdict(self.recovery))
+        data["history"] = self.history
         return "# Written by cos. Do not edit.\n" + yaml.safe_dump(data, sort_keys=False)
 
     @classmethod
@@ -78,6 +92,7 @@ class InstallState:
                 labels=dict(data.get("labels", {})),
                 snapshots={int(n): img(s) for n, s in (data.get("snapshots") or {}).items()},
                 recovery=img(data["recovery"]) if data.get("recovery") else None,
+                history=[dict(h) for h in data.get("history") or []],
             )
         except (yaml.YAMLError, TypeError, ValueError, AttributeError) as exc:
             raise StateError(f"{where} is not a valid cos state file: {exc}") from exc
