@@ -50,6 +50,7 @@ def _device_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--oem-dir", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--run-dir", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--recovery-dir", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--disk", type=Path, help=argparse.SUPPRESS)
 
 
 def _installed(args: argparse.Namespace, cfg: Config) -> Any:
@@ -61,6 +62,7 @@ def _installed(args: argparse.Namespace, cfg: Config) -> Any:
         args.oem_dir or inst.oem_dir,
         args.run_dir or inst.run_dir,
         args.recovery_dir,
+        args.disk,
     )
 
 
@@ -122,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--system", metavar="REF", help="image (default: the recorded source)")
     s.add_argument("--force", action="store_true", help="upgrade even to the same digest")
     s.add_argument("--recovery", action="store_true", help="upgrade the recovery system instead")
+    s.add_argument(
+        "--bootloader", action="store_true", help="also reinstall GRUB from the new image"
+    )
     s.add_argument("--reboot", action="store_true", help="reboot when done")
     _image_flags(s)
     _device_flags(s)
@@ -241,7 +246,12 @@ def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
     if args.command == "upgrade":
         from cos.actions.upgrade import UpgradeRequest, upgrade
 
-        upgrade(UpgradeRequest(args.system, args.force, args.reboot, _installed(args, cfg)), cfg)
+        upgrade(
+            UpgradeRequest(
+                args.system, args.force, args.reboot, _installed(args, cfg), args.bootloader
+            ),
+            cfg,
+        )
         return 0
     if args.command == "rollback":
         from cos.actions.rollback import RollbackRequest, rollback

@@ -78,8 +78,12 @@ def test_upgrade_rollback_downgrade_from_passive(vm_factory, guest_registry: Gue
     vm.ok(f"cat > /oem/95_e2e_hooks.yaml <<'EOF'\n{HOOKS}\nEOF")
     before = guest_registry.blob_gets("cos/e2e")
 
-    out = vm.ok(f"cos upgrade --system {guest_registry.v2} --tls-verify=false 2>&1", timeout=1200)
-    assert "Switching to snapshot 2" in out, out
+    # --bootloader: GRUB is rewritten from v2 (new ESP filesystem); the reboot proves it.
+    out = vm.ok(
+        f"cos upgrade --bootloader --system {guest_registry.v2} --tls-verify=false 2>&1",
+        timeout=1200,
+    )
+    assert "Switching to snapshot 2" in out and "Installing GRUB from snapshot 2" in out, out
     # Only the layer v2 adds travelled: the disk's layer store already held the rest.
     fetched = guest_registry.blob_gets("cos/e2e") - before
     added = _layers("e2e-v2") - _layers("e2e")

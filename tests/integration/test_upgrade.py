@@ -474,3 +474,47 @@ def test_upgrade_recovery_switches_generations(
         r = device.cos("upgrade-recovery", "--tls-verify=false", "--recovery-dir", str(rec))
         assert "up to date" in r.stderr
         assert device.active() == 1
+
+
+def _esp(device: Device, *argv: str) -> str:
+    offset, _ = _part("efi")
+    return subprocess.run(
+        [*argv[:1], "-i", f"{device.disk}@@{offset}", *argv[1:]],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "MTOOLS_SKIP_CHECK": "1"},
+    ).stdout
+
+
+def test_upgrade_with_bootloader_rewrites_grub(device: Device, images: Images) -> None:
+    def serial() -> str:
+        return re.search(r"serial number: (\w+)", _esp(device, "minfo", "::"))[1]  # type: ignore[index]
+
+    before = serial()
+    with open(device.disk, "rb") as f:
+        mbr_before = f.read(512)
+    device.cos(
+        "upgrade",
+        "--system",
+        images.v2,
+        "--tls-verify=false",
+        "--bootloader",
+        "--disk",
+        str(device.disk),
+    )
+    after = serial()
+    assert after != before  # a new ESP filesystem …
+    efi = subprocess.run(
+        ["mtype", "-i", f"{device.disk}@@{_part('efi')[0]}", "::/EFI/BOOT/BOOTX64.EFI"],
+        capture_output=True,
+        check=True,
+        env={**os.environ, "MTOOLS_SKIP_CHECK": "1"},
+    ).stdout
+    # … whose GRUB looks for exactly that filesystem.
+    assert f"{after[:4]}-{after[4:]}".encode() in efi
+    assert "menuentry" in _esp(device, "mtype", "::/grub/grub.cfg")
+    with open(device.disk, "rb") as f:
+        mbr = f.read(512)
+    assert mbr[0x1B8:] == mbr_before[0x1B8:] and mbr[510:] == b"\x55\xaa"
+    assert device.active() == 2

@@ -16,25 +16,35 @@ Steps after 5 are cleanup: their failures are reported and never undo the switch
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from cos import run as runner
-from cos.actions.deploy import check_bootable, image_state, require_registry
+from cos.actions.deploy import (
+    check_bootable,
+    image_state,
+    install_bootloader,
+    make_bootloader,
+    require_registry,
+)
 from cos.actions.hooks import run_chroot_hook, run_hook, system_sources
 from cos.boot import assessment
 from cos.config import Config
-from cos.disk.mount import writable
-from cos.disk.plan import MIB
+from cos.disk.mount import mounted, writable
+from cos.disk.plan import MIB, read_plan
 from cos.errors import CosError, DiskError, StateError
 from cos.log import log, step
 from cos.oci.image import unpack
 from cos.oci.store import LayerStore, RemoteImage, inspect_remote, snapshot_tag
 from cos.snapshot.loop import LoopSnapshotter, estimate_image_bytes, snapshot_label
 from cos.system.installed import Installed
+from cos.system.mounts import is_mountpoint
 from cos.system.state import InstallState, write_state
 
 REQUIRED_TOOLS = ["skopeo", "umoci", "mkfs.ext4", "e2fsck", "resize2fs", "dumpe2fs", "mount"]
+BOOTLOADER_TOOLS = ["sfdisk", "grub-mkimage", "mkfs.vfat", "mmd", "mcopy"]
 
 
 @dataclass
@@ -43,6 +53,7 @@ class UpgradeRequest:
     force: bool = False
     reboot: bool = False
     installed: Installed | None = None
+    bootloader: bool = False
 
 
 @dataclass(frozen=True)
@@ -114,7 +125,7 @@ def upgrade(req: UpgradeRequest, cfg: Config) -> int | None:
     ref = require_registry(
         source, "upgrade", "push the image to a registry and pass --system HOST/REPO:TAG"
     )
-    runner.require(*REQUIRED_TOOLS)
+    runner.require(*REQUIRED_TOOLS, *(BOOTLOADER_TOOLS if req.bootloader else []))
     with step(f"Reading {ref}"):
         remote = inspect_remote(ref, cfg.tls_verify)
     if current is not None and current.digest == remote.digest and not req.force:
@@ -125,6 +136,8 @@ def upgrade(req: UpgradeRequest, cfg: Config) -> int | None:
     run_hook("before-upgrade", hooks)
     with writable(inst.state_dir):
         n = _build_and_switch(req, cfg, inst, state, snaps, remote, booted, hooks)
+    if req.bootloader:
+        _update_bootloader(inst, cfg, snaps, n, state.labels.get("efi", cfg.labels.efi))
     run_hook("after-upgrade", hooks)
     log.info("Upgraded: snapshot %d is %s (%s); it boots next", n, ref, remote.digest[:19])
     if req.reboot:
@@ -211,6 +224,30 @@ def _build_and_switch(
 
     _cleanup(snaps, store, state, inst, plan.drop, n)
     return n
+
+
+def _update_bootloader(
+    inst: Installed, cfg: Config, snaps: LoopSnapshotter, n: int, efi_label: str
+) -> None:
+    """GRUB (ESP + BIOS boot code) from snapshot n's own files.
+
+    Runs after the switch: the new GRUB boots the old snapshots too. The ESP is
+    rewritten in place, which is not atomic; it is only done when asked for.
+    """
+    disk = inst.boot_disk(efi_label)
+    plan = read_plan(disk)
+    work = Path(tempfile.mkdtemp(prefix="cos-bootloader-"))
+    try:
+        with (
+            step(f"Installing GRUB from snapshot {n} on {disk}"),
+            mounted(snaps.image(n), work / "tree", "loop,ro") as tree,
+        ):
+            boot = check_bootable(tree, f"snapshot {n}")
+            bl = make_bootloader(tree, boot, cfg, work / "boot", plan.part("efi").size)
+            install_bootloader(disk, plan, bl, sparse=False)
+    finally:
+        if not is_mountpoint(work / "tree"):
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def _forget_pull(store: LayerStore, tags_before: set[str]) -> None:

@@ -1,11 +1,15 @@
-"""Partition planning: pure arithmetic, so it is tested without touching a disk."""
+"""Partition planning: pure arithmetic, so it is tested without touching a disk; and
+reading the plan back from an existing disk's GPT."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
+from cos import run as runner
 from cos.config import Labels, Partitions
-from cos.errors import DiskError
+from cos.errors import DiskError, ToolError
 
 MIB = 1024 * 1024
 SECTOR = 512
@@ -99,3 +103,26 @@ def sgdisk_args(plan: DiskPlan) -> list[str]:
             f"--change-name={p.number}:{p.name}",
         ]
     return args
+
+
+def read_plan(disk: Path) -> DiskPlan:
+    """The layout of an existing cos disk, from its GPT (names are the PARTLABELs)."""
+    try:
+        table = json.loads(runner.run(["sfdisk", "--json", str(disk)]).stdout)["partitiontable"]
+        sector = int(table.get("sectorsize", SECTOR))
+        parts = tuple(
+            PartSpec(
+                i,
+                str(p.get("name", "")),
+                None,
+                None,
+                "",
+                int(p["start"]) * sector // MIB,
+                int(p["size"]) * sector // MIB,
+            )
+            for i, p in enumerate(table["partitions"], start=1)
+        )
+        size = int(table["lastlba"]) * sector // MIB
+    except (ToolError, ValueError, KeyError, TypeError) as exc:
+        raise DiskError(f"cannot read the partition table of {disk}: {exc}") from exc
+    return DiskPlan(size, parts)

@@ -25,6 +25,7 @@ class Installed:
     oem_dir: Path  # COS_OEM mount (grubenv)
     run_dir: Path = RUN_DIR
     recovery_dir: Path | None = None  # COS_RECOVERY mounted read-write (else found by label)
+    disk: Path | None = None  # the disk holding the installation (else found from the ESP)
 
     @classmethod
     def running(cls, oem_mount: str = "/oem") -> Installed:
@@ -60,6 +61,18 @@ class Installed:
                 hint="install first (cos install) or boot the installed system",
             )
         return state
+
+    def boot_disk(self, efi_label: str) -> Path:
+        """The whole disk the system boots from: the parent of the ESP partition."""
+        if self.disk is not None:
+            return self.disk
+        from cos.system.layout import find_device
+
+        dev = find_device(efi_label, timeout=5)
+        if dev is None:
+            raise StateError(f"no EFI partition (label {efi_label}) found")
+        parent = Path(f"/sys/class/block/{Path(dev).name}").resolve().parent.name
+        return Path("/dev") / parent
 
     def require_mode(self, action: str, allowed: tuple[str, ...], hint: str) -> str:
         mode = self.mode()
