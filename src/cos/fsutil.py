@@ -53,6 +53,12 @@ def atomic_symlink(target: str, link: Path) -> None:
     fsync_dir(link.parent)
 
 
+def free_bytes(path: Path) -> int:
+    """Bytes an unprivileged writer may still use on the filesystem holding path."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
 def inside(root: Path, path: str | os.PathLike[str]) -> Path:
     """Join an absolute in-image path onto root lexically, refusing escapes via '..'."""
     rel = Path(os.path.normpath("/" + os.fspath(path).lstrip("/")))

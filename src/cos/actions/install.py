@@ -89,7 +89,7 @@ def _check_device(dev: Path, force: bool, cfg: Config) -> DiskPlan:
             f"{dev} is in use (mounted at {', '.join(busy)})",
             hint="install onto a disk the running system does not use",
         )
-    size = int(runner.run(["blockdev", "--getsize64", real]).stdout.strip())
+    size = diskimg.device_size(real)
     try:
         plan = plan_disk(cfg.partitions, cfg.labels, size // MIB)
     except DiskError as exc:

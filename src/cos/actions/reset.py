@@ -20,12 +20,12 @@ from cos.actions.deploy import check_bootable, image_state
 from cos.actions.hooks import run_chroot_hook, run_hook, system_sources
 from cos.boot import assessment, grubenv
 from cos.config import Config
-from cos.disk.image import mkfs_ext4
+from cos.disk.image import device_size, mkfs_ext4
 from cos.disk.mount import mounted
 from cos.errors import DiskError, StateError
 from cos.log import log, step
 from cos.oci.image import unpack
-from cos.oci.reference import ImageRef, parse_ref
+from cos.oci.reference import parse_ref
 from cos.oci.store import LayerStore, inspect_remote, snapshot_tag
 from cos.snapshot.loop import (
     LoopSnapshotter,
@@ -59,10 +59,6 @@ def _device(label: str, what: str) -> str:
     return dev
 
 
-def _block_size(dev: str) -> int:
-    return int(runner.run(["blockdev", "--getsize64", dev]).stdout.strip())
-
-
 def reset(req: ResetRequest, cfg: Config) -> None:
     inst = req.installed or Installed.running(cfg.layout.oem_mount)
     inst.require_mode("reset", ("recovery",), "boot the recovery entry, then run cos reset")
@@ -87,7 +83,7 @@ def reset(req: ResetRequest, cfg: Config) -> None:
         "mkfs.ext4", "e2fsck", "resize2fs", "blockdev", *(["skopeo", "umoci"] if ref else [])
     )
     remote = inspect_remote(ref, cfg.tls_verify) if ref is not None else None
-    size = _block_size(state_dev)
+    size = device_size(state_dev)
 
     hooks = system_sources(cfg)
     run_hook("before-reset", hooks)
@@ -118,7 +114,7 @@ def reset(req: ResetRequest, cfg: Config) -> None:
 
         with step("Building snapshot 1"), snaps.start(room, work) as p:
             fill(p.tree)
-            check_bootable(p.tree, parse_ref(source) if remote else ImageRef("oci", source))
+            check_bootable(p.tree, source)
             snap = image_state(
                 source, digest, p.tree, snapshot_label(1), cfg.snapshot_fs, True, "reset"
             )
@@ -151,7 +147,7 @@ def reset(req: ResetRequest, cfg: Config) -> None:
             grubenv.update(env_path, unset=("next_entry", "saved_entry"))
     if persistent_dev is not None:
         with step(f"Formatting the persistent partition {persistent_dev}"):
-            mkfs_ext4(Path(persistent_dev), labels["persistent"], size=_block_size(persistent_dev))
+            mkfs_ext4(Path(persistent_dev), labels["persistent"], size=device_size(persistent_dev))
     run_hook("after-reset", hooks)
     log.info("Reset done: snapshot 1 from %s boots next", snap.source)
     if req.reboot:

@@ -15,7 +15,6 @@ Steps after 5 are cleanup: their failures are reported and never undo the switch
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from cos.config import Config
 from cos.disk.mount import mounted, writable
 from cos.disk.plan import MIB, read_plan
 from cos.errors import CosError, DiskError, StateError
+from cos.fsutil import free_bytes
 from cos.log import log, step
 from cos.oci.image import unpack
 from cos.oci.store import LayerStore, RemoteImage, inspect_remote, snapshot_tag
@@ -81,17 +81,12 @@ def plan_snapshots(
     return Plan(fallback, keep, [n for n in existing if n not in keep])
 
 
-def _free(path: Path) -> int:
-    st = os.statvfs(path)
-    return st.f_bavail * st.f_frsize
-
-
 def _mib(n: int) -> str:
     return f"{-(-n // MIB)} MiB"
 
 
 def _check_space(state_dir: Path, need: int, reclaim: int, what: str) -> None:
-    free = _free(state_dir)
+    free = free_bytes(state_dir)
     if need > free + reclaim:
         raise DiskError(
             f"the state partition cannot hold {what}: it needs {_mib(need)}, "
@@ -183,7 +178,7 @@ def _build_and_switch(
         ):
             image = store.pull(remote, tag, cfg.tls_verify)
         size = estimate_image_bytes(store.unpacked_size(tag))
-        if plan.drop and size > _free(inst.state_dir):
+        if plan.drop and size > free_bytes(inst.state_dir):
             # Make room: drop old snapshots now (the menu first), keep the fallback.
             assessment.set_passive(inst.oem_dir, [k for k in plan.keep if k != snaps.active()])
             for d in plan.drop:
@@ -214,8 +209,7 @@ def _build_and_switch(
     with step(f"Switching to snapshot {n}"):
         state.snapshots[n] = tree_state
         write_state(inst.state_dir, state)
-        passive = [k for k in plan.keep]
-        assessment.start_trial(inst.oem_dir, n, plan.fallback, cfg.boot_attempts, passive)
+        assessment.start_trial(inst.oem_dir, n, plan.fallback, cfg.boot_attempts, plan.keep)
         snaps.switch(n)
         for k, s in state.snapshots.items():
             s.active = k == n

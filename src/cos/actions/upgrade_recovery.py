@@ -13,7 +13,6 @@ import os
 import shutil
 from contextlib import ExitStack
 from dataclasses import dataclass
-from pathlib import Path
 
 from cos import run as runner
 from cos.actions.deploy import (
@@ -28,7 +27,7 @@ from cos.config import Config
 from cos.disk.mount import mounted, writable
 from cos.disk.plan import MIB
 from cos.errors import DiskError, StateError
-from cos.fsutil import atomic_symlink
+from cos.fsutil import atomic_symlink, free_bytes
 from cos.log import log, step
 from cos.oci.image import unpack
 from cos.oci.store import LayerStore, inspect_remote, snapshot_tag
@@ -46,11 +45,6 @@ class RecoveryRequest:
     system: str | None = None
     force: bool = False
     installed: Installed | None = None
-
-
-def _free(path: Path) -> int:
-    st = os.statvfs(path)
-    return st.f_bavail * st.f_frsize
 
 
 def upgrade_recovery(req: RecoveryRequest, cfg: Config) -> None:
@@ -87,17 +81,17 @@ def upgrade_recovery(req: RecoveryRequest, cfg: Config) -> None:
         store = LayerStore.on(inst.state_dir)
         want = store.estimated_tar_size(remote)
         need_state = sum(s for _, s in store.missing(remote)) + estimate_image_bytes(want)
-        if need_state > _free(inst.state_dir):
+        if need_state > free_bytes(inst.state_dir):
             raise DiskError(
                 f"the state partition needs {need_state // MIB} MiB of scratch space for the "
-                f"new recovery system; {_free(inst.state_dir) // MIB} MiB are free",
+                f"new recovery system; {free_bytes(inst.state_dir) // MIB} MiB are free",
                 hint="remove a passive snapshot (max-snaps) or free space on COS_STATE",
             )
         need_rec = want // 2 if cfg.recovery_fs == "squashfs" else estimate_image_bytes(want)
-        if need_rec > _free(rec_dir):
+        if need_rec > free_bytes(rec_dir):
             raise DiskError(
                 f"the recovery partition needs about {need_rec // MIB} MiB for the new system "
-                f"beside the current one; {_free(rec_dir) // MIB} MiB are free",
+                f"beside the current one; {free_bytes(rec_dir) // MIB} MiB are free",
                 hint="a larger partitions.recovery is needed (reinstall)",
             )
         stack.callback(store.keep_only, {snapshot_tag(n) for n in state.snapshots})

@@ -21,6 +21,11 @@ def create_sparse(path: Path, size: int) -> None:
         f.truncate(size)
 
 
+def device_size(dev: Path | str) -> int:
+    """Size in bytes of a block device."""
+    return int(runner.run(["blockdev", "--getsize64", str(dev)]).stdout.strip())
+
+
 def partition(disk: Path, plan: DiskPlan) -> None:
     runner.run(["sgdisk", *sgdisk_args(plan), str(disk)])
 

@@ -71,6 +71,16 @@ def _cache_tag(ref: ImageRef) -> str:
     )
 
 
+def unreadable(ref: ImageRef, exc: ToolError, tls_verify: bool) -> ImageError:
+    """The error for a registry that did not give us the image (last line of skopeo)."""
+    detail = exc.stderr.strip().splitlines()[-1] if exc.stderr.strip() else str(exc)
+    return ImageError(
+        f"cannot read image {ref}: {detail}",
+        hint="check the reference and that the registry is reachable"
+        + ("" if not tls_verify else " (plain-HTTP registry? add --tls-verify=false)"),
+    )
+
+
 def fetch(ref: ImageRef, cache: Path, tls_verify: bool = True) -> LocalImage:
     """Make the image available in an OCI layout (the cache for registry images)."""
     if ref.transport == "oci":
@@ -91,12 +101,7 @@ def fetch(ref: ImageRef, cache: Path, tls_verify: bool = True) -> LocalImage:
             runner.run(["skopeo", "inspect", tls, ref.skopeo], env=registry_env()).stdout
         )
     except ToolError as exc:
-        detail = exc.stderr.strip().splitlines()[-1] if exc.stderr.strip() else str(exc)
-        raise ImageError(
-            f"cannot read image {ref}: {detail}",
-            hint="check the reference and that the registry is reachable"
-            + ("" if not tls_verify else " (plain-HTTP registry? add --tls-verify=false)"),
-        ) from exc
+        raise unreadable(ref, exc, tls_verify) from exc
     digest = str(info["Digest"])
     layout = cache / "oci"
     try:

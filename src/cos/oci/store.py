@@ -18,7 +18,7 @@ from typing import Any
 from cos import run as runner
 from cos.errors import ImageError, ToolError
 from cos.fsutil import atomic_write, fsync_dir
-from cos.oci.image import LocalImage, copy_pinned, layout_digest, registry_env
+from cos.oci.image import LocalImage, copy_pinned, layout_digest, registry_env, unreadable
 from cos.oci.reference import ImageRef
 
 STORE_DIR = ".store"
@@ -71,12 +71,7 @@ def inspect_remote(ref: ImageRef, tls_verify: bool = True, arch: str = "amd64") 
             raw = _skopeo_raw(pinned.skopeo, tls_verify)
             doc = json.loads(raw)
     except ToolError as exc:
-        detail = exc.stderr.strip().splitlines()[-1] if exc.stderr.strip() else str(exc)
-        raise ImageError(
-            f"cannot read image {ref}: {detail}",
-            hint="check the reference and that the registry is reachable"
-            + ("" if not tls_verify else " (plain-HTTP registry? add --tls-verify=false)"),
-        ) from exc
+        raise unreadable(ref, exc, tls_verify) from exc
     except (ValueError, AttributeError, KeyError, TypeError) as exc:
         raise ImageError(f"image {ref} has an unreadable manifest: {exc}") from exc
     digest = "sha256:" + hashlib.sha256(raw).hexdigest()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cos.errors import StateError
+from cos.system.layout import find_device
 from cos.system.state import InstallState, read_state
 
 RUN_DIR = Path("/run/cos")
@@ -66,8 +67,6 @@ class Installed:
         """The whole disk the system boots from: the parent of the ESP partition."""
         if self.disk is not None:
             return self.disk
-        from cos.system.layout import find_device
-
         dev = find_device(efi_label, timeout=5)
         if dev is None:
             raise StateError(f"no EFI partition (label {efi_label}) found")
