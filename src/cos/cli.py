@@ -40,6 +40,13 @@ def _image_flags(p: argparse.ArgumentParser) -> None:
         metavar="BOOL",
         help="verify TLS of the registry (false for plain HTTP or self-signed)",
     )
+    p.add_argument(
+        "--cosign-key",
+        type=Path,
+        metavar="PATH",
+        help="refuse images not signed with this key (cosign.pub)",
+    )
+    p.add_argument("--platform", metavar="OS/ARCH", help="pick from multi-platform images")
 
 
 def _device_flags(p: argparse.ArgumentParser) -> None:
@@ -154,6 +161,44 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("boot-assessment", help="confirm or fail a trial boot (run by systemd)")
     s.add_argument("--mark-good", action="store_true", help="run the checks, confirm the trial")
     _device_flags(s)
+
+    s = sub.add_parser("pull-image", help="unpack an image into a directory")
+    s.add_argument("image", metavar="IMAGE", help="docker://…, host/repo:tag, oci:DIR[:tag]")
+    s.add_argument("dest", type=Path, metavar="DIR", help="new (or empty) directory")
+    _image_flags(s)
+
+    s = sub.add_parser("inspect", help="digest, layers, labels and OS of an image")
+    s.add_argument("image", metavar="IMAGE", help="docker://…, host/repo:tag, oci:DIR[:tag]")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    _image_flags(s)
+
+    s = sub.add_parser("sign", help="sign an image (cosign-compatible, key-based)")
+    s.add_argument("image", metavar="IMAGE", help="host/repo:tag or oci:DIR[:tag]")
+    s.add_argument("--key", required=True, type=Path, metavar="PATH", help="cosign.key")
+    s.add_argument(
+        "-a",
+        "--annotation",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra signed claim (repeatable)",
+    )
+    s.add_argument(
+        "--tls-verify",
+        default=None,
+        type=lambda v: v.lower() not in ("false", "0", "no"),
+        metavar="BOOL",
+        help="verify TLS of the registry (false for plain HTTP or self-signed)",
+    )
+
+    s = sub.add_parser("generate-key-pair", help="write cosign.key and cosign.pub")
+    s.add_argument(
+        "--output-key-prefix",
+        type=Path,
+        default=Path("cosign"),
+        metavar="PREFIX",
+        help="file name prefix (default: cosign)",
+    )
 
     s = sub.add_parser("status", help="booted mode, snapshots and partitions")
     s.add_argument("--json", action="store_true", help="machine-readable output")
@@ -277,6 +322,32 @@ def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
 
         print(assess(cfg, args.mark_good, _installed(args, cfg)))
         return 0
+    if args.command == "pull-image":
+        from cos.actions.images import PullRequest, pull_image
+
+        pull_image(PullRequest(args.image, args.dest), cfg)
+        return 0
+    if args.command == "inspect":
+        from cos.actions.images import inspect_image
+
+        inspect_image(args.image, cfg, args.json)
+        return 0
+    if args.command == "sign":
+        from cos.actions.sign import SignRequest, sign_image
+
+        notes = {}
+        for a in args.annotation:
+            k, sep, v = a.partition("=")
+            if not sep or not k:
+                raise UsageError(f"annotation {a!r} is not KEY=VALUE", hint="e.g. -a build=42")
+            notes[k] = v
+        sign_image(SignRequest(args.image, args.key, notes), cfg)
+        return 0
+    if args.command == "generate-key-pair":
+        from cos.actions.sign import generate_key_pair
+
+        generate_key_pair(args.output_key_prefix)
+        return 0
     if args.command == "status":
         from cos.actions.status import show_status
 
@@ -293,6 +364,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         flags: dict[str, Any] = {"debug": args.debug or None}
         if getattr(args, "tls_verify", None) is not None:
             flags["tls-verify"] = args.tls_verify
+        if getattr(args, "cosign_key", None) is not None:
+            flags["cosign-key"] = str(args.cosign_key)
+            flags["verify"] = True
+        if getattr(args, "platform", None):
+            flags["platform"] = args.platform
         cfg = load_config(args.config_dir, flags=flags)
         return _dispatch(args, cfg)
     except CosError as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import platform as platform_module
 import re
 import types
 import typing
@@ -115,6 +116,12 @@ class Config:
     # Boots a freshly upgraded snapshot gets to reach multi-user before GRUB falls back.
     boot_attempts: int = 3
     cloud_init_paths: list[str] = field(default_factory=list)
+    # Image signatures: with verify, every image is refused unless a cosign signature
+    # made with the key whose public half is cosign-key vouches for its digest.
+    verify: bool = False
+    cosign_key: str = ""
+    # OS/ARCH picked from multi-platform images; empty: this machine's.
+    platform: str = ""
     partitions: Partitions = field(default_factory=Partitions)
     labels: Labels = field(default_factory=Labels)
     layout: Layout = field(default_factory=Layout)
@@ -138,9 +145,30 @@ class Config:
             )
         if not 0 <= self.grub_timeout <= 600:
             raise ConfigError(f"{where}: grub-timeout must be between 0 and 600 seconds")
+        if self.verify and not self.cosign_key:
+            raise ConfigError(
+                f"{where}: verify is true but no cosign-key is set",
+                hint="set cosign-key: /etc/cos/cosign.pub (or pass --cosign-key PATH)",
+            )
+        if self.platform and not re.fullmatch(r"[a-z0-9]+/[a-z0-9_]+(/v[0-9]+)?", self.platform):
+            raise ConfigError(
+                f"{where}: platform {self.platform!r} is not OS/ARCH",
+                hint="e.g. linux/amd64 or linux/arm64",
+            )
         self.partitions.validate(where)
         self.labels.validate(where)
         self.layout.validate(where)
+
+    def signature_key(self) -> Path | None:
+        """The public key images must be signed with (None: signatures not required)."""
+        return Path(self.cosign_key) if self.verify else None
+
+    def arch(self) -> str:
+        """OCI architecture to pick from an image index."""
+        if self.platform:
+            return self.platform.split("/")[1]
+        machine = platform_module.machine()
+        return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}.get(machine, machine)
 
 
 T = TypeVar("T")

@@ -522,3 +522,39 @@ def test_upgrade_with_bootloader_rewrites_grub(device: Device, images: Images) -
         mbr = f.read(512)
     assert mbr[0x1B8:] == mbr_before[0x1B8:] and mbr[510:] == b"\x55\xaa"
     assert device.active() == 2
+
+
+def test_upgrade_verifies_the_signature_when_configured(
+    device: Device, images: Images, tmp_path: Path
+) -> None:
+    from cos.oci import cosign
+
+    key = cosign.generate_key()
+    (tmp_path / "cosign.key").write_bytes(cosign.encrypt_private_key(key, b"", n=32768))
+    pub = tmp_path / "cosign.pub"
+    pub.write_bytes(cosign.public_pem(key))
+    (device.conf / "config.yaml").write_text(f"verify: true\ncosign-key: {pub}\n")
+    ref = push("upgrade-v2", images.registry, "cos/signed:v2")
+
+    TestRefusals().refused(
+        device, 4, "not signed", "upgrade", "--system", ref, "--tls-verify=false"
+    )
+
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cos",
+            "sign",
+            "--key",
+            str(tmp_path / "cosign.key"),
+            "--tls-verify=false",
+            ref,
+        ],
+        check=True,
+        env={**_env(device.conf), "COSIGN_PASSWORD": ""},
+    )
+    r = device.cos("upgrade", "--system", ref, "--tls-verify=false")
+    assert "Signature of" in r.stderr and "verified" in r.stderr
+    assert device.active() == 2
+    assert _cat(device.state / ".snapshots/2/snapshot.img", "/etc/cos-upgrade-test") == "v2\n"

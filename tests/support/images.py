@@ -7,7 +7,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from cos.oci import image
+from cos.oci import transport
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD = REPO / "build"
@@ -35,7 +35,7 @@ def tree_hash(*paths: Path) -> str:
 def layout_digest(tag: str) -> str | None:
     if not (LAYOUT / "index.json").exists():
         return None
-    return image.layout_digest(LAYOUT, tag)
+    return transport.layout_digest(LAYOUT, tag)
 
 
 def ensure_vanilla() -> str:

@@ -139,7 +139,7 @@ def _build(
 ) -> None:
     tls = cfg.tls_verify
     with step(f"Pulling {ref}"):
-        img = fetch(ref, cache, tls)
+        img = fetch(ref, cache, tls, cfg.signature_key(), cfg.arch())
     tree = work / "tree"
     with step(f"Unpacking {ref} ({img.digest[:19]})"):
         unpack(img, tree)
@@ -172,7 +172,7 @@ def _build(
     rec_tree, rec_img, rec_boot = tree, img, boot
     if rec_ref != ref:
         with step(f"Pulling recovery image {rec_ref}"):
-            rec_img = fetch(rec_ref, cache, tls)
+            rec_img = fetch(rec_ref, cache, tls, cfg.signature_key(), cfg.arch())
         rec_tree = work / "rec-tree"
         with step(f"Unpacking {rec_ref}"):
             unpack(rec_img, rec_tree)

@@ -111,9 +111,11 @@ def _check_device(dev: Path, force: bool, cfg: Config) -> DiskPlan:
 def _source(ref: ImageRef, cfg: Config) -> Callable[[LayerStore, str], LocalImage]:
     """Check the image is reachable now; return how to put it into a store later."""
     if ref.transport == "docker":
-        remote = inspect_remote(ref, cfg.tls_verify)
+        remote = inspect_remote(ref, cfg.tls_verify, cfg.arch(), cfg.signature_key())
         return lambda store, tag: store.pull(remote, tag, cfg.tls_verify)
-    local = fetch(ref, Path(cfg.cache_dir), cfg.tls_verify)  # oci: layouts (live media)
+    local = fetch(
+        ref, Path(cfg.cache_dir), cfg.tls_verify, cfg.signature_key(), cfg.arch()
+    )  # oci: layouts (live media)
 
     def add(store: LayerStore, tag: str) -> LocalImage:
         store.add(local, tag)

@@ -82,7 +82,11 @@ def reset(req: ResetRequest, cfg: Config) -> None:
     runner.require(
         "mkfs.ext4", "e2fsck", "resize2fs", "blockdev", *(["skopeo", "umoci"] if ref else [])
     )
-    remote = inspect_remote(ref, cfg.tls_verify) if ref is not None else None
+    remote = (
+        inspect_remote(ref, cfg.tls_verify, cfg.arch(), cfg.signature_key())
+        if ref is not None
+        else None
+    )
     size = device_size(state_dev)
 
     hooks = system_sources(cfg)

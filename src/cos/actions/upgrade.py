@@ -122,7 +122,7 @@ def upgrade(req: UpgradeRequest, cfg: Config) -> int | None:
     )
     runner.require(*REQUIRED_TOOLS, *(BOOTLOADER_TOOLS if req.bootloader else []))
     with step(f"Reading {ref}"):
-        remote = inspect_remote(ref, cfg.tls_verify)
+        remote = inspect_remote(ref, cfg.tls_verify, cfg.arch(), cfg.signature_key())
     if current is not None and current.digest == remote.digest and not req.force:
         log.info("Already up to date: snapshot %s is %s (%s)", active, ref, remote.digest[:19])
         return None

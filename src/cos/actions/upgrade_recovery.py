@@ -64,7 +64,7 @@ def upgrade_recovery(req: RecoveryRequest, cfg: Config) -> None:
     ref = require_registry(source, "upgrade-recovery", "pass --recovery-system HOST/REPO:TAG")
     runner.require("skopeo", "umoci", "mkfs.ext4", "e2fsck", "resize2fs", "mksquashfs")
     with step(f"Reading {ref}"):
-        remote = inspect_remote(ref, cfg.tls_verify)
+        remote = inspect_remote(ref, cfg.tls_verify, cfg.arch(), cfg.signature_key())
     if state.recovery and state.recovery.digest == remote.digest and not req.force:
         log.info("Recovery is up to date: %s (%s)", ref, remote.digest[:19])
         return

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,8 @@ from pathlib import Path
 from cos import run as runner
 from cos.errors import ImageError, ToolError
 from cos.oci.reference import ImageRef
+from cos.oci.signatures import require_signed
+from cos.oci.transport import layout_digest, registry_env, unreadable
 
 
 @dataclass(frozen=True)
@@ -28,41 +29,6 @@ class LocalImage:
     digest: str  # manifest digest
 
 
-def layout_digest(layout: Path, tag: str) -> str | None:
-    """Manifest digest of tag in an OCI layout (None if the tag is not there)."""
-    try:
-        index = json.loads((layout / "index.json").read_text())
-        for m in index.get("manifests", []):
-            if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag:
-                return str(m["digest"])
-    except (OSError, ValueError, AttributeError, KeyError, TypeError) as exc:
-        raise ImageError(
-            f"{layout} is not a valid OCI layout (index.json: {exc})",
-            hint="rebuild or re-copy the layout",
-        ) from exc
-    return None
-
-
-# What skopeo needs to find credentials, proxies and CAs; passed through env (never argv).
-_REGISTRY_ENV = (
-    "REGISTRY_AUTH_FILE",
-    "XDG_RUNTIME_DIR",
-    "DOCKER_CONFIG",
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "NO_PROXY",
-    "http_proxy",
-    "https_proxy",
-    "no_proxy",
-    "SSL_CERT_FILE",
-    "SSL_CERT_DIR",
-)
-
-
-def registry_env() -> dict[str, str]:
-    return {k: os.environ[k] for k in _REGISTRY_ENV if k in os.environ}
-
-
 def _cache_tag(ref: ImageRef) -> str:
     return (
         re.sub(r"[^A-Za-z0-9_.-]", "_", str(ref))[:100]
@@ -71,18 +37,18 @@ def _cache_tag(ref: ImageRef) -> str:
     )
 
 
-def unreadable(ref: ImageRef, exc: ToolError, tls_verify: bool) -> ImageError:
-    """The error for a registry that did not give us the image (last line of skopeo)."""
-    detail = exc.stderr.strip().splitlines()[-1] if exc.stderr.strip() else str(exc)
-    return ImageError(
-        f"cannot read image {ref}: {detail}",
-        hint="check the reference and that the registry is reachable"
-        + ("" if not tls_verify else " (plain-HTTP registry? add --tls-verify=false)"),
-    )
+def fetch(
+    ref: ImageRef,
+    cache: Path,
+    tls_verify: bool = True,
+    key: Path | None = None,
+    arch: str | None = None,
+) -> LocalImage:
+    """Make the image available in an OCI layout (the cache for registry images).
 
-
-def fetch(ref: ImageRef, cache: Path, tls_verify: bool = True) -> LocalImage:
-    """Make the image available in an OCI layout (the cache for registry images)."""
+    With key, a cosign signature by it must vouch for the image before it is copied
+    anywhere (for an `oci:` layout, its `.sig` tag in the same layout).
+    """
     if ref.transport == "oci":
         layout = Path(ref.name)
         tag = ref.tag or "latest"
@@ -94,15 +60,24 @@ def fetch(ref: ImageRef, cache: Path, tls_verify: bool = True) -> LocalImage:
         digest = layout_digest(layout, tag)
         if digest is None:
             raise ImageError(f"{ref}: tag {tag!r} not found in {layout}", hint="check the tag")
+        if key is not None:
+            require_signed(ref, {digest}, key, tls_verify)
         return LocalImage(ref, layout, tag, digest)
     tls = f"--tls-verify={'true' if tls_verify else 'false'}"
+    over = ["--override-arch", arch] if arch else []
     try:
         info = json.loads(
-            runner.run(["skopeo", "inspect", tls, ref.skopeo], env=registry_env()).stdout
+            runner.run(["skopeo", *over, "inspect", tls, ref.skopeo], env=registry_env()).stdout
         )
+        if key is not None:
+            raw = runner.run(
+                ["skopeo", "inspect", "--raw", tls, ref.skopeo], env=registry_env()
+            ).stdout.encode()
     except ToolError as exc:
         raise unreadable(ref, exc, tls_verify) from exc
     digest = str(info["Digest"])
+    if key is not None:
+        require_signed(ref, {digest, "sha256:" + hashlib.sha256(raw).hexdigest()}, key, tls_verify)
     layout = cache / "oci"
     try:
         layout.mkdir(parents=True, exist_ok=True)
@@ -112,17 +87,20 @@ def fetch(ref: ImageRef, cache: Path, tls_verify: bool = True) -> LocalImage:
             hint="set cache-dir in config (or COS_CACHE_DIR) to a writable directory",
         ) from exc
     tag = _cache_tag(ref)
-    copy_pinned(ref, digest, layout, tag, tls_verify)
+    copy_pinned(ref, digest, layout, tag, tls_verify, arch)
     return LocalImage(ref, layout, tag, digest)
 
 
-def copy_pinned(ref: ImageRef, digest: str, layout: Path, tag: str, tls_verify: bool) -> None:
+def copy_pinned(
+    ref: ImageRef, digest: str, layout: Path, tag: str, tls_verify: bool, arch: str | None = None
+) -> None:
     """skopeo copy of ref pinned to digest into layout:tag (blobs already there are kept)."""
     pinned = ImageRef("docker", ref.name, None, digest)
     try:
         runner.run(
             [
                 "skopeo",
+                *(["--override-arch", arch] if arch else []),
                 "copy",
                 "--quiet",
                 f"--src-tls-verify={str(tls_verify).lower()}",

@@ -18,8 +18,10 @@ from typing import Any
 from cos import run as runner
 from cos.errors import ImageError, ToolError
 from cos.fsutil import atomic_write, fsync_dir
-from cos.oci.image import LocalImage, copy_pinned, layout_digest, registry_env, unreadable
+from cos.oci.image import LocalImage, copy_pinned
 from cos.oci.reference import ImageRef
+from cos.oci.signatures import require_signed
+from cos.oci.transport import layout_digest, registry_env, unreadable
 
 STORE_DIR = ".store"
 # Assumed for layers whose uncompressed size is not known yet (OS trees: 2.5-3x).
@@ -50,8 +52,15 @@ def _skopeo_raw(ref: str, tls_verify: bool) -> bytes:
     return runner.run(["skopeo", "inspect", "--raw", tls, ref], env=registry_env()).stdout.encode()
 
 
-def inspect_remote(ref: ImageRef, tls_verify: bool = True, arch: str = "amd64") -> RemoteImage:
-    """Read the manifest (resolving a multi-platform index to linux/arch)."""
+def inspect_remote(
+    ref: ImageRef, tls_verify: bool = True, arch: str = "amd64", key: Path | None = None
+) -> RemoteImage:
+    """Read the manifest (resolving a multi-platform index to linux/arch).
+
+    With key, the image must carry a signature by it (on the index or on the
+    platform manifest, as cosign signs either) before the caller writes anything.
+    """
+    signed: set[str] = set()
     try:
         raw = _skopeo_raw(ref.skopeo, tls_verify)
         doc = json.loads(raw)
@@ -67,6 +76,7 @@ def inspect_remote(ref: ImageRef, tls_verify: bool = True, arch: str = "amd64") 
                     f"image {ref} has no linux/{arch} variant",
                     hint="build or push the image for this architecture",
                 )
+            signed.add("sha256:" + hashlib.sha256(raw).hexdigest())
             pinned = ImageRef("docker", ref.name, None, str(pick[0]["digest"]))
             raw = _skopeo_raw(pinned.skopeo, tls_verify)
             doc = json.loads(raw)
@@ -83,6 +93,8 @@ def inspect_remote(ref: ImageRef, tls_verify: bool = True, arch: str = "amd64") 
         config = (str(doc["config"]["digest"]), int(doc["config"]["size"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise ImageError(f"image {ref}: manifest without layers or config ({exc})") from exc
+    if key is not None:
+        require_signed(ref, {digest, *signed}, key, tls_verify)
     return RemoteImage(ref, digest, layers, config)
 
 

@@ -1,0 +1,166 @@
+"""cos inspect and cos pull-image: look at an image, or unpack it into a tree."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import os
+import shutil
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO
+
+from cos.config import Config
+from cos.errors import ImageError, UsageError
+from cos.log import step
+from cos.oci.image import LocalImage, fetch, unpack
+from cos.oci.reference import parse_ref
+
+log = logging.getLogger("cos")
+_OS_RELEASE = ("usr/lib/os-release", "etc/os-release")
+
+
+def _blob(image: LocalImage, digest: str) -> Path:
+    algo, _, hexd = digest.partition(":")
+    if algo != "sha256" or len(hexd) != 64 or not all(c in "0123456789abcdef" for c in hexd):
+        raise ImageError(f"{image.ref}: invalid digest {digest!r} in the manifest")
+    return image.layout / "blobs" / algo / hexd
+
+
+def _json_blob(image: LocalImage, digest: str) -> dict[str, Any]:
+    try:
+        data = json.loads(_blob(image, digest).read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ImageError(f"{image.ref}: unreadable blob {digest[:19]} ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ImageError(f"{image.ref}: blob {digest[:19]} is not a JSON object")
+    return data
+
+
+def _open_layer(path: Path) -> BinaryIO:
+    f = open(path, "rb")  # noqa: SIM115 - returned to the caller
+    magic = f.read(2)
+    f.seek(0)
+    if magic == b"\x1f\x8b":
+        return gzip.GzipFile(fileobj=f)  # type: ignore[return-value]
+    return f
+
+
+def _parse_os_release(text: str) -> dict[str, str]:
+    out = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip() and not key.startswith("#"):
+            out[key.strip()] = value.strip().strip("\"'")
+    return out
+
+
+def os_release(image: LocalImage, layers: list[str]) -> dict[str, str]:
+    """os-release of the image: the topmost layer holding it wins (one symlink hop)."""
+    wanted = list(_OS_RELEASE)
+    for digest in reversed(layers):
+        try:
+            with _open_layer(_blob(image, digest)) as f, tarfile.open(fileobj=f, mode="r|") as tar:
+                for member in tar:
+                    name = member.name.lstrip("./").lstrip("/")
+                    if name not in wanted:
+                        continue
+                    if member.issym():
+                        target = PurePosixPath(name).parent / member.linkname
+                        if member.linkname.startswith("/"):
+                            target = PurePosixPath(member.linkname.lstrip("/"))
+                        parts: list[str] = []
+                        for part in target.parts:
+                            if part == "..":
+                                if parts:
+                                    parts.pop()
+                            elif part != ".":
+                                parts.append(part)
+                        wanted = ["/".join(parts)]
+                        continue
+                    if member.isfile():
+                        fileobj = tar.extractfile(member)
+                        if fileobj is not None:
+                            return _parse_os_release(fileobj.read(65536).decode("utf-8", "replace"))
+        except (OSError, tarfile.TarError, EOFError) as exc:
+            raise ImageError(f"{image.ref}: layer {digest[:19]} is unreadable ({exc})") from exc
+    return {}
+
+
+def describe(image: LocalImage) -> dict[str, Any]:
+    manifest = _json_blob(image, image.digest)
+    if "manifests" in manifest:
+        raise ImageError(f"{image.ref}: an image index, not an image", hint="pass --platform")
+    config = _json_blob(image, str(manifest.get("config", {}).get("digest")))
+    layers = [
+        {"digest": x.get("digest"), "size": x.get("size"), "media_type": x.get("mediaType")}
+        for x in manifest.get("layers", [])
+    ]
+    return {
+        "reference": str(image.ref),
+        "digest": image.digest,
+        "os": config.get("os"),
+        "architecture": config.get("architecture"),
+        "created": config.get("created"),
+        "labels": (config.get("config") or {}).get("Labels") or {},
+        "layers": layers,
+        "size": sum(int(x["size"] or 0) for x in layers),
+        "os_release": os_release(image, [str(x["digest"]) for x in layers]),
+    }
+
+
+def inspect_image(image: str, cfg: Config, as_json: bool) -> dict[str, Any]:
+    ref = parse_ref(image)
+    with step(f"Reading {ref}"):
+        local = fetch(ref, Path(cfg.cache_dir), cfg.tls_verify, cfg.signature_key(), cfg.arch())
+        info = describe(local)
+    if as_json:
+        print(json.dumps(info, indent=2, sort_keys=True))
+        return info
+    rel = info["os_release"]
+    print(f"Image:    {info['reference']}")
+    print(f"Digest:   {info['digest']}")
+    print(f"Platform: {info['os']}/{info['architecture']}")
+    print(f"Created:  {info['created']}")
+    print(f"OS:       {rel.get('PRETTY_NAME') or rel.get('NAME') or 'unknown'}")
+    for k, v in sorted(info["labels"].items()):
+        print(f"Label:    {k}={v}")
+    print(f"Layers:   {len(info['layers'])}, {info['size'] / 1048576:.1f} MiB compressed")
+    for x in info["layers"]:
+        print(f"  {x['digest']}  {int(x['size'] or 0) / 1048576:9.1f} MiB")
+    return info
+
+
+@dataclass(frozen=True)
+class PullRequest:
+    image: str
+    dest: Path
+
+
+def pull_image(req: PullRequest, cfg: Config) -> LocalImage:
+    """Unpack an image into DEST (which must not exist, or be an empty directory)."""
+    dest = req.dest.absolute()
+    if dest.exists():
+        if not dest.is_dir() or any(dest.iterdir()):
+            raise UsageError(
+                f"{dest} exists and is not an empty directory",
+                hint="pull into a new directory",
+            )
+        dest.rmdir()
+    if not dest.parent.is_dir():
+        raise UsageError(f"{dest.parent} does not exist", hint="create the parent directory first")
+    ref = parse_ref(req.image)
+    with step(f"Pulling {ref}"):
+        local = fetch(ref, Path(cfg.cache_dir), cfg.tls_verify, cfg.signature_key(), cfg.arch())
+    partial = dest.with_name(f".{dest.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    with step(f"Unpacking into {dest}"):
+        try:
+            unpack(local, partial)
+            os.rename(partial, dest)  # a half tree never carries the name asked for
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+    log.info("Unpacked %s (%s) into %s", ref, local.digest, dest)
+    return local

@@ -1,0 +1,100 @@
+"""cos sign and cos generate-key-pair: cosign-compatible key-based signatures.
+
+Keys and signatures use cosign's formats, so a pipeline can sign with either tool
+and machines verify with either. The password comes from COSIGN_PASSWORD (the
+variable cosign reads) or a prompt on a terminal; it never appears in argv or logs.
+"""
+
+from __future__ import annotations
+
+import base64
+import getpass
+import hashlib
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from cos import run as runner
+from cos.config import Config
+from cos.errors import ConfigError, ImageError, ToolError, UsageError
+from cos.fsutil import atomic_write
+from cos.log import step
+from cos.oci import cosign
+from cos.oci.reference import ImageRef, parse_ref
+from cos.oci.signatures import push_signature
+from cos.oci.transport import layout_digest, registry_env, unreadable
+
+log = logging.getLogger("cos")
+
+
+def _password(confirm: bool) -> bytes:
+    env = os.environ.get("COSIGN_PASSWORD")
+    if env is not None:
+        return env.encode()
+    if not sys.stdin.isatty():
+        raise ConfigError(
+            "no password for the private key",
+            hint="set COSIGN_PASSWORD (empty for a key without password)",
+        )
+    first = getpass.getpass("Password for the private key: ")
+    if confirm and getpass.getpass("Again: ") != first:
+        raise UsageError("the passwords differ", hint="run the command again")
+    return first.encode()
+
+
+def resolve_digest(ref: ImageRef, tls_verify: bool) -> str:
+    """The digest the reference names as it stands (an index stays an index: cosign
+    signs what it is given)."""
+    if ref.transport == "oci":
+        digest = layout_digest(Path(ref.name), ref.tag or "latest")
+        if digest is None:
+            raise ImageError(f"{ref}: tag not found in {ref.name}", hint="check the tag")
+        return digest
+    if ref.digest:
+        return ref.digest
+    tls = f"--tls-verify={'true' if tls_verify else 'false'}"
+    try:
+        raw = runner.run(["skopeo", "inspect", "--raw", tls, ref.skopeo], env=registry_env())
+    except ToolError as exc:
+        raise unreadable(ref, exc, tls_verify) from exc
+    return "sha256:" + hashlib.sha256(raw.stdout.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class SignRequest:
+    image: str
+    key: Path
+    annotations: dict[str, str]
+
+
+def sign_image(req: SignRequest, cfg: Config) -> str:
+    """Sign the image's digest and store the signature beside it; returns its ref."""
+    ref = parse_ref(req.image)
+    key = cosign.load_private_key(req.key, _password(confirm=False))
+    with step(f"Resolving {ref}"):
+        digest = resolve_digest(ref, cfg.tls_verify)
+    data = cosign.payload(ref.name, digest, req.annotations or None)
+    signature = base64.b64encode(cosign.sign(key, data)).decode()
+    with step(f"Storing the signature of {digest[:19]}"):
+        where = push_signature(ref, digest, data, signature, cfg.tls_verify)
+    log.info("Signed %s (%s) → %s", ref, digest, where)
+    return where
+
+
+def generate_key_pair(prefix: Path) -> tuple[Path, Path]:
+    """Write PREFIX.key (encrypted, 0600) and PREFIX.pub; never overwrite."""
+    key_path, pub_path = (
+        prefix.with_name(prefix.name + ".key"),
+        prefix.with_name(prefix.name + ".pub"),
+    )
+    for p in (key_path, pub_path):
+        if p.exists():
+            raise UsageError(f"{p} already exists", hint="remove it or pick another prefix")
+    password = _password(confirm=True)
+    key = cosign.generate_key()
+    atomic_write(key_path, cosign.encrypt_private_key(key, password), mode=0o600)
+    atomic_write(pub_path, cosign.public_pem(key), mode=0o644)
+    log.info("Private key written to %s, public key to %s", key_path, pub_path)
+    return key_path, pub_path

@@ -1,0 +1,219 @@
+"""Reading and writing cosign signatures next to an image (the `.sig` tag).
+
+The signature "image" is tiny (one payload blob per signature and a config), so it
+travels with the same skopeo copy as every other image: registry credentials, TLS
+settings and proxies behave exactly as for a pull, and an `oci:` layout holds its
+signatures under the same tag name as a registry does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from cos import run as runner
+from cos.errors import ImageError, ToolError
+from cos.fsutil import atomic_write
+from cos.oci import cosign
+from cos.oci.reference import ImageRef
+from cos.oci.transport import layout_digest, registry_env
+
+log = logging.getLogger("cos")
+
+MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
+CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"
+MAX_SIGNATURES = 64
+_NOT_FOUND = ("manifest unknown", "not found", "404", "no such file")
+
+
+class SignatureError(ImageError):
+    """An image that config or --cosign-key says must be signed, and is not."""
+
+
+def _sig_ref(ref: ImageRef, digest: str) -> ImageRef:
+    return ImageRef(ref.transport, ref.name, cosign.sig_tag(digest))
+
+
+def _tls(flag: str, tls_verify: bool) -> str:
+    return f"--{flag}={'true' if tls_verify else 'false'}"
+
+
+def _read_layout(layout: Path, tag: str) -> tuple[dict[str, Any], dict[str, bytes]] | None:
+    """The signature manifest and its payload blobs from an OCI layout (None: no tag)."""
+    digest = layout_digest(layout, tag)
+    if digest is None:
+        return None
+    blobs = layout / "blobs" / "sha256"
+
+    def blob(d: str, cap: int) -> bytes:
+        if (
+            not d.startswith("sha256:")
+            or len(d) != 71
+            or not all(c in "0123456789abcdef" for c in d[7:])
+        ):
+            raise ImageError(f"signature manifest names an invalid digest {d!r}")
+        with open(blobs / d[7:], "rb") as f:
+            data = f.read(cap + 1)
+        if len(data) > cap:
+            raise ImageError(f"signature blob {d} is larger than {cap} bytes")
+        return data
+
+    try:
+        raw = blob(digest, 4 * 1024 * 1024)
+        if "sha256:" + hashlib.sha256(raw).hexdigest() != digest:
+            raise ImageError(f"signature manifest {digest} does not match its digest")
+        manifest = json.loads(raw)
+        payloads = {}
+        for layer in manifest.get("layers", [])[:MAX_SIGNATURES]:
+            if layer.get("mediaType") == cosign.PAYLOAD_TYPE:
+                d = str(layer.get("digest"))
+                payloads[d] = blob(d, cosign.MAX_PAYLOAD)
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ImageError(f"unreadable signature manifest in {layout}: {exc}") from exc
+    return manifest, payloads
+
+
+def _copy(src: str, dest: str, tls_verify: bool, dest_side: bool) -> None:
+    flag = "dest-tls-verify" if dest_side else "src-tls-verify"
+    argv = ["skopeo", "copy", "--quiet", "--preserve-digests"]
+    if src.startswith("docker://") or dest.startswith("docker://"):
+        argv.append(_tls(flag, tls_verify))
+    runner.run([*argv, src, dest], env=registry_env())
+
+
+def fetch_signatures(ref: ImageRef, digest: str, tls_verify: bool = True) -> list[cosign.Signature]:
+    """Every signature stored for digest in ref's repository ([] when unsigned)."""
+    sig = _sig_ref(ref, digest)
+    with tempfile.TemporaryDirectory(prefix="cos-sig-") as tmp:
+        if ref.transport == "oci":
+            found = _read_layout(Path(ref.name), sig.tag or "")
+        else:
+            try:
+                _copy(sig.skopeo, f"oci:{tmp}:sig", tls_verify, dest_side=False)
+            except ToolError as exc:
+                text = exc.stderr.lower()
+                if any(s in text for s in _NOT_FOUND):
+                    return []
+                raise ImageError(
+                    f"cannot read the signatures of {ref}: "
+                    + (exc.stderr.strip().splitlines() or [str(exc)])[-1],
+                    hint="check that the registry is reachable",
+                ) from exc
+            found = _read_layout(Path(tmp), "sig")
+    if found is None:
+        return []
+    manifest, payloads = found
+    out = []
+    for layer in manifest.get("layers", [])[:MAX_SIGNATURES]:
+        d = str(layer.get("digest"))
+        ann = layer.get("annotations") or {}
+        if d in payloads and isinstance(ann.get(cosign.SIGNATURE_ANNOTATION), str):
+            out.append(
+                cosign.Signature(
+                    payloads[d], ann[cosign.SIGNATURE_ANNOTATION], d, int(layer.get("size", -1))
+                )
+            )
+    return out
+
+
+def require_signed(
+    ref: ImageRef, digests: set[str], key_path: Path, tls_verify: bool = True
+) -> None:
+    """Refuse the image unless a signature by key_path vouches for one of digests.
+
+    Called after the manifest digest is known and before anything is written for the
+    image: an unsigned, tampered or foreign-signed image never reaches a disk.
+    """
+    key = cosign.load_public_key(key_path)
+    sigs: list[cosign.Signature] = []
+    for d in sorted(digests):
+        sigs += fetch_signatures(ref, d, tls_verify)
+    reason = cosign.verify(key, digests, sigs)
+    if reason is not None:
+        raise SignatureError(
+            f"refusing {ref}: {reason}",
+            hint=f"sign it with `cos sign --key cosign.key {ref}` (public key: {key_path})",
+        )
+    log.info("Signature of %s verified with %s", ref, key_path)
+
+
+def push_signature(
+    ref: ImageRef,
+    digest: str,
+    payload: bytes,
+    signature_b64: str,
+    tls_verify: bool = True,
+) -> str:
+    """Append one signature to digest's `.sig` manifest; returns the stored reference."""
+    sig = _sig_ref(ref, digest)
+    existing = fetch_signatures(ref, digest, tls_verify)
+    layers: list[tuple[bytes, str]] = [
+        (s.payload, s.signature_b64) for s in existing if s.signature_b64 != signature_b64
+    ]
+    layers.append((payload, signature_b64))
+    with tempfile.TemporaryDirectory(prefix="cos-sign-") as tmp:
+        layout = Path(tmp)
+        blobs = layout / "blobs" / "sha256"
+        blobs.mkdir(parents=True)
+
+        def put(data: bytes) -> str:
+            h = hashlib.sha256(data).hexdigest()
+            (blobs / h).write_bytes(data)
+            return f"sha256:{h}"
+
+        descs = [
+            {
+                "mediaType": cosign.PAYLOAD_TYPE,
+                "size": len(p),
+                "digest": put(p),
+                "annotations": {cosign.SIGNATURE_ANNOTATION: s},
+            }
+            for p, s in layers
+        ]
+        config = json.dumps(
+            {
+                "architecture": "",
+                "created": "0001-01-01T00:00:00Z",
+                "history": [{"created": "0001-01-01T00:00:00Z"}],
+                "os": "",
+                "rootfs": {"type": "layers", "diff_ids": [d["digest"] for d in descs]},
+                "config": {},
+            },
+            separators=(",", ":"),
+        ).encode()
+        manifest = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": MANIFEST_TYPE,
+                "config": {"mediaType": CONFIG_TYPE, "size": len(config), "digest": put(config)},
+                "layers": descs,
+            },
+            separators=(",", ":"),
+        ).encode()
+        mdigest = put(manifest)
+        (layout / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+        index = {
+            "schemaVersion": 2,
+            "manifests": [
+                {
+                    "mediaType": MANIFEST_TYPE,
+                    "digest": mdigest,
+                    "size": len(manifest),
+                    "annotations": {"org.opencontainers.image.ref.name": "sig"},
+                }
+            ],
+        }
+        atomic_write(layout / "index.json", json.dumps(index))
+        try:
+            _copy(f"oci:{layout}:sig", sig.skopeo, tls_verify, dest_side=True)
+        except ToolError as exc:
+            raise ImageError(
+                f"cannot store the signature as {sig}: "
+                + (exc.stderr.strip().splitlines() or [str(exc)])[-1],
+                hint="check write access to the repository (credentials in auth.json)",
+            ) from exc
+    return str(sig)

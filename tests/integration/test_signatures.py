@@ -1,0 +1,305 @@
+"""cos sign / generate-key-pair / verification against a real registry and OCI layouts."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from cos.oci import cosign
+
+pytestmark = pytest.mark.integration
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+def tiny_layout(layout: Path, tag: str, files: dict[str, str]) -> str:
+    """A small single-layer image in an OCI layout (umoci); returns its digest."""
+    if not (layout / "index.json").exists():
+        subprocess.run(["umoci", "init", "--layout", str(layout)], check=True)
+    subprocess.run(["umoci", "new", "--image", f"{layout}:{tag}"], check=True)
+    tar_path = layout.parent / f"{tag}.tar"
+    with tarfile.open(tar_path, "w") as tar:
+        for name, text in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(text.encode()), 0o644
+            tar.addfile(info, io.BytesIO(text.encode()))
+    subprocess.run(
+        ["umoci", "raw", "add-layer", "--image", f"{layout}:{tag}", str(tar_path)], check=True
+    )
+    index = json.loads((layout / "index.json").read_text())
+    return next(
+        m["digest"]
+        for m in index["manifests"]
+        if m["annotations"]["org.opencontainers.image.ref.name"] == tag
+    )
+
+
+def push(layout: Path, tag: str, ref: str) -> str:
+    subprocess.run(
+        [
+            "skopeo",
+            "copy",
+            "--quiet",
+            "--dest-tls-verify=false",
+            f"oci:{layout}:{tag}",
+            f"docker://{ref}",
+        ],
+        check=True,
+    )
+    raw = subprocess.run(
+        ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    return "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+def cos(
+    *args: str, env: dict[str, str] | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cos", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        check=check,
+    )
+
+
+def refused(r: subprocess.CompletedProcess[str], code: int, words: str) -> None:
+    assert r.returncode == code, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert lines[-2].startswith("cos: error:") and words in lines[-2], r.stderr
+    assert lines[-1].startswith("hint:") and "Traceback" not in r.stderr
+
+
+@pytest.fixture
+def keys(tmp_path: Path, cache_env: Path) -> tuple[Path, Path]:
+    r = cos(
+        "generate-key-pair",
+        "--output-key-prefix",
+        str(tmp_path / "cosign"),
+        env={"COSIGN_PASSWORD": "correct horse"},
+    )
+    assert "correct horse" not in r.stderr + r.stdout
+    key, pub = tmp_path / "cosign.key", tmp_path / "cosign.pub"
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert "ENCRYPTED SIGSTORE PRIVATE KEY" in key.read_text()
+    # Never overwritten.
+    again = cos("generate-key-pair", "--output-key-prefix", str(tmp_path / "cosign"), check=False)
+    refused(again, 2, "already exists")
+    return key, pub
+
+
+def test_sign_then_pull_verifies(
+    tmp_path: Path, keys: tuple[Path, Path], local_registry: str
+) -> None:
+    key, pub = keys
+    layout = tmp_path / "oci"
+    tiny_layout(layout, "a", {"hello": "signed\n"})
+    ref = f"{local_registry}/sig/a:1"
+    digest = push(layout, "a", ref)
+
+    r = cos(
+        "sign",
+        "--key",
+        str(key),
+        "--tls-verify=false",
+        ref,
+        "-a",
+        "build=7",
+        env={"COSIGN_PASSWORD": "correct horse"},
+    )
+    assert "correct horse" not in r.stderr + r.stdout
+    # The stored shape is cosign's: an OCI manifest at sha256-<hex>.sig, one simple-signing
+    # layer carrying the base64 signature annotation.
+    sig_ref = f"docker://{local_registry}/sig/a:{cosign.sig_tag(digest)}"
+    manifest = json.loads(
+        subprocess.run(
+            ["skopeo", "inspect", "--raw", "--tls-verify=false", sig_ref],
+            check=True,
+            capture_output=True,
+        ).stdout
+    )
+    assert manifest["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+    (layer,) = manifest["layers"]
+    assert layer["mediaType"] == cosign.PAYLOAD_TYPE
+    assert base64.b64decode(layer["annotations"][cosign.SIGNATURE_ANNOTATION])
+
+    dest = tmp_path / "tree"
+    cos("pull-image", "--cosign-key", str(pub), "--tls-verify=false", ref, str(dest))
+    assert (dest / "hello").read_text() == "signed\n"
+    info = json.loads(
+        cos("inspect", "--json", "--cosign-key", str(pub), "--tls-verify=false", ref).stdout
+    )
+    assert info["digest"] == digest
+
+    # A second signer appends; both verify.
+    other = tmp_path / "other"
+    cos("generate-key-pair", "--output-key-prefix", str(other), env={"COSIGN_PASSWORD": ""})
+    cos("sign", "--key", f"{other}.key", "--tls-verify=false", ref, env={"COSIGN_PASSWORD": ""})
+    for p in (pub, Path(f"{other}.pub")):
+        cos("inspect", "--cosign-key", str(p), "--tls-verify=false", ref)
+
+
+def test_key_written_by_cosign_signs(tmp_path: Path, local_registry: str, cache_env: Path) -> None:
+    layout = tmp_path / "oci"
+    tiny_layout(layout, "b", {"f": "x"})
+    ref = f"{local_registry}/sig/b:1"
+    push(layout, "b", ref)
+    key_file = DATA / "cosign-empty-password.key"
+    pub = tmp_path / "pub.pem"
+    pub.write_bytes(cosign.public_pem(cosign.load_private_key(key_file, b"")))
+    cos("sign", "--key", str(key_file), "--tls-verify=false", ref, env={"COSIGN_PASSWORD": ""})
+    cos("inspect", "--cosign-key", str(pub), "--tls-verify=false", ref)
+    bad = cos(
+        "sign",
+        "--key",
+        str(key_file),
+        "--tls-verify=false",
+        ref,
+        env={"COSIGN_PASSWORD": "x"},
+        check=False,
+    )
+    refused(bad, 4, "wrong password")
+
+
+def _store_sig_manifest(
+    local_registry: str, repo: str, digest: str, layers: list[tuple[bytes, str]], tmp: Path
+) -> None:
+    """Write a `.sig` manifest by hand (to plant tampered or foreign signatures)."""
+    layout = tmp / "sigimg"
+    blobs = layout / "blobs/sha256"
+    blobs.mkdir(parents=True)
+
+    def put(b: bytes) -> str:
+        h = hashlib.sha256(b).hexdigest()
+        (blobs / h).write_bytes(b)
+        return f"sha256:{h}"
+
+    descs = [
+        {
+            "mediaType": cosign.PAYLOAD_TYPE,
+            "size": len(p),
+            "digest": put(p),
+            "annotations": {cosign.SIGNATURE_ANNOTATION: s},
+        }
+        for p, s in layers
+    ]
+    cfg = b"{}"
+    man = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "size": 2,
+                "digest": put(cfg),
+            },
+            "layers": descs,
+        }
+    ).encode()
+    (layout / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    (layout / "index.json").write_text(
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "manifests": [
+                    {
+                        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                        "digest": put(man),
+                        "size": len(man),
+                        "annotations": {"org.opencontainers.image.ref.name": "s"},
+                    }
+                ],
+            }
+        )
+    )
+    subprocess.run(
+        [
+            "skopeo",
+            "copy",
+            "--quiet",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+            f"oci:{layout}:s",
+            f"docker://{local_registry}/{repo}:{cosign.sig_tag(digest)}",
+        ],
+        check=True,
+    )
+
+
+@pytest.mark.parametrize("case", ["unsigned", "tampered", "wrong-key", "other-image"])
+def test_bad_signatures_are_refused_before_writing(
+    case: str, tmp_path: Path, local_registry: str, cache_env: Path
+) -> None:
+    layout = tmp_path / "oci"
+    tiny_layout(layout, "c", {"f": case})
+    repo = f"sig/{case}"
+    ref = f"{local_registry}/{repo}:1"
+    digest = push(layout, "c", ref)
+    signer = cosign.generate_key()
+    trusted = signer if case != "wrong-key" else cosign.generate_key()
+    pub = tmp_path / "trusted.pub"
+    pub.write_bytes(cosign.public_pem(trusted))
+    signed_digest = digest if case != "other-image" else "sha256:" + "e" * 64
+    data = cosign.payload(f"{local_registry}/{repo}", signed_digest)
+    sig = base64.b64encode(cosign.sign(signer, data)).decode()
+    if case == "tampered":
+        data = data.replace(b"critical", b"Critical")  # same meaning for Go, other bytes
+    if case != "unsigned":
+        _store_sig_manifest(local_registry, repo, digest, [(data, sig)], tmp_path)
+
+    dest = tmp_path / "tree"
+    r = cos(
+        "pull-image", "--cosign-key", str(pub), "--tls-verify=false", ref, str(dest), check=False
+    )
+    words = {
+        "unsigned": "not signed",
+        "tampered": "no signature verifies",
+        "wrong-key": "no signature verifies",
+        "other-image": "not this image",
+    }[case]
+    refused(r, 4, words)
+    assert not dest.exists() and not (tmp_path / ".tree.partial").exists()
+    cache_tags = Path(os.environ["COS_CACHE_DIR"]) / "oci/index.json"
+    if cache_tags.exists():
+        assert f"{repo}" not in cache_tags.read_text().replace("_", "/")
+    # Without a key the same image pulls: the refusal came from the signature check.
+    cos("pull-image", "--tls-verify=false", ref, str(dest))
+    assert (dest / "f").read_text() == case
+
+
+def test_oci_layout_signatures(tmp_path: Path, keys: tuple[Path, Path]) -> None:
+    key, pub = keys
+    layout = tmp_path / "oci"
+    tiny_layout(layout, "d", {"f": "layout"})
+    tiny_layout(layout, "e", {"f": "unsigned"})
+    cos("sign", "--key", str(key), f"oci:{layout}:d", env={"COSIGN_PASSWORD": "correct horse"})
+    cos("pull-image", "--cosign-key", str(pub), f"oci:{layout}:d", str(tmp_path / "t1"))
+    assert (tmp_path / "t1/f").read_text() == "layout"
+    r = cos(
+        "pull-image", "--cosign-key", str(pub), f"oci:{layout}:e", str(tmp_path / "t2"), check=False
+    )
+    refused(r, 4, "not signed")
+    assert not (tmp_path / "t2").exists()
+
+
+def test_verify_config_needs_a_key(tmp_path: Path, cache_env: Path) -> None:
+    (cache_env / "config.yaml").write_text("verify: true\n")
+    r = cos("inspect", "oci:/nowhere", check=False)
+    refused(r, 3, "no cosign-key")
+    (cache_env / "config.yaml").write_text(f"verify: true\ncosign-key: {tmp_path}/missing.pub\n")
+    layout = tmp_path / "oci"
+    tiny_layout(layout, "f", {"f": "x"})
+    r = cos("inspect", f"oci:{layout}:f", check=False)
+    refused(r, 4, "cannot read the public key")
