@@ -33,9 +33,9 @@ from cos.disk.plan import MIB, DiskPlan, plan_disk
 from cos.errors import DiskError, StateError
 from cos.fsutil import fsync_dir
 from cos.log import log, step
-from cos.oci.image import fetch, unpack
+from cos.oci.image import unpack
 from cos.oci.reference import ImageRef, parse_ref
-from cos.oci.store import LayerStore, snapshot_tag
+from cos.oci.store import LayerStore, fetch, snapshot_tag
 from cos.snapshot import loop as snap
 from cos.system.state import write_state
 
@@ -160,7 +160,8 @@ def _build(
     with step("Seeding the layer store"):
         # The first upgrade then pulls only the layers that changed.
         store = LayerStore.on(statedir)
-        store.add(img, snapshot_tag(1))
+        if img.ref.transport != "dir":  # a tree has no layers to seed
+            store.add(img, snapshot_tag(1))
     store_size = sum(f.stat().st_size for f in store.path.rglob("*") if f.is_file())
     _fits(
         f"the state partition ({cfg.max_snaps} snapshots of {size // MIB} MiB + layer store)",

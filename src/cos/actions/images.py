@@ -15,8 +15,9 @@ from typing import Any, BinaryIO
 from cos.config import Config
 from cos.errors import ImageError, UsageError
 from cos.log import step
-from cos.oci.image import LocalImage, fetch, unpack
+from cos.oci.image import LocalImage, unpack
 from cos.oci.reference import parse_ref
+from cos.oci.store import fetch
 
 log = logging.getLogger("cos")
 _OS_RELEASE = ("usr/lib/os-release", "etc/os-release")

@@ -44,9 +44,9 @@ from cos.disk.mount import mounted
 from cos.disk.plan import MIB, DiskPlan, PartSpec, plan_disk
 from cos.errors import DiskError
 from cos.log import log, step
-from cos.oci.image import LocalImage, fetch, unpack
+from cos.oci.image import LocalImage, unpack
 from cos.oci.reference import ImageRef, parse_ref
-from cos.oci.store import LayerStore, inspect_remote, snapshot_tag
+from cos.oci.store import LayerStore, fetch, inspect_remote, snapshot_tag
 from cos.snapshot.loop import LoopSnapshotter, estimate_image_bytes, snapshot_label
 from cos.system.mounts import mount_table
 from cos.system.state import ImageState, write_state

@@ -16,15 +16,15 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from cos import run as runner
 from cos.config import Config
-from cos.errors import ConfigError, ImageError, ToolError, UsageError
+from cos.errors import ConfigError, ImageError, UsageError
 from cos.fsutil import atomic_write
 from cos.log import step
 from cos.oci import cosign
 from cos.oci.reference import ImageRef, parse_ref
+from cos.oci.registry import Client, RegistryError, split_name
 from cos.oci.signatures import push_signature
-from cos.oci.transport import layout_digest, registry_env, unreadable
+from cos.oci.transport import layout_digest
 
 log = logging.getLogger("cos")
 
@@ -54,12 +54,12 @@ def resolve_digest(ref: ImageRef, tls_verify: bool) -> str:
         return digest
     if ref.digest:
         return ref.digest
-    tls = f"--tls-verify={'true' if tls_verify else 'false'}"
+    host, repo = split_name(ref.name)
     try:
-        raw = runner.run(["skopeo", "inspect", "--raw", tls, ref.skopeo], env=registry_env())
-    except ToolError as exc:
-        raise unreadable(ref, exc, tls_verify) from exc
-    return "sha256:" + hashlib.sha256(raw.stdout.encode()).hexdigest()
+        raw, _ = Client(host, tls_verify).manifest(repo, ref.tag or "latest")
+    except RegistryError as exc:
+        raise ImageError(f"cannot read image {ref}: {exc.message}", hint=exc.hint) from exc
+    return "sha256:" + hashlib.sha256(raw).hexdigest()
 
 
 @dataclass(frozen=True)

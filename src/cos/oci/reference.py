@@ -17,15 +17,17 @@ _NAME = re.compile(
 
 @dataclass(frozen=True)
 class ImageRef:
-    transport: str  # "docker" or "oci"
-    name: str  # host/repo for docker, directory for oci
+    transport: str  # "docker", "oci", "oci-archive" or "dir"
+    name: str  # host/repo for docker, directory for oci and dir, file for oci-archive
     tag: str | None = None
     digest: str | None = None
 
     @property
     def skopeo(self) -> str:
-        if self.transport == "oci":
-            return f"oci:{self.name}:{self.tag or 'latest'}"
+        if self.transport in ("oci", "oci-archive"):
+            return f"{self.transport}:{self.name}" + (f":{self.tag}" if self.tag else "")
+        if self.transport == "dir":
+            return f"dir:{self.name}"
         ref = f"docker://{self.name}"
         if self.tag:
             ref += f":{self.tag}"
@@ -36,6 +38,8 @@ class ImageRef:
     def __str__(self) -> str:
         if self.transport == "oci":
             return f"oci:{self.name}:{self.tag or 'latest'}"
+        if self.transport in ("oci-archive", "dir"):
+            return self.skopeo
         s = (
             self.name
             + (f":{self.tag}" if self.tag else "")
@@ -45,7 +49,8 @@ class ImageRef:
 
 
 def parse_ref(text: str) -> ImageRef:
-    """Parse `docker://host/repo[:tag][@digest]`, `host/repo[:tag]`, `oci:DIR[:tag]`."""
+    """Parse `docker://host/repo[:tag][@digest]`, `host/repo[:tag]`, `oci:DIR[:tag]`,
+    `oci-archive:FILE[:tag]` and `dir:PATH` (an unpacked tree)."""
     t = text.strip()
     if not t:
         raise ImageError("empty image reference", hint="e.g. 127.0.0.1:5000/cos/vanilla:latest")
@@ -58,12 +63,28 @@ def parse_ref(text: str) -> ImageRef:
             )
         path, _, tag = rest.partition(":")
         return ImageRef("oci", path, tag or "latest")
+    if t.startswith("oci-archive:"):
+        path, _, tag = t[len("oci-archive:") :].partition(":")
+        if not path:
+            raise ImageError(
+                f"invalid image reference {text!r}: no file after oci-archive:",
+                hint="use oci-archive:FILE[:tag], e.g. oci-archive:image.tar:v1",
+            )
+        return ImageRef("oci-archive", path, tag or None)
+    if t.startswith("dir:"):
+        if not t[4:]:
+            raise ImageError(
+                f"invalid image reference {text!r}: no directory after dir:",
+                hint="use dir:PATH, an unpacked root filesystem",
+            )
+        return ImageRef("dir", t[4:])
     if t.startswith("docker://"):
         t = t[len("docker://") :]
-    elif "://" in t or t.split(":", 1)[0] in ("oci-archive", "dir", "docker-archive"):
+    elif "://" in t or t.split(":", 1)[0] in ("docker-archive", "containers-storage"):
         raise ImageError(
             f"unsupported image reference {text!r}",
-            hint="use docker://host/repo:tag, host/repo:tag or oci:DIR[:tag]",
+            hint="use docker://host/repo:tag, host/repo:tag, oci:DIR[:tag], "
+            "oci-archive:FILE[:tag] or dir:PATH",
         )
     m = _NAME.match(t)
     if not m or ("." not in m["host"] and ":" not in m["host"] and m["host"] != "localhost"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,12 @@ from typing import Any
 from cos import run as runner
 from cos.errors import ImageError, ToolError
 from cos.fsutil import atomic_write, fsync_dir
-from cos.oci.image import LocalImage, copy_pinned
+from cos.oci.image import LocalImage
+from cos.oci.progress import PullProgress
 from cos.oci.reference import ImageRef
+from cos.oci.registry import Client, RegistryError, check_digest, split_name
 from cos.oci.signatures import require_signed
-from cos.oci.transport import layout_digest, registry_env, unreadable
+from cos.oci.transport import layout_digest
 
 STORE_DIR = ".store"
 # Assumed for layers whose uncompressed size is not known yet (OS trees: 2.5-3x).
@@ -45,11 +48,8 @@ class RemoteImage:
     digest: str  # manifest digest (the single-platform manifest)
     layers: tuple[tuple[str, int], ...]  # (digest, compressed size)
     config: tuple[str, int]
-
-
-def _skopeo_raw(ref: str, tls_verify: bool) -> bytes:
-    tls = f"--tls-verify={'true' if tls_verify else 'false'}"
-    return runner.run(["skopeo", "inspect", "--raw", tls, ref], env=registry_env()).stdout.encode()
+    manifest: bytes = b""  # the raw manifest (stored as read, so the digest stays)
+    media_type: str = "application/vnd.oci.image.manifest.v1+json"
 
 
 def inspect_remote(
@@ -60,10 +60,16 @@ def inspect_remote(
     With key, the image must carry a signature by it (on the index or on the
     platform manifest, as cosign signs either) before the caller writes anything.
     """
+    host, repo = split_name(ref.name)
+    client = Client(host, tls_verify)
     signed: set[str] = set()
     try:
-        raw = _skopeo_raw(ref.skopeo, tls_verify)
+        raw, media = client.manifest(repo, ref.digest or ref.tag or "latest")
         doc = json.loads(raw)
+        if not isinstance(doc, dict):
+            raise ValueError("not a JSON object")
+        if "manifests" in doc and "layers" in doc:
+            raise ValueError("both 'manifests' and 'layers' (ambiguous document)")
         if doc.get("mediaType") in _INDEX_TYPES or "manifests" in doc:
             pick = [
                 m
@@ -74,33 +80,34 @@ def inspect_remote(
             if not pick:
                 raise ImageError(
                     f"image {ref} has no linux/{arch} variant",
-                    hint="build or push the image for this architecture",
+                    hint="build or push the image for this architecture, or pass --platform",
                 )
             signed.add("sha256:" + hashlib.sha256(raw).hexdigest())
-            pinned = ImageRef("docker", ref.name, None, str(pick[0]["digest"]))
-            raw = _skopeo_raw(pinned.skopeo, tls_verify)
+            raw, media = client.manifest(repo, check_digest(str(pick[0]["digest"])))
             doc = json.loads(raw)
-    except ToolError as exc:
-        raise unreadable(ref, exc, tls_verify) from exc
+    except RegistryError as exc:
+        raise ImageError(
+            f"cannot read image {ref}: {exc.message}",
+            hint=exc.hint or "check the reference and that the registry is reachable",
+        ) from exc
     except (ValueError, AttributeError, KeyError, TypeError) as exc:
         raise ImageError(f"image {ref} has an unreadable manifest: {exc}") from exc
     digest = "sha256:" + hashlib.sha256(raw).hexdigest()
-    if ref.digest and ref.digest != digest and not (doc.get("manifests")):
-        # A pinned single-platform reference must name exactly these bytes.
-        raise ImageError(f"image {ref}: registry returned manifest {digest}, not {ref.digest}")
     try:
-        layers = tuple((str(x["digest"]), int(x["size"])) for x in doc["layers"])
-        config = (str(doc["config"]["digest"]), int(doc["config"]["size"]))
+        layers = tuple((check_digest(str(x["digest"])), int(x["size"])) for x in doc["layers"])
+        config = (check_digest(str(doc["config"]["digest"])), int(doc["config"]["size"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise ImageError(f"image {ref}: manifest without layers or config ({exc})") from exc
     if key is not None:
         require_signed(ref, {digest, *signed}, key, tls_verify)
-    return RemoteImage(ref, digest, layers, config)
+    media = str(doc.get("mediaType") or media or "application/vnd.oci.image.manifest.v1+json")
+    return RemoteImage(ref, digest, layers, config, raw, media)
 
 
 class LayerStore:
     def __init__(self, path: Path):
         self.path = Path(path)
+        self.bytes_received = 0
 
     @classmethod
     def on(cls, state_dir: Path) -> LayerStore:
@@ -108,8 +115,7 @@ class LayerStore:
 
     # -- reading ------------------------------------------------------------------
     def _blob(self, digest: str) -> Path:
-        algo, _, hexd = digest.partition(":")
-        return self.path / "blobs" / algo / hexd
+        return self.path / "blobs" / "sha256" / check_digest(digest)[7:]
 
     def has(self, digest: str) -> bool:
         return self._blob(digest).is_file()
@@ -181,17 +187,55 @@ class LayerStore:
         )
 
     # -- writing ------------------------------------------------------------------
-    def pull(self, remote: RemoteImage, tag: str, tls_verify: bool = True) -> LocalImage:
-        """Copy the image pinned by digest into the store; existing blobs are reused."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        copy_pinned(remote.ref, remote.digest, self.path, tag, tls_verify)
-        got = layout_digest(self.path, tag)
-        if got != remote.digest:
-            raise ImageError(
-                f"pulling {remote.ref}: stored manifest {got}, expected {remote.digest}"
-            )
+    def pull(
+        self,
+        remote: RemoteImage,
+        tag: str,
+        tls_verify: bool = True,
+        progress: PullProgress | None = None,
+    ) -> LocalImage:
+        """Fetch the blobs the store lacks (resuming partial ones), then tag the manifest.
+
+        Blobs land under their digest only once verified; the tag is written last, so
+        an interrupted pull leaves the store as it was plus verified blobs and
+        `.partial` files that the next pull continues.
+        """
+        host, repo = split_name(remote.ref.name)
+        client = Client(host, tls_verify)
+        blobs = self.path / "blobs" / "sha256"
+        blobs.mkdir(parents=True, exist_ok=True)
+        missing = self.missing(remote)
+        report = progress or PullProgress.for_terminal()
+        with report.running(sum(s for _, s in missing)):
+            for digest, size in missing:
+                try:
+                    client.blob(repo, digest, size, self._blob(digest), report.layer(digest, size))
+                except RegistryError as exc:
+                    raise ImageError(f"pulling {remote.ref}: {exc.message}", hint=exc.hint) from exc
+        if not (self.path / "oci-layout").exists():
+            atomic_write(self.path / "oci-layout", '{"imageLayoutVersion":"1.0.0"}')
+        atomic_write(self._blob(remote.digest), remote.manifest)
         self.sync()
+        self._tag(remote.digest, len(remote.manifest), remote.media_type, tag)
+        self.bytes_received = client.bytes_received
         return LocalImage(remote.ref, self.path, tag, remote.digest)
+
+    def _tag(self, digest: str, size: int, media_type: str, tag: str) -> None:
+        index = self._index()
+        manifests = [
+            m for m in index.get("manifests", []) if m.get("annotations", {}).get(REF_NAME) != tag
+        ]
+        manifests.append(
+            {
+                "mediaType": media_type,
+                "digest": digest,
+                "size": size,
+                "annotations": {REF_NAME: tag},
+            }
+        )
+        index["manifests"] = manifests
+        index.setdefault("schemaVersion", 2)
+        atomic_write(self.path / "index.json", json.dumps(index, separators=(",", ":")))
 
     def add(self, image: LocalImage, tag: str) -> None:
         """Seed the store with an image from another layout (build-disk, install)."""
@@ -257,3 +301,80 @@ class LayerStore:
         if blobs.is_dir():
             fsync_dir(blobs)
         fsync_dir(self.path)
+
+
+def _cache_tag(ref: ImageRef) -> str:
+    """A readable tag for ref; OCI layout tags allow single separators only."""
+    readable = re.sub(r"[^A-Za-z0-9]+", "-", str(ref)).strip("-")[:100].strip("-")
+    return readable + "-" + hashlib.sha256(str(ref).encode()).hexdigest()[:8]
+
+
+def fetch(
+    ref: ImageRef,
+    cache: Path,
+    tls_verify: bool = True,
+    key: Path | None = None,
+    arch: str | None = None,
+) -> LocalImage:
+    """Make the image available in an OCI layout: an `oci:` layout as it is, a registry
+    image pulled into the cache's layer store (only blobs it lacks, resumable).
+
+    With key, a cosign signature by it must vouch for the image before anything is
+    copied (for an `oci:` layout, its `.sig` tag in the same layout).
+    """
+    if ref.transport == "oci":
+        layout = Path(ref.name)
+        tag = ref.tag or "latest"
+        if not (layout / "index.json").is_file():
+            raise ImageError(
+                f"{ref}: {layout} is not an OCI layout (no index.json)",
+                hint="point oci: at a directory written by skopeo, buildah or umoci",
+            )
+        digest = layout_digest(layout, tag)
+        if digest is None:
+            raise ImageError(f"{ref}: tag {tag!r} not found in {layout}", hint="check the tag")
+        if key is not None:
+            require_signed(ref, {digest}, key, tls_verify)
+        return LocalImage(ref, layout, tag, digest)
+    if ref.transport in ("oci-archive", "dir"):
+        if key is not None:
+            raise ImageError(
+                f"{ref}: signatures can only be checked for registry and oci: sources",
+                hint="push the image (or copy it into an OCI layout with its .sig tag)",
+            )
+        if not Path(ref.name).exists():
+            raise ImageError(f"{ref}: {ref.name} does not exist", hint="check the path")
+        if ref.transport == "dir":
+            if not Path(ref.name).is_dir():
+                raise ImageError(f"{ref}: {ref.name} is not a directory", hint="check the path")
+            return LocalImage(ref, Path(ref.name), "", "")
+    store = LayerStore(cache / "oci")
+    if ref.transport == "oci-archive":
+        store.path.mkdir(parents=True, exist_ok=True)
+        tag = _cache_tag(ref)
+        try:
+            runner.run(
+                [
+                    "skopeo",
+                    "copy",
+                    "--quiet",
+                    "--preserve-digests",
+                    ref.skopeo,
+                    f"oci:{store.path}:{tag}",
+                ]
+            )
+        except ToolError as exc:
+            raise ImageError(
+                f"cannot read {ref}: {(exc.stderr.strip().splitlines() or [str(exc)])[-1]}",
+                hint="the file must be an OCI archive (skopeo copy … oci-archive:FILE:TAG)",
+            ) from exc
+        return store.image(ref, tag)
+    remote = inspect_remote(ref, tls_verify, arch or "amd64", key)
+    try:
+        store.path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ImageError(
+            f"cannot create the image cache {store.path}: {exc.strerror}",
+            hint="set cache-dir in config (or COS_CACHE_DIR) to a writable directory",
+        ) from exc
+    return store.pull(remote, _cache_tag(ref), tls_verify)

@@ -6,8 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from cos.errors import ImageError, ToolError
-from cos.oci.reference import ImageRef
+from cos.errors import ImageError
 
 
 def layout_digest(layout: Path, tag: str) -> str | None:
@@ -43,13 +42,3 @@ _REGISTRY_ENV = (
 
 def registry_env() -> dict[str, str]:
     return {k: os.environ[k] for k in _REGISTRY_ENV if k in os.environ}
-
-
-def unreadable(ref: ImageRef, exc: ToolError, tls_verify: bool) -> ImageError:
-    """The error for a registry that did not give us the image (last line of skopeo)."""
-    detail = exc.stderr.strip().splitlines()[-1] if exc.stderr.strip() else str(exc)
-    return ImageError(
-        f"cannot read image {ref}: {detail}",
-        hint="check the reference and that the registry is reachable"
-        + ("" if not tls_verify else " (plain-HTTP registry? add --tls-verify=false)"),
-    )

@@ -1,0 +1,357 @@
+"""A small OCI distribution client: manifests and blobs, resumable and verified.
+
+Why our own client for pulls instead of skopeo (which still pushes signatures and
+copies between local layouts): an upgrade on a device must survive flaky links and
+power cuts without re-downloading hundreds of MiB, and must never let a byte it has
+not verified reach the layer store. skopeo as shipped by Debian 12 restarts an
+interrupted blob from zero and hides byte counts. Here a blob streams into
+`.<hex>.partial` beside its final name, its sha256 and size are checked as it
+arrives, an interrupted transfer continues with `Range: bytes=N-` (a 200 reply
+restarts cleanly), and only a verified, fsynced blob is renamed into place. The
+protocol surface needed for pulling is small: ping, token/basic auth, manifests
+by tag or digest, blobs with redirects (credentials never follow a redirect to
+another host).
+
+Credentials come from the files containers tools and docker use (auth.json,
+config.json `auths`); credential helpers are not run.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.client
+import json
+import logging
+import os
+import re
+import ssl
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cos.errors import ImageError
+
+log = logging.getLogger("cos")
+
+ACCEPT = ", ".join(
+    (
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+    )
+)
+MAX_MANIFEST = 4 * 1024 * 1024
+CHUNK = 1024 * 1024
+ATTEMPTS = 5
+TIMEOUT = 30.0
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_CHALLENGE = re.compile(r'(\w+)="([^"]*)"')
+
+Progress = Callable[[int], None]  # called with the bytes of the blob held so far
+
+
+class RegistryError(ImageError):
+    """The registry refused or failed a request (after retries)."""
+
+    def __init__(self, message: str, hint: str = "", status: int | None = None) -> None:
+        super().__init__(message, hint)
+        self.status = status
+
+
+class _Retry(Exception):
+    """A transient failure: another attempt may succeed."""
+
+    def __init__(self, reason: str, wait: float = 0.0) -> None:
+        super().__init__(reason)
+        self.wait = wait
+
+
+def check_digest(digest: str) -> str:
+    """Digests become URL and file path parts: only well-formed sha256 ones pass."""
+    if not _DIGEST.fullmatch(digest):
+        raise ImageError(f"invalid digest {digest!r}", hint="digests look like sha256:<64 hex>")
+    return digest
+
+
+def _auth_files() -> list[Path]:
+    env = os.environ
+    home = Path(env.get("HOME", "/root"))
+    files = []
+    if env.get("REGISTRY_AUTH_FILE"):
+        files.append(Path(env["REGISTRY_AUTH_FILE"]))
+    if env.get("XDG_RUNTIME_DIR"):
+        files.append(Path(env["XDG_RUNTIME_DIR"]) / "containers/auth.json")
+    files.append(Path(f"/run/containers/{os.getuid()}/auth.json"))
+    files.append(home / ".config/containers/auth.json")
+    files.append(Path(env.get("DOCKER_CONFIG", home / ".docker")) / "config.json")
+    return files
+
+
+def credentials(host: str) -> tuple[str, str] | None:
+    """user, password for host from the first auth file that names it."""
+    for f in _auth_files():
+        try:
+            auths = json.loads(f.read_text()).get("auths", {})
+        except (OSError, ValueError, AttributeError):
+            continue
+        for key, entry in auths.items() if isinstance(auths, dict) else []:
+            name = re.sub(r"^https?://", "", str(key)).split("/")[0]
+            if name != host or not isinstance(entry, dict) or not entry.get("auth"):
+                continue
+            try:
+                user, _, pw = base64.b64decode(entry["auth"]).decode().partition(":")
+            except (ValueError, UnicodeDecodeError):
+                continue
+            return user, pw
+    return None
+
+
+@dataclass
+class Client:
+    """One registry host. Not thread-safe; cheap to create."""
+
+    host: str
+    tls_verify: bool = True
+    timeout: float = TIMEOUT
+    scheme: str | None = None
+    _token: dict[str, str] = field(default_factory=dict)  # scope → Authorization value
+    bytes_received: int = 0
+    _media: str = ""
+
+    # -- connections ---------------------------------------------------------------------
+    def _connect(self, scheme: str, netloc: str) -> http.client.HTTPConnection:
+        if scheme == "http":
+            return http.client.HTTPConnection(netloc, timeout=self.timeout)
+        ctx = ssl.create_default_context()
+        if not self.tls_verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return http.client.HTTPSConnection(netloc, timeout=self.timeout, context=ctx)
+
+    def _base(self) -> str:
+        """https, or http for a registry given with --tls-verify=false that speaks no TLS."""
+        if self.scheme is None:
+            schemes = ["https"] + ([] if self.tls_verify else ["http"])
+            last: Exception | None = None
+            for s in schemes:
+                conn = self._connect(s, self.host)
+                try:
+                    conn.request("GET", "/v2/")
+                    conn.getresponse().read()
+                    self.scheme = s
+                    break
+                except (OSError, http.client.HTTPException) as exc:
+                    last = exc
+                finally:
+                    conn.close()
+            else:
+                raise RegistryError(
+                    f"registry {self.host} is not reachable: {last}",
+                    hint="check the address"
+                    + (" (plain-HTTP registry? add --tls-verify=false)" if self.tls_verify else ""),
+                )
+        return self.scheme
+
+    # -- auth ----------------------------------------------------------------------------
+    def _authorize(self, challenge: str, scope: str) -> str | None:
+        kind, _, params = challenge.partition(" ")
+        creds = credentials(self.host)
+        if kind.lower() == "basic":
+            if creds is None:
+                return None
+            return "Basic " + base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()
+        if kind.lower() != "bearer":
+            return None
+        p = dict(_CHALLENGE.findall(params))
+        if "realm" not in p:
+            return None
+        query = {"service": p.get("service", "")}
+        if p.get("scope") or scope:
+            query["scope"] = p.get("scope") or scope
+        url = urllib.parse.urlsplit(p["realm"] + "?" + urllib.parse.urlencode(query))
+        conn = self._connect(url.scheme, url.netloc)
+        headers = {}
+        if creds is not None:
+            basic = base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()
+            headers["Authorization"] = f"Basic {basic}"
+        try:
+            conn.request("GET", f"{url.path}?{url.query}", headers=headers)
+            resp = conn.getresponse()
+            body = resp.read(1024 * 1024)
+            if resp.status != 200:
+                raise RegistryError(
+                    f"registry {self.host}: token request refused ({resp.status})",
+                    hint="check the credentials in auth.json",
+                    status=resp.status,
+                )
+            doc = json.loads(body)
+            token = doc.get("token") or doc.get("access_token")
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            raise RegistryError(f"registry {self.host}: token request failed ({exc})") from exc
+        finally:
+            conn.close()
+        return f"Bearer {token}" if token else None
+
+    # -- requests ------------------------------------------------------------------------
+    @contextmanager
+    def _get(
+        self, path: str, scope: str, headers: dict[str, str]
+    ) -> Iterator[http.client.HTTPResponse]:
+        """GET with auth and redirects; the response is open inside the block."""
+        scheme, netloc, url, own = self._base(), self.host, path, True
+        auth = self._token.get(scope)
+        for _ in range(6):
+            conn = self._connect(scheme, netloc)
+            try:
+                hdrs = dict(headers)
+                if auth and own:
+                    hdrs["Authorization"] = auth
+                try:
+                    conn.request("GET", url, headers=hdrs)
+                    resp = conn.getresponse()
+                except (OSError, http.client.HTTPException) as exc:
+                    raise _Retry(f"{type(exc).__name__}: {exc}") from exc
+                if resp.status == 401 and own and auth is None:
+                    challenge = resp.getheader("WWW-Authenticate", "")
+                    resp.read()
+                    auth = self._authorize(challenge, scope)
+                    if auth is None:
+                        raise RegistryError(
+                            f"registry {self.host} asks for credentials",
+                            hint="log in (auth.json or ~/.docker/config.json)",
+                            status=401,
+                        )
+                    self._token[scope] = auth
+                    continue
+                if resp.status in (301, 302, 303, 307, 308):
+                    loc = urllib.parse.urljoin(
+                        f"{scheme}://{netloc}{url}", resp.getheader("Location", "")
+                    )
+                    resp.read()
+                    parts = urllib.parse.urlsplit(loc)
+                    own = parts.netloc == self.host and own  # never carry credentials away
+                    scheme, netloc = parts.scheme, parts.netloc
+                    url = parts.path + (f"?{parts.query}" if parts.query else "")
+                    continue
+                if resp.status == 429 or resp.status >= 500:
+                    wait = resp.getheader("Retry-After", "")
+                    resp.read()
+                    raise _Retry(f"HTTP {resp.status}", float(wait) if wait.isdigit() else 0.0)
+                yield resp
+                return
+            finally:
+                conn.close()
+        raise RegistryError(f"registry {self.host}: too many redirects for {path}")
+
+    def _retrying(self, what: str, fn: Callable[[], bytes]) -> bytes:
+        delay = 0.5
+        for attempt in range(ATTEMPTS):
+            try:
+                return fn()
+            except _Retry as exc:
+                if attempt == ATTEMPTS - 1:
+                    raise RegistryError(
+                        f"{what}: {exc} (after {ATTEMPTS} attempts)",
+                        hint="the registry or the network failed; run the command again",
+                    ) from exc
+                log.warning("%s: %s; retrying", what, exc)
+                time.sleep(min(max(exc.wait, delay), 10.0))
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    def manifest(self, repo: str, reference: str) -> tuple[bytes, str]:
+        """Raw manifest bytes and media type (digest-checked when reference is one)."""
+        scope = f"repository:{repo}:pull"
+        what = f"{self.host}/{repo}:{reference}"
+
+        def once() -> bytes:
+            with self._get(f"/v2/{repo}/manifests/{reference}", scope, {"Accept": ACCEPT}) as r:
+                if r.status == 404:
+                    raise RegistryError(f"{what}: manifest unknown", status=404)
+                if r.status != 200:
+                    raise RegistryError(f"{what}: HTTP {r.status}", status=r.status)
+                data = r.read(MAX_MANIFEST + 1)
+                if len(data) > MAX_MANIFEST:
+                    raise RegistryError(f"{what}: manifest larger than {MAX_MANIFEST} bytes")
+                self._media = (r.getheader("Content-Type") or "").split(";")[0].strip()
+                self.bytes_received += len(data)
+                return data
+
+        data = self._retrying(what, once)
+        if reference.startswith("sha256:"):
+            got = "sha256:" + hashlib.sha256(data).hexdigest()
+            if got != reference:
+                raise RegistryError(f"{what}: the registry sent a manifest with digest {got}")
+        return data, self._media
+
+    def blob(
+        self, repo: str, digest: str, size: int, dest: Path, progress: Progress | None = None
+    ) -> None:
+        """Download a blob to dest, resuming dest's `.partial` sibling; verified, fsynced."""
+        check_digest(digest)
+        partial = dest.with_name(f".{dest.name}.partial")
+        scope = f"repository:{repo}:pull"
+        what = f"blob {digest[:19]} of {self.host}/{repo}"
+
+        def once() -> bytes:
+            have = partial.stat().st_size if partial.exists() else 0
+            if have > size:
+                partial.unlink()
+                have = 0
+            headers = {"Range": f"bytes={have}-"} if have else {}
+            with self._get(f"/v2/{repo}/blobs/{digest}", scope, headers) as r:
+                if r.status == 404:
+                    raise RegistryError(f"{what}: blob unknown", status=404)
+                if r.status == 416 and have == size:
+                    pass  # all bytes are already here
+                elif r.status == 206 and have:
+                    pass
+                elif r.status == 200:
+                    have = 0  # no range support: start over
+                else:
+                    raise RegistryError(f"{what}: HTTP {r.status}", status=r.status)
+                h = hashlib.sha256()
+                with open(partial, "ab" if have else "wb") as out:
+                    if have:
+                        with open(partial, "rb") as old:
+                            for chunk in iter(lambda: old.read(CHUNK), b""):
+                                h.update(chunk)
+                    if progress:
+                        progress(have)
+                    got = have
+                    if r.status != 416:
+                        try:
+                            while chunk := r.read1(CHUNK):  # keeps what arrived before a reset
+                                out.write(chunk)
+                                h.update(chunk)
+                                got += len(chunk)
+                                self.bytes_received += len(chunk)
+                                if progress:
+                                    progress(got)
+                                if got > size:
+                                    break
+                        except (OSError, http.client.HTTPException) as exc:
+                            out.flush()
+                            raise _Retry(f"transfer interrupted at {got} bytes ({exc})") from exc
+                    out.flush()
+                    os.fsync(out.fileno())
+                if got < size:
+                    raise _Retry(f"transfer ended at {got} of {size} bytes")
+                if got != size or "sha256:" + h.hexdigest() != digest:
+                    partial.unlink(missing_ok=True)
+                    raise _Retry("received bytes do not match the digest")
+            os.rename(partial, dest)
+            return b""
+
+        self._retrying(what, once)
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """host, repository of an `host/repo` name."""
+    host, _, repo = name.partition("/")
+    return host, repo
