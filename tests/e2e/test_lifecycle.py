@@ -4,12 +4,15 @@ a passive boot, and the automatic fallback from an upgrade that cannot boot."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
+import sys
 import time
 
 import pytest
 
+from cos.oci import cosign
 from tests.e2e.conftest import GuestRegistry
 from tests.e2e.vm import VMError
 from tests.support.images import LAYOUT
@@ -78,12 +81,43 @@ def test_upgrade_rollback_downgrade_from_passive(vm_factory, guest_registry: Gue
     vm.ok(f"cat > /oem/95_e2e_hooks.yaml <<'EOF'\n{HOOKS}\nEOF")
     before = guest_registry.blob_gets("cos/e2e")
 
+    # Signatures required (until the next boot: /etc is ephemeral): unsigned v2 is
+    # refused before anything is written, then signed on the host and accepted.
+    key = cosign.generate_key()
+    key_file = guest_registry.log.parent / "e2e-cosign.key"
+    key_file.write_bytes(cosign.encrypt_private_key(key, b"", n=32768))
+    pub = cosign.public_pem(key).decode()
+    vm.ok(f"cat > /etc/cos/cosign.pub <<'EOF'\n{pub}EOF")
+    vm.ok(
+        "mkdir -p /etc/cos/config.d && printf 'verify: true\\ncosign-key: /etc/cos/cosign.pub\\n'"
+        " > /etc/cos/config.d/50-verify.yaml"
+    )
+    st0 = _status(vm)
+    r = vm.sh(f"cos upgrade --system {guest_registry.v2} --tls-verify=false")
+    assert r.rc == 4 and "not signed" in r.err, r.err
+    assert _status(vm)["snapshots"] == st0["snapshots"]
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cos",
+            "sign",
+            "--key",
+            str(key_file),
+            "--tls-verify=false",
+            f"{guest_registry.host}/cos/e2e:v2",
+        ],
+        check=True,
+        env={**os.environ, "COSIGN_PASSWORD": ""},
+    )
+
     # --bootloader: GRUB is rewritten from v2 (new ESP filesystem); the reboot proves it.
     out = vm.ok(
         f"cos upgrade --bootloader --system {guest_registry.v2} --tls-verify=false 2>&1",
         timeout=1200,
     )
     assert "Switching to snapshot 2" in out and "Installing GRUB from snapshot 2" in out, out
+    assert "Signature of" in out and "verified" in out, out
     # Only the layer v2 adds travelled: the disk's layer store already held the rest.
     fetched = guest_registry.blob_gets("cos/e2e") - before
     added = _layers("e2e-v2") - _layers("e2e")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -121,3 +122,36 @@ def test_multi_platform_index_picks_the_platform(
     )
     refused(r, 4, "no linux/s390x variant")
     refused(cos("inspect", "--platform", "amd64", ref, check=False), 3, "not OS/ARCH")
+
+
+def test_registry_credentials_from_auth_json(
+    tmp_path: Path, private_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.support.registry import registry
+
+    layout = tmp_path / "oci"
+    tiny_layout(layout, "a", {"f": "behind a login\n"})
+    auth = tmp_path / "auth.json"
+    token = base64.b64encode(b"alice:pa55-w0rd").decode()
+    with registry(tmp_path / "reg", users={"alice": "pa55-w0rd"}) as host:
+        auth.write_text(json.dumps({"auths": {host: {"auth": token}}}))
+        ref = f"{host}/private/a:1"
+        subprocess.run(
+            [
+                "skopeo",
+                "copy",
+                "--quiet",
+                "--dest-tls-verify=false",
+                "--dest-authfile",
+                str(auth),
+                f"oci:{layout}:a",
+                f"docker://{ref}",
+            ],
+            check=True,
+        )
+        r = cos("pull-image", "--tls-verify=false", ref, str(tmp_path / "t0"), check=False)
+        refused(r, 4, "asks for credentials")
+        monkeypatch.setenv("REGISTRY_AUTH_FILE", str(auth))
+        r = cos("--debug", "pull-image", "--tls-verify=false", ref, str(tmp_path / "t1"))
+        assert (tmp_path / "t1/f").read_text() == "behind a login\n"
+        assert "pa55-w0rd" not in r.stderr + r.stdout and token not in r.stderr + r.stdout

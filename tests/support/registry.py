@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,8 +19,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def registry(workdir: Path) -> Iterator[str]:
-    """Start a registry with its storage in workdir; yields host:port."""
+def registry(workdir: Path, users: dict[str, str] | None = None) -> Iterator[str]:
+    """Start a registry with its storage in workdir; yields host:port.
+
+    With users (name → password), the registry asks for HTTP basic auth (htpasswd)."""
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     cfg = workdir / "config.yml"
@@ -30,6 +33,22 @@ def registry(workdir: Path) -> Iterator[str]:
         "  delete: {enabled: true}\n"
         f"http: {{addr: 127.0.0.1:{port}}}\n"
     )
+    if users:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import crypt  # bcrypt via libxcrypt; the registry accepts only bcrypt hashes
+
+        htpasswd = workdir / "htpasswd"
+        htpasswd.write_text(
+            "".join(
+                f"{u}:{crypt.crypt(p, crypt.mksalt(crypt.METHOD_BLOWFISH))}\n"
+                for u, p in users.items()
+            )
+        )
+        with cfg.open("a") as f:
+            f.write(f"auth:\n  htpasswd: {{realm: test, path: {htpasswd}}}\n")
     log = open(workdir / "registry.log", "ab")  # noqa: SIM115
     proc = subprocess.Popen(
         ["docker-registry", "serve", str(cfg)],
@@ -43,6 +62,8 @@ def registry(workdir: Path) -> Iterator[str]:
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1)
                 break
+            except urllib.error.HTTPError:
+                break  # it answers (401 when it asks for credentials)
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("registry did not start; see registry.log") from None
