@@ -90,7 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("image", metavar="IMAGE", help="docker://…, host/repo:tag, oci:DIR[:tag]")
     s.add_argument("-o", "--output", required=True, type=Path, metavar="OUT")
     s.add_argument("--cloud-init", action="append", default=[], type=Path, metavar="FILE")
-    s.add_argument("--type", choices=["raw", "qcow2"], default="raw")
+    s.add_argument(
+        "--type",
+        choices=["raw", "qcow2", "vhd", "gce"],
+        default="raw",
+        help="raw (default), qcow2, vhd (Azure fixed VHD), gce (disk.raw in a tar.gz)",
+    )
     s.add_argument("--size", type=_size_mib, help="total disk size (default: fit the layout)")
     s.add_argument("--recovery-system", metavar="REF", help="image for recovery (default: IMAGE)")
     _image_flags(s)

@@ -1,4 +1,4 @@
-"""cos build-disk: an image becomes a bootable disk file (raw or qcow2).
+"""cos build-disk: an image becomes a bootable disk file (raw, qcow2, vhd or gce).
 
 Everything is built as files, then written into one sparse disk image: no loop
 devices, no mounts. The output appears only when complete (built under a temporary
@@ -28,6 +28,7 @@ from cos.actions.deploy import (
 )
 from cos.actions.hooks import run_hook
 from cos.config import Config
+from cos.disk import formats
 from cos.disk import image as diskimg
 from cos.disk.plan import MIB, DiskPlan, plan_disk
 from cos.errors import DiskError, StateError
@@ -223,6 +224,17 @@ def _build(
             os.replace(partial, raw)
             try:
                 runner.run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(partial)])
+            finally:
+                raw.unlink(missing_ok=True)
+    elif req.disk_type == "vhd":
+        with step("Appending the fixed VHD footer"):
+            formats.to_vhd(partial)
+    elif req.disk_type == "gce":
+        with step("Packing disk.raw into a GCE tarball"):
+            raw = partial.with_name(partial.name + ".raw")
+            os.replace(partial, raw)
+            try:
+                formats.to_gce(raw, partial)
             finally:
                 raw.unlink(missing_ok=True)
     with open(partial, "rb+") as f:
