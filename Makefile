@@ -5,7 +5,7 @@ COS   := $(VENV)/bin/cos
 DISK  ?= build/vanilla.raw
 REGISTRY ?=
 
-.PHONY: setup vanilla disk demo test test-unit test-integration test-e2e lint clean
+.PHONY: setup vanilla disk demo test test-unit test-integration test-e2e lint clean bench
 
 setup:
 	bash scripts/setup-host.sh
@@ -24,8 +24,8 @@ demo: setup vanilla
 	$(VENV)/bin/python scripts/demo-boot.py $(DISK)
 
 lint: setup
-	$(VENV)/bin/ruff check src tests scripts
-	$(VENV)/bin/ruff format --check src tests scripts
+	$(VENV)/bin/ruff check src tests scripts bench
+	$(VENV)/bin/ruff format --check src tests scripts bench
 	$(VENV)/bin/mypy
 
 # The whole suite: lint, unit, integration (root, loop devices, registry), e2e (qemu).
@@ -40,6 +40,10 @@ test-integration: setup
 
 test-e2e: setup
 	$(VENV)/bin/pytest tests/e2e
+
+# Side-by-side benchmarks (ratios against the bare tools); root, after `make vanilla`.
+bench: vanilla
+	$(VENV)/bin/python bench/unpack.py
 
 clean:
 	rm -rf build

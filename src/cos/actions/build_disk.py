@@ -48,7 +48,6 @@ REQUIRED_TOOLS = [
     "mcopy",
     "grub-mkimage",
     "mksquashfs",
-    "umoci",
     "skopeo",
 ]
 

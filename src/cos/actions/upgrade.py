@@ -43,7 +43,7 @@ from cos.system.installed import Installed
 from cos.system.mounts import is_mountpoint
 from cos.system.state import InstallState, write_state
 
-REQUIRED_TOOLS = ["skopeo", "umoci", "mkfs.ext4", "e2fsck", "resize2fs", "dumpe2fs", "mount"]
+REQUIRED_TOOLS = ["skopeo", "mkfs.ext4", "e2fsck", "resize2fs", "dumpe2fs", "mount"]
 BOOTLOADER_TOOLS = ["sfdisk", "grub-mkimage", "mkfs.vfat", "mmd", "mcopy"]
 
 

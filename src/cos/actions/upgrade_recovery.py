@@ -62,7 +62,7 @@ def upgrade_recovery(req: RecoveryRequest, cfg: Config) -> None:
             hint="pass --recovery-system REF",
         )
     ref = require_registry(source, "upgrade-recovery", "pass --recovery-system HOST/REPO:TAG")
-    runner.require("skopeo", "umoci", "mkfs.ext4", "e2fsck", "resize2fs", "mksquashfs")
+    runner.require("skopeo", "mkfs.ext4", "e2fsck", "resize2fs", "mksquashfs")
     with step(f"Reading {ref}"):
         remote = inspect_remote(ref, cfg.tls_verify, cfg.arch(), cfg.signature_key())
     if state.recovery and state.recovery.digest == remote.digest and not req.force:

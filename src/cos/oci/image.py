@@ -1,9 +1,8 @@
-"""Pulling an image into a local OCI layout and unpacking it into a tree.
+"""An image held locally (an OCI layout, or a tree for dir:) and unpacking it.
 
-This first implementation drives skopeo (transport, auth, TLS, retries) and umoci
-(layer application with whiteouts and ownership): both are well-kept tools that
-already handle the hard cases. The digest recorded is the registry's manifest
-digest, the one `skopeo inspect` reports and signatures refer to.
+Layers are applied by cos's own unpacker (cos.oci.unpack), which checks every digest
+while streaming and never writes outside the target. The digest recorded is the
+registry's manifest digest, the one signatures refer to.
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ from pathlib import Path
 from cos import run as runner
 from cos.errors import ImageError, ToolError
 from cos.oci.reference import ImageRef
+from cos.oci.unpack import unpack_image
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,4 @@ def unpack(image: LocalImage, dest: Path) -> None:
         except ToolError as exc:
             raise ImageError(f"copying {image.ref} failed: {exc}") from exc
         return
-    try:
-        runner.run(["umoci", "raw", "unpack", "--image", f"{image.layout}:{image.tag}", str(dest)])
-    except ToolError as exc:
-        raise ImageError(f"unpacking {image.ref} failed: {exc}") from exc
+    unpack_image(image.layout, image.digest, dest)

@@ -1,0 +1,238 @@
+"""Our unpacker and `umoci raw unpack` make the same tree of the vanilla image.
+
+Compared: paths, types, modes, owners, sizes, file contents, symlink targets, device
+numbers, xattrs, mtimes and hard-link groups. Both unpack from a private copy of the
+layout (blobs hard-linked) that holds only this manifest, so a rebuild of
+build/oci:vanilla while the test runs cannot give the two tools different images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+import subprocess
+import tarfile
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from cos.oci.unpack import unpack_image
+from tests.conftest import need
+from tests.support.images import LAYOUT
+from tests.support.malicious_layers import Layer, oci_layout
+
+pytestmark = pytest.mark.integration
+
+Entry = tuple[object, ...]
+
+
+def private_layout(src: Path, digest: str, dest: Path, tag: str) -> Path:
+    """An OCI layout with one tag, its blobs hard-linked (copied across filesystems)."""
+    blobs = dest / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+
+    def put(d: str) -> Path:
+        hexd = d.removeprefix("sha256:")
+        try:
+            os.link(src / "blobs/sha256" / hexd, blobs / hexd)
+        except OSError:
+            shutil.copy2(src / "blobs/sha256" / hexd, blobs / hexd)
+        return blobs / hexd
+
+    manifest = json.loads(put(digest).read_bytes())
+    put(manifest["config"]["digest"])
+    for layer in manifest["layers"]:
+        put(layer["digest"])
+    (dest / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    index = {
+        "schemaVersion": 2,
+        "manifests": [
+            {
+                "mediaType": manifest.get(
+                    "mediaType", "application/vnd.oci.image.manifest.v1+json"
+                ),
+                "digest": digest,
+                "size": (blobs / digest.removeprefix("sha256:")).stat().st_size,
+                "annotations": {"org.opencontainers.image.ref.name": tag},
+            }
+        ],
+    }
+    (dest / "index.json").write_text(json.dumps(index))
+    return dest
+
+
+def tree(root: Path) -> tuple[dict[str, Entry], list[list[str]]]:
+    """Every entry's attributes, and the hard-link groups (same inode) of non-directories."""
+    entries: dict[str, Entry] = {}
+    inodes: dict[int, list[str]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        names = [*dirnames, *filenames]
+        paths = [here / n for n in names]
+        if here == root:
+            paths.insert(0, here)
+        for path in paths:
+            rel = str(path.relative_to(root))
+            st = os.lstat(path)
+            detail: object = None
+            if stat.S_ISREG(st.st_mode):
+                h = hashlib.sha256()
+                with open(path, "rb") as f:
+                    while chunk := f.read(1 << 20):
+                        h.update(chunk)
+                detail = h.hexdigest()
+            elif stat.S_ISLNK(st.st_mode):
+                detail = os.readlink(path)
+            elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                detail = (os.major(st.st_rdev), os.minor(st.st_rdev))
+            xattrs = tuple(
+                sorted(
+                    (k, os.getxattr(path, k, follow_symlinks=False))
+                    for k in os.listxattr(path, follow_symlinks=False)
+                )
+            )
+            entries[rel] = (
+                stat.filemode(st.st_mode),
+                st.st_uid,
+                st.st_gid,
+                st.st_size if not stat.S_ISDIR(st.st_mode) else None,
+                detail,
+                xattrs,
+                st.st_mtime_ns,
+            )
+            if not stat.S_ISDIR(st.st_mode) and st.st_nlink > 1:
+                inodes.setdefault(st.st_ino, []).append(rel)
+    groups = sorted(sorted(g) for g in inodes.values())
+    return entries, groups
+
+
+FIELDS = ("mode", "uid", "gid", "size", "content", "xattrs", "mtime")
+
+
+def differences(ours: dict[str, Entry], theirs: dict[str, Entry]) -> list[str]:
+    out = []
+    for path in sorted(set(ours) | set(theirs)):
+        a, b = ours.get(path), theirs.get(path)
+        if a == b:
+            continue
+        if a is None or b is None:
+            out.append(f"{path}: only in {'umoci' if a is None else 'cos'}")
+            continue
+        fields = [f"{f} {x!r} != {y!r}" for f, x, y in zip(FIELDS, a, b, strict=True) if x != y]
+        out.append(f"{path}: " + "; ".join(fields))
+    return out
+
+
+def umoci_unpack(layout: Path, tag: str, dest: Path) -> None:
+    subprocess.run(
+        ["umoci", "raw", "unpack", "--image", f"{layout}:{tag}", str(dest)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_unpack_matches_umoci(vanilla: str) -> None:
+    need("umoci", root=True)
+    work = Path(tempfile.mkdtemp(prefix="cos-unpack-", dir="/var/tmp"))
+    try:
+        layout = private_layout(LAYOUT, vanilla, work / "oci", "vanilla")
+        umoci_unpack(layout, "vanilla", work / "umoci")
+        unpack_image(layout, vanilla, work / "cos")
+        ours, our_links = tree(work / "cos")
+        theirs, their_links = tree(work / "umoci")
+        diffs = differences(ours, theirs)
+        assert not diffs, f"{len(diffs)} entries differ (cos != umoci):\n" + "\n".join(diffs[:50])
+        assert our_links == their_links, f"hard links: cos {our_links} umoci {their_links}"
+        assert len(ours) > 10_000  # it was the real image
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_changeset_edge_cases_match_umoci(tmp_path: Path) -> None:
+    """Whiteouts, opaque dirs, replacements, links, devices and xattrs, side by side."""
+    need("umoci", root=True)
+    cap = bytes([1, 0, 0, 2, 0, 0x20]) + bytes(14)  # security.capability v2: cap_net_raw
+    ping = {
+        "SCHILY.xattr.security.capability": cap.decode("utf-8", "surrogateescape"),
+        "SCHILY.xattr.user.x": "v",
+    }
+    lower = (
+        Layer()
+        .dir("./", mode=0o751, mtime=77)
+        .dir("etc", mtime=1234)
+        .file("etc/a")
+        .file("etc/shadow", mode=0o640, gid=42)
+        .dir("usr", mtime=3)
+        .dir("usr/lib", mtime=5)
+        .symlink("lib", "usr/lib")
+        .dir("d", mode=0o700, uid=5, pax={"SCHILY.xattr.user.old": "1"})
+        .file("d/kept")
+        .file("a", b"file")
+        .dir("b")
+        .file("b/c")
+        .dir("c")
+        .symlink("s", "c")
+        .file("x", b"old")
+        .dir("dir")
+        .file("dir/old")
+        .dir("od", mtime=99)
+        .file("od/old")
+        .dir("od/sub")
+        .file("od/sub/old")
+        .dir("bin")
+        .file("bin/ping", b"p", mode=0o4755, pax=ping)
+        .hardlink("bin/ping2", "bin/ping")
+        .symlink("sym", "/etc/shadow")
+        .hardlink("hsym", "sym")
+        .dir("dev")
+        .add("dev/null", tarfile.CHRTYPE, mode=0o666, dev=(1, 3))
+        .add("dev/loop0", tarfile.BLKTYPE, mode=0o660, gid=6, dev=(7, 0))
+        .dir("run")
+        .add("run/initctl", tarfile.FIFOTYPE, mode=0o600)
+        .dir("m")
+        .file("m/zero", mtime=0)
+        .file("m/pax", pax={"mtime": "1700000000.5"})
+        .bytes()
+    )
+    upper = (
+        Layer()
+        .dir("etc", mtime=1234)
+        .file("etc/b")
+        .file("etc/.wh.a")
+        .file("etc/.wh..wh.plnk")
+        .file("lib/x.so")  # through the in-image symlink lib -> usr/lib
+        .dir("a", mode=0o711)  # dir over file
+        .file("b", b"file")  # file over dir
+        .dir("s")  # dir over symlink
+        .dir("d", mode=0o755, pax={"SCHILY.xattr.user.new": "2"})  # dir over dir
+        .file("x", b"new")
+        .file(".wh.x")  # does not hide the same layer's x
+        .dir("dir", mtime=55)
+        .file("dir/new")
+        .file(".wh.dir")  # removes the lower child only
+        .dir("od", mtime=98)
+        .file("od/new")
+        .file("od/.wh..wh..opq")
+        .dir("od/sub", mtime=97)
+        .file("od/sub/new")
+        .file(".wh.missing")
+        .symlink("dangling", "/nowhere")
+        .bytes()
+    )
+    layout, digest = oci_layout(tmp_path, [lower, upper])
+    umoci_unpack(layout, "latest", tmp_path / "umoci")
+    unpack_image(layout, digest, tmp_path / "cos")
+    ours, our_links = tree(tmp_path / "cos")
+    theirs, their_links = tree(tmp_path / "umoci")
+    # umoci restores only the whiteout's parent after removing the lower "dir/old", so
+    # "dir" keeps the time of the removal; we keep the time of its own entry.
+    assert ours.pop("dir")[-1] == 55 * 10**9
+    theirs.pop("dir")
+    diffs = differences(ours, theirs)
+    assert not diffs, "cos != umoci:\n" + "\n".join(diffs)
+    assert our_links == their_links == [["bin/ping", "bin/ping2"], ["hsym", "sym"]]
