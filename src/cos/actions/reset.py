@@ -79,9 +79,7 @@ def reset(req: ResetRequest, cfg: Config) -> None:
             f"no recovery image at {recovery_img}",
             hint="pass --system REF to reset from a registry image",
         )
-    runner.require(
-        "mkfs.ext4", "e2fsck", "resize2fs", "blockdev", *(["skopeo"] if ref else [])
-    )
+    runner.require("mkfs.ext4", "e2fsck", "resize2fs", "blockdev", *(["skopeo"] if ref else []))
     remote = (
         inspect_remote(ref, cfg.tls_verify, cfg.arch(), cfg.signature_key())
         if ref is not None
