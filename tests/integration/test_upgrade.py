@@ -96,13 +96,15 @@ class Device:
     conf: Path
 
     def cos(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
+        r = subprocess.run(
             [sys.executable, "-m", "cos", *args, *self.flags()],
             capture_output=True,
             text=True,
             env=_env(self.conf),
-            check=check,
+            check=False,
         )
+        assert not check or r.returncode == 0, f"cos {' '.join(args)}: {r.returncode}\n{r.stderr}"
+        return r
 
     def flags(self) -> list[str]:
         return [

@@ -487,9 +487,10 @@ def test_unknown_media_type(tmp_path: Path) -> None:
 
 def test_dest_must_not_exist(tmp_path: Path) -> None:
     (tmp_path / "rootfs").mkdir()
+    (tmp_path / "rootfs/something").write_text("x")
     with pytest.raises(ImageError, match="already exists"):
         unpack(tmp_path, Layer().file("f").bytes())
-    (tmp_path / "rootfs").rmdir()
+    shutil.rmtree(tmp_path / "rootfs")
     (tmp_path / "rootfs").symlink_to("/")
     with pytest.raises(ImageError, match="already exists"):
         unpack(tmp_path, Layer().file("f").bytes())
@@ -643,3 +644,33 @@ def test_mtimes_use_pax_precision(tmp_path: Path) -> None:
     root = unpack(tmp_path, layer)
     assert lst(root / "f").st_mtime_ns == 1700000000123456789
     assert MTIME  # the default in Layer
+
+
+def test_a_fresh_filesystem_mountpoint_is_filled_in_place(tmp_path: Path) -> None:
+    """Snapshots are unpacked into a newly made, mounted filesystem: empty but for an
+    empty lost+found, which stays; anything else there is refused."""
+    dest = tmp_path / "rootfs"
+    (dest / "lost+found").mkdir(parents=True)
+    unpack_layers([(_blob(tmp_path, Layer().file("etc/x", b"1").bytes()), TAR)], dest)
+    assert (dest / "etc/x").read_bytes() == b"1" and (dest / "lost+found").is_dir()
+    assert stat.S_IMODE(lst(dest).st_mode) == 0o755
+
+    busy = tmp_path / "busy"
+    (busy / "lost+found").mkdir(parents=True)
+    (busy / "lost+found/orphan").write_text("x")
+    with pytest.raises(ImageError, match="already exists"):
+        unpack_layers([(_blob(tmp_path, Layer().file("y").bytes()), TAR)], busy)
+    assert (busy / "lost+found/orphan").exists()
+
+    failing = tmp_path / "failing"
+    (failing / "lost+found").mkdir(parents=True)
+    bad = Layer().file("ok").hardlink("h", "missing").bytes()
+    with pytest.raises(ImageError):
+        unpack_layers([(_blob(tmp_path, bad), TAR)], failing)
+    assert sorted(os.listdir(failing)) == ["lost+found"]  # emptied, the mountpoint kept
+
+
+def _blob(tmp_path: Path, data: bytes) -> Path:
+    p = tmp_path / f"blob-{len(list(tmp_path.glob('blob-*')))}"
+    p.write_bytes(data)
+    return p

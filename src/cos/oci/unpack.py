@@ -181,7 +181,7 @@ def unpack_image(layout: Path, manifest_digest: str, dest: Path) -> None:
     of the content the manifest digest (the thing signatures cover) pins.
     """
     layout = Path(layout)
-    if os.path.lexists(dest):
+    if os.path.lexists(dest) and not _fresh_mountpoint(Path(dest)):
         raise _exists(Path(dest))
     _unpack(_image_layers(layout, manifest_digest), Path(dest))
 
@@ -630,15 +630,34 @@ def _join(key: str, name: str) -> str:
 
 def _exists(dest: Path) -> ImageError:
     return ImageError(
-        f"{dest} already exists", hint="unpack into a directory that does not exist yet"
+        f"{dest} already exists",
+        hint="unpack into a directory that does not exist yet (or an empty filesystem)",
     )
 
 
+def _fresh_mountpoint(dest: Path) -> bool:
+    """A directory that is empty but for an empty lost+found: a new filesystem, mounted
+    to receive the tree (snapshot images are filled this way)."""
+    try:
+        if not stat.S_ISDIR(os.lstat(dest).st_mode):
+            return False
+        names = os.listdir(dest)
+        return all(n == "lost+found" for n in names) and not any(
+            os.listdir(dest / n) for n in names
+        )
+    except OSError:
+        return False
+
+
 def _unpack(layers: Sequence[_Layer], dest: Path) -> None:
+    created = True
     try:
         os.mkdir(dest, 0o700)
     except FileExistsError:
-        raise _exists(dest) from None
+        if not _fresh_mountpoint(dest):
+            raise _exists(dest) from None
+        created = False
+        os.chmod(dest, 0o700)  # final owner and mode are set when the tree is complete
     except OSError as exc:
         raise ImageError(
             f"cannot create {dest}: {exc.strerror}", hint="check the parent directory"
@@ -655,7 +674,27 @@ def _unpack(layers: Sequence[_Layer], dest: Path) -> None:
         raise ImageError(f"unpacking into {dest} failed: {exc}") from exc
     finally:
         if not ok:
-            _remove_dest(dest)
+            if created:
+                _remove_dest(dest)
+            else:
+                _empty_dest(dest)
+
+
+def _empty_dest(dest: Path) -> None:
+    """Remove what a failed unpack left in a mountpoint, keeping the mountpoint."""
+    try:
+        fd = os.open(dest, _DIR_FLAGS)
+    except OSError:
+        return
+    try:
+        with os.scandir(fd) as it:
+            names = [e.name for e in it if e.name != "lost+found"]
+        for name in names:
+            _remove(fd, name)
+    except OSError as exc:
+        log.warning("could not empty %s: %s", dest, exc)
+    finally:
+        os.close(fd)
 
 
 def _remove_dest(dest: Path) -> None:
