@@ -100,8 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--recovery-system", metavar="REF", help="image for recovery (default: IMAGE)")
     _image_flags(s)
 
+    s = sub.add_parser("build-iso", help="live and installation media (hybrid ISO, BIOS + EFI)")
+    s.add_argument("image", metavar="IMAGE", help="docker://…, host/repo:tag, oci:DIR[:tag]")
+    s.add_argument("-o", "--output", required=True, type=Path, metavar="OUT")
+    s.add_argument("--cloud-init", action="append", default=[], type=Path, metavar="FILE")
+    s.add_argument("--label", default="COS_LIVE", help="ISO volume label (default COS_LIVE)")
+    s.add_argument("--overlay-iso", type=Path, metavar="DIR", help="extra files for the ISO root")
+    _image_flags(s)
+
     s = sub.add_parser("mount", help="apply the immutable layout (run from the initrd)")
-    s.add_argument("--mode", choices=["active", "passive", "recovery"], required=True)
+    s.add_argument("--mode", choices=["active", "passive", "recovery", "live"], required=True)
     s.add_argument("--root", type=Path, default=Path("/"), help=argparse.SUPPRESS)
     s.add_argument("--oem-label", help="filesystem label of COS_OEM (from the kernel cmdline)")
     s.add_argument("--persistent-label", help="filesystem label of COS_PERSISTENT")
@@ -123,7 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("install", help="install an image onto a disk (from live or recovery)")
     s.add_argument("device", type=Path, metavar="DEVICE", help="block device, e.g. /dev/vdb")
-    s.add_argument("--system", required=True, metavar="REF", help="image to install")
+    s.add_argument(
+        "--system", metavar="REF", help="image to install (default on live media: their image)"
+    )
     s.add_argument("--cloud-init", action="append", default=[], type=Path, metavar="FILE")
     s.add_argument("--recovery-system", metavar="REF", help="image for recovery (default: REF)")
     s.add_argument("--force", action="store_true", help="overwrite an existing installation")
@@ -131,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     after.add_argument("--reboot", action="store_const", const="reboot", dest="after")
     after.add_argument("--poweroff", action="store_const", const="poweroff", dest="after")
     _image_flags(s)
+
+    s = sub.add_parser(
+        "live-install", help="on live media: run the install: section of the cloud-config"
+    )
 
     s = sub.add_parser("upgrade", help="pull a new image and boot it next (A/B, atomic)")
     s.add_argument("--system", metavar="REF", help="image (default: the recorded source)")
@@ -238,6 +252,14 @@ def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
             cfg,
         )
         return 0
+    if args.command == "build-iso":
+        from cos.actions.build_iso import BuildIsoRequest, build_iso
+
+        build_iso(
+            BuildIsoRequest(args.image, args.output, args.cloud_init, args.label, args.overlay_iso),
+            cfg,
+        )
+        return 0
     if args.command == "mount":
         from cos.actions.mount import mount_layout
 
@@ -286,6 +308,11 @@ def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
             ),
             cfg,
         )
+        return 0
+    if args.command == "live-install":
+        from cos.actions.install import auto_install
+
+        auto_install(cfg)
         return 0
     if args.command == "upgrade-recovery" or (args.command == "upgrade" and args.recovery):
         from cos.actions.upgrade_recovery import RecoveryRequest, upgrade_recovery

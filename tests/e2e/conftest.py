@@ -63,12 +63,18 @@ def vm_factory(e2e_disk: Path, request: pytest.FixtureRequest) -> Iterator[objec
         net: bool = False,
         extra_disks: tuple[Path, ...] = (),
         disk: Path | None = None,
+        cdrom: Path | None = None,
     ) -> VM:
         """A VM on an overlay of base (default: the e2e disk), or on disk itself."""
         if disk is None:
             disk = overlay(base or e2e_disk, workdir / f"disk{len(made)}.qcow2")
         vm = VM(
-            disk, workdir / f"vm{len(made)}", firmware=firmware, net=net, extra_disks=extra_disks
+            disk,
+            workdir / f"vm{len(made)}",
+            firmware=firmware,
+            net=net,
+            extra_disks=extra_disks,
+            cdrom=cdrom,
         )
         made.append(vm)
         return vm

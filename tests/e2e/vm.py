@@ -37,8 +37,10 @@ class VM:
         memory: int = 1536,
         net: bool = False,
         extra_disks: tuple[Path, ...] = (),
+        cdrom: Path | None = None,
     ):
         self.disk = disk
+        self.cdrom = cdrom  # an ISO on virtio-scsi (the cloud kernel has no AHCI), booted first
         self.dir = workdir
         self.firmware = firmware
         self.memory = memory
@@ -86,9 +88,22 @@ class VM:
             "virtserialport,chardev=agent,name=cos.agent",
             "-monitor",
             f"unix:{self.monitor},server=on,wait=off",
-            "-drive",
-            f"file={self.disk},format=qcow2,if=virtio",
         ]
+        if self.cdrom is None:
+            argv += ["-drive", f"file={self.disk},format=qcow2,if=virtio"]
+        else:
+            argv += [
+                "-device",
+                "virtio-scsi-pci,id=scsi0",
+                "-drive",
+                f"file={self.cdrom},format=raw,if=none,id=cd0,media=cdrom,readonly=on",
+                "-device",
+                "scsi-cd,drive=cd0,bootindex=0",
+                "-drive",
+                f"file={self.disk},format=qcow2,if=none,id=d0",
+                "-device",
+                "virtio-blk-pci,drive=d0,bootindex=1",
+            ]
         for extra in self.extra_disks:
             argv += ["-drive", f"file={extra},format=qcow2,if=virtio"]
         if self.firmware == "efi":

@@ -98,3 +98,20 @@ def test_missing_persistent_volume_is_a_warning(
     done = apply_layout("active", Layout(), missing, root=root, device_timeout=0.5)
     assert "/usr/local" not in done and "/etc" in done
     assert "persistent paths are ephemeral" in caplog.text
+
+
+def test_live_layout_touches_no_volume_and_keeps_everything_in_ram(
+    sysroot: tuple[Path, Labels],
+) -> None:
+    root, labels = sysroot  # the OEM and persistent volumes exist, and must stay untouched
+    done = apply_layout("live", Layout(), labels, root=root, device_timeout=5)
+    assert "/oem" not in done
+    for path in ("/etc", "/var", "/home", "/root", "/var/log", "/usr/local"):
+        assert path in done, path
+    assert not any(m.endswith(("/oem", "/usr/local/.state")) for m in _mounts_below(root))
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        if f" {root}/" in line:
+            assert " - overlay " in line or " - tmpfs " in line, line
+    (root / "usr/local/scratch").write_text("x")
+    _umount_all(root)
+    assert not (root / "usr/local/scratch").exists()

@@ -14,6 +14,7 @@ cloud-init files.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import stat
@@ -42,7 +43,7 @@ from cos.config import Config
 from cos.disk import image as diskimg
 from cos.disk.mount import mounted
 from cos.disk.plan import MIB, DiskPlan, PartSpec, plan_disk
-from cos.errors import DiskError
+from cos.errors import DiskError, StateError, UsageError
 from cos.log import log, step
 from cos.oci.image import LocalImage, unpack
 from cos.oci.reference import ImageRef, parse_ref
@@ -59,7 +60,7 @@ COS_PARTLABELS = {"state", "recovery", "oem", "persistent"}
 @dataclass
 class InstallRequest:
     device: Path
-    system: str
+    system: str | None  # None: the image the live media carry
     cloud_init: list[Path] = field(default_factory=list)
     recovery_system: str | None = None
     force: bool = False
@@ -136,7 +137,7 @@ def install(req: InstallRequest, cfg: Config) -> None:
     plan = _check_device(req.device, req.force, cfg)
     check_cloud_init(req.cloud_init)
     grub_oem_env(cfg)
-    ref = parse_ref(req.system)
+    ref = parse_ref(req.system or _live_image())
     rec_ref = parse_ref(req.recovery_system) if req.recovery_system else None
     with step(f"Checking {ref}"):
         get = _source(ref, cfg)
@@ -164,6 +165,23 @@ def install(req: InstallRequest, cfg: Config) -> None:
     log.info("Installed %s on %s", ref, dev)
     if req.after:
         runner.run(["systemctl", req.after], check=False)
+
+
+# Where the cos initrd mounted the boot medium, and what build-iso put on it.
+LIVE_MEDIUM = Path("/run/cos/state")
+LIVE_IMAGE = "image"
+LIVE_TAG = "live"
+
+
+def _live_image() -> str:
+    """The image a live system was booted from: the OCI layout on its medium."""
+    layout = LIVE_MEDIUM / LIVE_IMAGE
+    if not Path("/run/cos/live_mode").exists() or not (layout / "index.json").is_file():
+        raise UsageError(
+            "no --system given and this is not a live system carrying an image",
+            hint="pass --system REF (a registry reference or oci:DIR[:tag])",
+        )
+    return f"oci:{layout}:{LIVE_TAG}"
 
 
 def _remove_workdir(work: Path) -> None:
@@ -256,3 +274,54 @@ def _recovery_from(
     finally:
         shutil.rmtree(rec_dir / ".scratch", ignore_errors=True)
         store.keep_only({snapshot_tag(1)})
+
+
+def install_request_from_cloud_config(cfg: Config) -> tuple[InstallRequest, bool | None] | None:
+    """The last `install:` section of the cloud-configs a live system sees (the media's
+    --cloud-init files, cos.setup= sources, config paths); None when there is none."""
+    from cos.actions.cloud_init import default_sources, kernel_cmdline
+    from cos.cloudinit.loader import LoadResult, load_source
+
+    loaded = LoadResult()
+    for src in default_sources(cfg, Path("/"), kernel_cmdline()):
+        loaded.extend(load_source(src))
+    for err in loaded.errors:
+        log.error("cloud-config: %s", err)
+    found = [d for d in loaded.documents if d.install]
+    if not found:
+        return None
+    spec = found[-1].install or {}
+    if not spec.get("device"):
+        raise UsageError(
+            f"{found[-1].source}: the install: section names no device",
+            hint="add install.device, e.g. /dev/vda",
+        )
+    after = "poweroff" if spec.get("poweroff") else ("reboot" if spec.get("reboot") else None)
+    req = InstallRequest(
+        Path(str(spec["device"])),
+        spec.get("system"),
+        [Path(str(p)) for p in spec.get("cloud-init") or []],
+        spec.get("recovery-system"),
+        bool(spec.get("force", False)),
+        after,
+    )
+    return req, spec.get("tls-verify")
+
+
+def auto_install(cfg: Config) -> bool:
+    """Run the install a live system's cloud-config asks for; False when none does."""
+    if not Path("/run/cos/live_mode").exists():
+        raise StateError(
+            "unattended installs run from live media only",
+            hint="boot the ISO, or run `cos install DEVICE` by hand",
+        )
+    found = install_request_from_cloud_config(cfg)
+    if found is None:
+        log.info("No install: section in the cloud-config; nothing to do")
+        return False
+    req, tls = found
+    if tls is not None:
+        cfg = dataclasses.replace(cfg, tls_verify=bool(tls))
+    log.info("Unattended install onto %s", req.device)
+    install(req, cfg)
+    return True

@@ -32,6 +32,7 @@ _SUPPORTED_CLOUD_CONFIG = {
     "growpart",
     "stages",
     "name",
+    "install",
 }
 
 
@@ -40,6 +41,7 @@ class Document:
     source: str
     name: str
     stages: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    install: dict[str, Any] | None = None  # an unattended install request (live media)
 
 
 @dataclass
@@ -204,6 +206,8 @@ def transpile_cloud_config(
     out_doc: dict[str, Any] = {"stages": stages}
     if "name" in doc:
         out_doc["name"] = doc["name"]
+    if "install" in doc:
+        out_doc["install"] = doc["install"]
     return out_doc, errs, warns
 
 
@@ -233,7 +237,7 @@ def load_text(text: str, source: str) -> LoadResult:
         res.errors += errs
         return res  # an invalid document does not run at all
     name = doc.get("name") or source
-    res.documents.append(Document(source, str(name), doc.get("stages") or {}))
+    res.documents.append(Document(source, str(name), doc.get("stages") or {}, doc.get("install")))
     return res
 
 

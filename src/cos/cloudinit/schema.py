@@ -302,9 +302,24 @@ STEP = Obj(
     doc="One step of a stage; plugins run in yip's fixed order.",
 )
 
+INSTALL = Obj(
+    "install",
+    {
+        "device": S,
+        "system": S,
+        "recovery-system": S,
+        "cloud-init": STRS,
+        "force": B,
+        "reboot": B,
+        "poweroff": B,
+        "tls-verify": B,
+    },
+    doc="Unattended install, acted on by a live system (cos-live-install.service).",
+)
+
 DOCUMENT = Obj(
     "document",
-    {"name": S, "stages": MapOf(ListOf(STEP))},
+    {"name": S, "stages": MapOf(ListOf(STEP)), "install": INSTALL},
     doc="A yip configuration (cOS / Elemental / Kairos compatible).",
 )
 

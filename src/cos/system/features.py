@@ -102,7 +102,8 @@ def _layout(root: Path) -> None:
 
 @feature(
     "systemd",
-    "units of the toolkit: cloud-init stages fs/boot/network/reconcile, status, boot assessment",
+    "units of the toolkit: cloud-init stages fs/boot/network/reconcile, status, boot"
+    " assessment, unattended install from live media",
 )
 def _systemd(root: Path) -> None:
     for entry in data_path("systemd").iterdir():
@@ -114,6 +115,7 @@ def _systemd(root: Path) -> None:
     _enable_unit(root, "cos-setup-reconcile.timer", "timers.target")
     _enable_unit(root, "cos-boot-assessment.service", "multi-user.target")
     _enable_unit(root, "cos-mark-good.service", "multi-user.target")
+    _enable_unit(root, "cos-live-install.service", "multi-user.target")
     inside(root, "/usr/libexec/cos-checks").mkdir(parents=True, exist_ok=True)
 
 

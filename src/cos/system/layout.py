@@ -20,7 +20,7 @@ from cos.fsutil import inside
 from cos.log import log, step
 from cos.system.mounts import is_mountpoint
 
-MODES = ("active", "passive", "recovery")
+MODES = ("active", "passive", "recovery", "live")
 OVERLAY_BASE = "/run/cos/overlay"
 PERSISTENT_STATE_DIR = ".state"
 
@@ -83,17 +83,28 @@ def apply_layout(
     labels = labels or Labels()
     done: list[str] = []
 
+    if mode == "live":
+        # Booted from installation media: nothing on local disks is touched, and the
+        # paths that persist on an installed system are writable in RAM instead.
+        layout = Layout(
+            ephemeral=sorted({*layout.ephemeral, *layout.persistent, layout.persistent_mount}),
+            ephemeral_size=layout.ephemeral_size,
+            persistent=[],
+            oem_mount=layout.oem_mount,
+            persistent_mount=layout.persistent_mount,
+        )
     with step("Mounting volumes"):
-        oem_dev = find_device(labels.oem, device_timeout)
+        oem_dev = None if mode == "live" else find_device(labels.oem, device_timeout)
         oem = inside(root, layout.oem_mount)
         if oem_dev is None:
-            log.warning("no %s filesystem found; %s stays empty", labels.oem, layout.oem_mount)
+            if mode != "live":
+                log.warning("no %s filesystem found; %s stays empty", labels.oem, layout.oem_mount)
         elif not is_mountpoint(oem):
             oem.mkdir(parents=True, exist_ok=True)
             _mount(["-o", "rw,noatime", oem_dev, str(oem)])
             done.append(layout.oem_mount)
         persistent_mounted = False
-        if mode != "recovery":
+        if mode not in ("recovery", "live"):
             pdev = find_device(labels.persistent, device_timeout)
             pmount = inside(root, layout.persistent_mount)
             if pdev is None:

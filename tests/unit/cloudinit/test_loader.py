@@ -85,9 +85,19 @@ def test_foreign_cloud_config_keys_are_reported_and_the_rest_runs(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # Kairos and Elemental keep their own settings beside the cloud-config keys.
-    r = load_text("#cloud-config\ninstall: {device: auto}\nruncmd: [y]\n", "u.yaml")
+    r = load_text("#cloud-config\np2p: {network_token: x}\nruncmd: [y]\n", "u.yaml")
     assert not r.errors and r.documents[0].stages["boot"][0]["commands"] == ["y"]
-    assert "u.yaml:2:1: install: cloud-config key not used by cos" in caplog.text
+    assert "u.yaml:2:1: p2p: cloud-config key not used by cos" in caplog.text
+
+
+def test_install_section_is_kept_for_live_media() -> None:
+    text = "#cloud-config\ninstall:\n  device: /dev/vda\n  reboot: true\n  cloud-init: [/a.yaml]\n"
+    (doc,) = load_text(text, "i.yaml").documents
+    assert doc.install == {"device": "/dev/vda", "reboot": True, "cloud-init": ["/a.yaml"]}
+    (doc,) = load_text("install: {device: /dev/sda, poweroff: true}\n", "y.yaml").documents
+    assert doc.install == {"device": "/dev/sda", "poweroff": True}
+    bad = load_text("install: {device: /dev/sda, reboot: sometimes}\n", "b.yaml")
+    assert bad.errors and not bad.documents
 
 
 def test_malformed_cloud_config_values_are_errors_not_crashes() -> None:

@@ -18,8 +18,8 @@ if [ -n "$cos_image" ]; then
     [ -n "$cos_overlay" ] || cos_overlay=tmpfs:25%
     # Values end up in a sourced file and in paths: accept only plain words.
     case "$cos_mode" in
-        active|passive|recovery) ;;
-        *) die "cos: cos.mode=$cos_mode is not active, passive or recovery" ;;
+        active|passive|recovery|live) ;;
+        *) die "cos: cos.mode=$cos_mode is not active, passive, recovery or live" ;;
     esac
     for v in "$cos_image" "$cos_oemlabel" "$cos_persistentlabel" "$cos_overlay"; do
         case "$v" in

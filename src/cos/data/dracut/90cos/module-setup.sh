@@ -13,7 +13,7 @@ depends() {
 
 installkernel() {
     hostonly='' instmods loop squashfs overlay ext4 vfat nls_cp437 nls_iso8859_1 \
-        virtio_blk virtio_scsi virtio_pci sd_mod sr_mod nvme ahci
+        virtio_blk virtio_scsi virtio_pci sd_mod sr_mod cdrom isofs nvme ahci
 }
 
 install() {
