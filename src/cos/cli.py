@@ -32,7 +32,7 @@ def _size_mib(text: str) -> int:
     return int(num) * units[unit]
 
 
-def _image_flags(p: argparse.ArgumentParser) -> None:
+def _tls_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--tls-verify",
         default=None,
@@ -40,6 +40,10 @@ def _image_flags(p: argparse.ArgumentParser) -> None:
         metavar="BOOL",
         help="verify TLS of the registry (false for plain HTTP or self-signed)",
     )
+
+
+def _image_flags(p: argparse.ArgumentParser) -> None:
+    _tls_flag(p)
     p.add_argument(
         "--cosign-key",
         type=Path,
@@ -202,13 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="extra signed claim (repeatable)",
     )
-    s.add_argument(
-        "--tls-verify",
-        default=None,
-        type=lambda v: v.lower() not in ("false", "0", "no"),
-        metavar="BOOL",
-        help="verify TLS of the registry (false for plain HTTP or self-signed)",
-    )
+    _tls_flag(s)
 
     s = sub.add_parser("generate-key-pair", help="write cosign.key and cosign.pub")
     s.add_argument(

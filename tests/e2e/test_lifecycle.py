@@ -4,18 +4,16 @@ a passive boot, and the automatic fallback from an upgrade that cannot boot."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 import time
 
 import pytest
 
-from cos.oci import cosign
 from tests.e2e.conftest import GuestRegistry
 from tests.e2e.vm import VMError
 from tests.support.images import LAYOUT
+from tests.support.signing import key_pair, sign
 
 pytestmark = pytest.mark.e2e
 
@@ -83,10 +81,8 @@ def test_upgrade_rollback_downgrade_from_passive(vm_factory, guest_registry: Gue
 
     # Signatures required (until the next boot: /etc is ephemeral): unsigned v2 is
     # refused before anything is written, then signed on the host and accepted.
-    key = cosign.generate_key()
-    key_file = guest_registry.log.parent / "e2e-cosign.key"
-    key_file.write_bytes(cosign.encrypt_private_key(key, b"", n=32768))
-    pub = cosign.public_pem(key).decode()
+    key_file, pub_file = key_pair(guest_registry.log.parent)
+    pub = pub_file.read_text()
     vm.ok(f"cat > /etc/cos/cosign.pub <<'EOF'\n{pub}EOF")
     vm.ok(
         "mkdir -p /etc/cos/config.d && printf 'verify: true\\ncosign-key: /etc/cos/cosign.pub\\n'"
@@ -96,20 +92,7 @@ def test_upgrade_rollback_downgrade_from_passive(vm_factory, guest_registry: Gue
     r = vm.sh(f"cos upgrade --system {guest_registry.v2} --tls-verify=false")
     assert r.rc == 4 and "not signed" in r.err, r.err
     assert _status(vm)["snapshots"] == st0["snapshots"]
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cos",
-            "sign",
-            "--key",
-            str(key_file),
-            "--tls-verify=false",
-            f"{guest_registry.host}/cos/e2e:v2",
-        ],
-        check=True,
-        env={**os.environ, "COSIGN_PASSWORD": ""},
-    )
+    sign(f"{guest_registry.host}/cos/e2e:v2", key_file)
 
     # --bootloader: GRUB is rewritten from v2 (new ESP filesystem); the reboot proves it.
     out = vm.ok(

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from cos.oci import cosign
+from cos.oci import cosign, signatures
+from cos.oci.reference import parse_ref
 
 pytestmark = pytest.mark.integration
 
@@ -174,67 +175,11 @@ def test_key_written_by_cosign_signs(tmp_path: Path, local_registry: str, cache_
 
 
 def _store_sig_manifest(
-    local_registry: str, repo: str, digest: str, layers: list[tuple[bytes, str]], tmp: Path
+    local_registry: str, repo: str, digest: str, layers: list[tuple[bytes, str]]
 ) -> None:
-    """Write a `.sig` manifest by hand (to plant tampered or foreign signatures)."""
-    layout = tmp / "sigimg"
-    blobs = layout / "blobs/sha256"
-    blobs.mkdir(parents=True)
-
-    def put(b: bytes) -> str:
-        h = hashlib.sha256(b).hexdigest()
-        (blobs / h).write_bytes(b)
-        return f"sha256:{h}"
-
-    descs = [
-        {
-            "mediaType": cosign.PAYLOAD_TYPE,
-            "size": len(p),
-            "digest": put(p),
-            "annotations": {cosign.SIGNATURE_ANNOTATION: s},
-        }
-        for p, s in layers
-    ]
-    cfg = b"{}"
-    man = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {
-                "mediaType": "application/vnd.oci.image.config.v1+json",
-                "size": 2,
-                "digest": put(cfg),
-            },
-            "layers": descs,
-        }
-    ).encode()
-    (layout / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
-    (layout / "index.json").write_text(
-        json.dumps(
-            {
-                "schemaVersion": 2,
-                "manifests": [
-                    {
-                        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                        "digest": put(man),
-                        "size": len(man),
-                        "annotations": {"org.opencontainers.image.ref.name": "s"},
-                    }
-                ],
-            }
-        )
-    )
-    subprocess.run(
-        [
-            "skopeo",
-            "copy",
-            "--quiet",
-            "--preserve-digests",
-            "--dest-tls-verify=false",
-            f"oci:{layout}:s",
-            f"docker://{local_registry}/{repo}:{cosign.sig_tag(digest)}",
-        ],
-        check=True,
+    """Write a `.sig` manifest holding exactly layers (to plant tampered or foreign ones)."""
+    signatures.store_signatures(
+        parse_ref(f"{local_registry}/{repo}:x"), digest, layers, tls_verify=False
     )
 
 
@@ -258,7 +203,7 @@ def test_bad_signatures_are_refused_before_writing(
     if case == "tampered":
         data = data.replace(b"critical", b"Critical")  # same meaning for Go, other bytes
     if case != "unsigned":
-        _store_sig_manifest(local_registry, repo, digest, [(data, sig)], tmp_path)
+        _store_sig_manifest(local_registry, repo, digest, [(data, sig)])
 
     dest = tmp_path / "tree"
     r = cos(

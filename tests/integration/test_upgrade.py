@@ -28,6 +28,7 @@ from cos.boot import grubenv
 from cos.config import Labels, Partitions
 from cos.disk.plan import plan_disk
 from tests.support.images import LAYOUT, derive, push
+from tests.support.signing import key_pair, sign
 
 SMALL = {"COS_PARTITIONS__RECOVERY": "1024", "COS_PARTITIONS__STATE": "4096"}
 V2_FILES = {"/etc/cos-upgrade-test": "v2\n"}
@@ -529,12 +530,7 @@ def test_upgrade_with_bootloader_rewrites_grub(device: Device, images: Images) -
 def test_upgrade_verifies_the_signature_when_configured(
     device: Device, images: Images, tmp_path: Path
 ) -> None:
-    from cos.oci import cosign
-
-    key = cosign.generate_key()
-    (tmp_path / "cosign.key").write_bytes(cosign.encrypt_private_key(key, b"", n=32768))
-    pub = tmp_path / "cosign.pub"
-    pub.write_bytes(cosign.public_pem(key))
+    key_file, pub = key_pair(tmp_path)
     (device.conf / "config.yaml").write_text(f"verify: true\ncosign-key: {pub}\n")
     ref = push("upgrade-v2", images.registry, "cos/signed:v2")
 
@@ -542,20 +538,7 @@ def test_upgrade_verifies_the_signature_when_configured(
         device, 4, "not signed", "upgrade", "--system", ref, "--tls-verify=false"
     )
 
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cos",
-            "sign",
-            "--key",
-            str(tmp_path / "cosign.key"),
-            "--tls-verify=false",
-            ref,
-        ],
-        check=True,
-        env={**_env(device.conf), "COSIGN_PASSWORD": ""},
-    )
+    sign(ref, key_file, _env(device.conf))
     r = device.cos("upgrade", "--system", ref, "--tls-verify=false")
     assert "Signature of" in r.stderr and "verified" in r.stderr
     assert device.active() == 2

@@ -17,6 +17,7 @@ from cos.errors import ImageError, UsageError
 from cos.log import step
 from cos.oci.image import LocalImage, unpack
 from cos.oci.reference import parse_ref
+from cos.oci.registry import check_digest
 from cos.oci.store import fetch
 
 log = logging.getLogger("cos")
@@ -24,10 +25,7 @@ _OS_RELEASE = ("usr/lib/os-release", "etc/os-release")
 
 
 def _blob(image: LocalImage, digest: str) -> Path:
-    algo, _, hexd = digest.partition(":")
-    if algo != "sha256" or len(hexd) != 64 or not all(c in "0123456789abcdef" for c in hexd):
-        raise ImageError(f"{image.ref}: invalid digest {digest!r} in the manifest")
-    return image.layout / "blobs" / algo / hexd
+    return image.layout / "blobs" / "sha256" / check_digest(digest)[7:]
 
 
 def _json_blob(image: LocalImage, digest: str) -> dict[str, Any]:

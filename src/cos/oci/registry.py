@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from cos.errors import ImageError
 
@@ -52,6 +53,7 @@ TIMEOUT = 30.0
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _CHALLENGE = re.compile(r'(\w+)="([^"]*)"')
 
+T = TypeVar("T")
 Progress = Callable[[int], None]  # called with the bytes of the blob held so far
 
 
@@ -120,8 +122,6 @@ class Client:
     timeout: float = TIMEOUT
     scheme: str | None = None
     _token: dict[str, str] = field(default_factory=dict)  # scope → Authorization value
-    bytes_received: int = 0
-    _media: str = ""
 
     # -- connections ---------------------------------------------------------------------
     def _connect(self, scheme: str, netloc: str) -> http.client.HTTPConnection:
@@ -248,7 +248,7 @@ class Client:
                 conn.close()
         raise RegistryError(f"registry {self.host}: too many redirects for {path}")
 
-    def _retrying(self, what: str, fn: Callable[[], bytes]) -> bytes:
+    def _retrying(self, what: str, fn: Callable[[], T]) -> T:
         delay = 0.5
         for attempt in range(ATTEMPTS):
             try:
@@ -269,7 +269,7 @@ class Client:
         scope = f"repository:{repo}:pull"
         what = f"{self.host}/{repo}:{reference}"
 
-        def once() -> bytes:
+        def once() -> tuple[bytes, str]:
             with self._get(f"/v2/{repo}/manifests/{reference}", scope, {"Accept": ACCEPT}) as r:
                 if r.status == 404:
                     raise RegistryError(f"{what}: manifest unknown", status=404)
@@ -278,16 +278,14 @@ class Client:
                 data = r.read(MAX_MANIFEST + 1)
                 if len(data) > MAX_MANIFEST:
                     raise RegistryError(f"{what}: manifest larger than {MAX_MANIFEST} bytes")
-                self._media = (r.getheader("Content-Type") or "").split(";")[0].strip()
-                self.bytes_received += len(data)
-                return data
+                return data, (r.getheader("Content-Type") or "").split(";")[0].strip()
 
-        data = self._retrying(what, once)
+        data, media = self._retrying(what, once)
         if reference.startswith("sha256:"):
             got = "sha256:" + hashlib.sha256(data).hexdigest()
             if got != reference:
                 raise RegistryError(f"{what}: the registry sent a manifest with digest {got}")
-        return data, self._media
+        return data, media
 
     def blob(
         self, repo: str, digest: str, size: int, dest: Path, progress: Progress | None = None
@@ -298,7 +296,7 @@ class Client:
         scope = f"repository:{repo}:pull"
         what = f"blob {digest[:19]} of {self.host}/{repo}"
 
-        def once() -> bytes:
+        def once() -> None:
             have = partial.stat().st_size if partial.exists() else 0
             if have > size:
                 partial.unlink()
@@ -330,7 +328,6 @@ class Client:
                                 out.write(chunk)
                                 h.update(chunk)
                                 got += len(chunk)
-                                self.bytes_received += len(chunk)
                                 if progress:
                                     progress(got)
                                 if got > size:
@@ -346,7 +343,6 @@ class Client:
                     partial.unlink(missing_ok=True)
                     raise _Retry("received bytes do not match the digest")
             os.rename(partial, dest)
-            return b""
 
         self._retrying(what, once)
 

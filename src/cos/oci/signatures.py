@@ -20,6 +20,7 @@ from cos.errors import ImageError, ToolError
 from cos.fsutil import atomic_write
 from cos.oci import cosign
 from cos.oci.reference import ImageRef
+from cos.oci.registry import check_digest
 from cos.oci.transport import layout_digest, registry_env
 
 log = logging.getLogger("cos")
@@ -50,13 +51,7 @@ def _read_layout(layout: Path, tag: str) -> tuple[dict[str, Any], dict[str, byte
     blobs = layout / "blobs" / "sha256"
 
     def blob(d: str, cap: int) -> bytes:
-        if (
-            not d.startswith("sha256:")
-            or len(d) != 71
-            or not all(c in "0123456789abcdef" for c in d[7:])
-        ):
-            raise ImageError(f"signature manifest names an invalid digest {d!r}")
-        with open(blobs / d[7:], "rb") as f:
+        with open(blobs / check_digest(d)[7:], "rb") as f:
             data = f.read(cap + 1)
         if len(data) > cap:
             raise ImageError(f"signature blob {d} is larger than {cap} bytes")
@@ -149,12 +144,19 @@ def push_signature(
     tls_verify: bool = True,
 ) -> str:
     """Append one signature to digest's `.sig` manifest; returns the stored reference."""
-    sig = _sig_ref(ref, digest)
     existing = fetch_signatures(ref, digest, tls_verify)
     layers: list[tuple[bytes, str]] = [
         (s.payload, s.signature_b64) for s in existing if s.signature_b64 != signature_b64
     ]
     layers.append((payload, signature_b64))
+    return store_signatures(ref, digest, layers, tls_verify)
+
+
+def store_signatures(
+    ref: ImageRef, digest: str, layers: list[tuple[bytes, str]], tls_verify: bool = True
+) -> str:
+    """Write digest's `.sig` manifest holding exactly layers (payload, base64 signature)."""
+    sig = _sig_ref(ref, digest)
     with tempfile.TemporaryDirectory(prefix="cos-sign-") as tmp:
         layout = Path(tmp)
         blobs = layout / "blobs" / "sha256"

@@ -107,7 +107,6 @@ def inspect_remote(
 class LayerStore:
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.bytes_received = 0
 
     @classmethod
     def on(cls, state_dir: Path) -> LayerStore:
@@ -217,7 +216,6 @@ class LayerStore:
         atomic_write(self._blob(remote.digest), remote.manifest)
         self.sync()
         self._tag(remote.digest, len(remote.manifest), remote.media_type, tag)
-        self.bytes_received = client.bytes_received
         return LocalImage(remote.ref, self.path, tag, remote.digest)
 
     def _tag(self, digest: str, size: int, media_type: str, tag: str) -> None:
