@@ -102,6 +102,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--size", type=_size_mib, help="total disk size (default: fit the layout)")
     s.add_argument("--recovery-system", metavar="REF", help="image for recovery (default: IMAGE)")
+    s.add_argument(
+        "--expandable",
+        action="store_true",
+        help="a small disk: state and persistent partitions are made on first boot, filling"
+        " the disk, and the system is deployed from recovery",
+    )
+    s.add_argument(
+        "--deploy-command",
+        metavar="CMD",
+        help="with --expandable: what deploys the system on first boot (default: cos reset)",
+    )
     _image_flags(s)
 
     s = sub.add_parser("build-iso", help="live and installation media (hybrid ISO, BIOS + EFI)")
@@ -246,6 +257,8 @@ def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
                 disk_type=args.type,
                 size_mib=args.size,
                 recovery_image=args.recovery_system,
+                expandable=args.expandable,
+                deploy_command=args.deploy_command,
             ),
             cfg,
         )

@@ -22,19 +22,21 @@ from tests.support.registry import registry
 LOGS = BUILD / "e2e-logs"
 
 
-def cached_disk(name: str, cloud_config: str | None = None) -> Path:
-    """An e2e disk (optionally built with --cloud-init), cached by image digest, toolkit
-    and cloud-config, so the suite builds each once."""
+def cached_disk(name: str, cloud_config: str | None = None, args: tuple[str, ...] = ()) -> Path:
+    """An e2e disk (optionally built with --cloud-init and more build-disk args), cached
+    by image digest, toolkit, cloud-config and args, so the suite builds each once."""
     digest = ensure_e2e_image()
     key = hashlib.sha256(
-        (digest + tree_hash(REPO / "src/cos") + (cloud_config or "")).encode()
+        (digest + tree_hash(REPO / "src/cos") + (cloud_config or "") + repr(args)).encode()
     ).hexdigest()[:16]
-    disk = BUILD / "e2e" / f"{name}-{key}.raw"
+    suffix = "qcow2" if "qcow2" in args else "raw"
+    disk = BUILD / "e2e" / f"{name}-{key}.{suffix}"
     if not disk.exists():
         disk.parent.mkdir(parents=True, exist_ok=True)
         for old in disk.parent.glob(f"{name}-*"):
             old.unlink()
         argv = [sys.executable, "-m", "cos", "build-disk", f"oci:{LAYOUT}:e2e", "-o", str(disk)]
+        argv += list(args)
         if cloud_config is not None:
             cfg = disk.with_suffix(".yaml")
             cfg.write_text(cloud_config)

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
+from pathlib import Path
 
 import pytest
+
+from tests.e2e.conftest import cached_disk
+from tests.e2e.vm import overlay
 
 pytestmark = pytest.mark.e2e
 
@@ -64,10 +69,59 @@ def test_bios_boot_immutable_layout_and_persistence(vm_factory) -> None:  # type
     assert vm.ok("cat /etc/machine-id").strip() == machine_id
 
 
-def test_efi_boot(vm_factory) -> None:  # type: ignore[no-untyped-def]
-    vm = vm_factory("efi")
+def test_efi_boot_of_a_qcow2_disk(vm_factory) -> None:  # type: ignore[no-untyped-def]
+    qcow2 = cached_disk("qcow2", args=("--type", "qcow2"))
+    info = json.loads(
+        subprocess.run(
+            ["qemu-img", "info", "--output=json", str(qcow2)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
+    assert info["format"] == "qcow2"
+    vm = vm_factory("efi", base=qcow2)
     vm.start()
     vm.wait_multi_user()
     assert vm.ok("test -d /sys/firmware/efi && echo efi").strip() == "efi"
     assert vm.ok("test -e /run/cos/active_mode && echo yes").strip() == "yes"
     assert vm.ok("findmnt -no OPTIONS /").split(",")[0] == "ro"
+
+
+def test_expandable_disk_grown_3x_deploys_itself_and_fills_the_disk(
+    vm_factory, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """build-disk --expandable, the disk file grown to 3x: the first boot lands in
+    recovery, adds state and persistent (the rest of the disk), deploys the system and
+    reboots into it, with no command typed."""
+    small = cached_disk("expandable", args=("--expandable",))
+    size = 3 * small.stat().st_size
+    vm = vm_factory("bios", disk=overlay(small, tmp_path / "grown.qcow2", size))
+    vm.start()
+    for _ in range(3):  # recovery (expands, deploys, reboots), then active
+        vm.wait_agent(timeout=1200)
+        if vm.sh("test -e /run/cos/active_mode").rc == 0:
+            break
+    else:
+        raise AssertionError("never booted into active:\n" + vm.console()[-3000:])
+    vm.wait_multi_user()
+    assert "stage boot: /oem/00_expand-disk.yaml" in vm.console()
+
+    st = json.loads(vm.ok("cos status --json"))
+    assert (st["mode"], st["booted_snapshot"]) == ("active", 1)
+    assert st["snapshots"][0]["from_action"] == "reset"
+    assert vm.sh("test -e /oem/00_expand-disk.yaml").rc != 0  # done for good
+
+    table = json.loads(vm.ok("sfdisk --json /dev/vda"))["partitiontable"]
+    parts = {p["name"]: p for p in table["partitions"]}
+    assert list(parts) == ["bios", "efi", "oem", "recovery", "state", "persistent"]
+    assert int(vm.ok("blockdev --getsize64 /dev/vda")) == size
+    assert parts["state"]["size"] * 512 == 8192 * 2**20
+    persistent = parts["persistent"]
+    end = (persistent["start"] + persistent["size"]) * 512
+    assert size - end < 2 * 2**20, (size, end)  # up to the backup GPT at the disk's end
+    # /usr/local is that partition, and its filesystem spans it.
+    dev = vm.ok("findmnt -no SOURCE /usr/local").strip()
+    assert dev == persistent["node"] and "COS_PERSISTENT" in vm.ok(f"blkid {dev}")
+    fs_bytes = int(vm.ok("df -B1 --output=size /usr/local").split()[-1])
+    assert fs_bytes > 0.85 * persistent["size"] * 512

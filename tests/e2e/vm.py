@@ -259,12 +259,14 @@ class VM:
         return self.wait_multi_user(timeout)
 
 
-def overlay(base: Path, path: Path) -> Path:
-    """A throw-away qcow2 on top of a cached disk, so each test starts pristine."""
+def overlay(base: Path, path: Path, size: int | None = None) -> Path:
+    """A throw-away qcow2 on top of a cached disk, so each test starts pristine; with
+    size, larger than its base (a disk grown in place: the new room reads as zeros)."""
     path.unlink(missing_ok=True)
     fmt = "qcow2" if base.suffix == ".qcow2" else "raw"
     subprocess.run(
-        ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", fmt, str(path)],
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", fmt, str(path)]
+        + ([str(size)] if size is not None else []),
         check=True,
     )
     return path

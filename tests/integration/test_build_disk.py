@@ -366,3 +366,37 @@ class TestRefusals:
             "was not prepared by cos init",
         )
         _no_leftovers(tmp_path, {"etc-cos"})
+
+
+def test_expandable_disk_has_no_state_until_first_boot(
+    tmp_path: Path, vanilla: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--expandable: bios, efi, oem and recovery only; the first-boot config on COS_OEM
+    and a state.yaml on recovery that records the recovery system and no snapshot."""
+    conf = tmp_path / "etc-cos"
+    conf.mkdir()
+    for k, v in {**SMALL, "COS_CONFIG_DIR": str(conf)}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("COS_CACHE_DIR", str(LAYOUT.parent / "cache"))
+    disk = tmp_path / "small.raw"
+    assert main(["build-disk", f"oci:{LAYOUT}:vanilla", "-o", str(disk), "--expandable"]) == 0
+    plan = plan_disk(Partitions(recovery=1024, state=4096), Labels(), expandable=True)
+    assert disk.stat().st_size == plan.size_mib * 2**20
+    out = subprocess.run(
+        ["sgdisk", "-p", str(disk)], check=True, capture_output=True, text=True
+    ).stdout
+    names = [line.split()[-1] for line in out.splitlines() if line.strip()[:1].isdigit()]
+    assert names == ["bios", "efi", "oem", "recovery"]
+
+    oem = plan.part("oem")
+    with mounted(disk, oem.offset, oem.size, tmp_path / "oem") as m:
+        steps = yaml.safe_load((m / "00_expand-disk.yaml").read_text())["stages"]["boot"]
+        sizes = [p["size"] for p in steps[0]["layout"]["add_partitions"]]
+        assert sizes == [4096, 0]  # state as configured, persistent the rest
+        assert steps[1]["commands"][0].startswith("cos reset && rm -f /oem/00_expand-disk.yaml")
+    rec = plan.part("recovery")
+    with mounted(disk, rec.offset, rec.size, tmp_path / "rec") as m:
+        st = yaml.safe_load((m / "state.yaml").read_text())
+        assert st["snapshots"] == {} and st["recovery"]["digest"] == vanilla
+        assert [h["action"] for h in st["history"]] == ["build-disk"]
+        assert (m / "boot/recovery.img").is_file() and (m / "boot/vmlinuz").is_file()

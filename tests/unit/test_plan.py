@@ -62,3 +62,14 @@ def test_sgdisk_args_name_every_partition() -> None:
     args = sgdisk_args(plan_disk(Partitions(), Labels()))
     assert "--change-name=1:bios" in args and "--typecode=1:EF02" in args
     assert "--typecode=2:EF00" in args and "--change-name=6:persistent" in args
+
+
+def test_expandable_layout_stops_after_recovery() -> None:
+    plan = plan_disk(Partitions(recovery=512), Labels(), expandable=True)
+    assert [p.name for p in plan.parts] == ["bios", "efi", "oem", "recovery"]
+    rec = plan.part("recovery")
+    assert plan.size_mib == rec.start_mib + rec.size_mib + 1  # just the backup GPT after it
+    with pytest.raises(KeyError):
+        plan.part("state")
+    with pytest.raises(DiskError, match="too small"):
+        plan_disk(Partitions(recovery=512), Labels(), disk_mib=200, expandable=True)

@@ -8,10 +8,13 @@ name beside it and renamed), so a failure never leaves a half-written disk.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import yaml
 
 from cos import run as runner
 from cos.actions.deploy import (
@@ -52,6 +55,10 @@ REQUIRED_TOOLS = [
 ]
 
 
+DEFAULT_DEPLOY_COMMAND = "cos reset"
+EXPAND_CONFIG = "00_expand-disk.yaml"
+
+
 @dataclass
 class BuildDiskRequest:
     image: str
@@ -60,6 +67,10 @@ class BuildDiskRequest:
     disk_type: str = "raw"
     size_mib: int | None = None
     recovery_image: str | None = None
+    # State and persistent partitions made on first boot, then the system deployed by
+    # deploy_command from the recovery system.
+    expandable: bool = False
+    deploy_command: str | None = None  # default: DEFAULT_DEPLOY_COMMAND
 
 
 def _check_output(out: Path) -> None:
@@ -86,6 +97,27 @@ def _fits(what: str, need: int, have: int, hint: str) -> None:
         )
 
 
+def _deploy_command(req: BuildDiskRequest, ref: ImageRef, rec_ref: ImageRef) -> str:
+    """What deploys an expandable disk's system on first boot. By default `cos reset`
+    copies the recovery system; a distinct system image comes from its registry."""
+    if req.deploy_command is not None:
+        if not req.deploy_command.strip():
+            raise DiskError(
+                "--deploy-command is empty",
+                hint=f"leave it out for the default ({DEFAULT_DEPLOY_COMMAND})",
+            )
+        return req.deploy_command
+    if rec_ref == ref:
+        return DEFAULT_DEPLOY_COMMAND
+    if ref.transport != "docker":
+        raise DiskError(
+            f"an expandable disk deploys its system on first boot, and {ref} is a local"
+            f" {ref.transport}: reference the booted disk cannot reach",
+            hint="give the system as a registry image, or leave out --recovery-image",
+        )
+    return f"{DEFAULT_DEPLOY_COMMAND} --system {shlex.quote(str(ref))}"
+
+
 def _ext_overhead(size: int) -> int:
     return size // 20 + 32 * MIB
 
@@ -96,7 +128,13 @@ def build_disk(req: BuildDiskRequest, cfg: Config) -> Path:
     rec_ref = parse_ref(req.recovery_image) if req.recovery_image else ref
     _check_output(out)
     check_cloud_init(req.cloud_init)
-    plan = plan_disk(cfg.partitions, cfg.labels, req.size_mib)
+    plan = plan_disk(cfg.partitions, cfg.labels, req.size_mib, req.expandable)
+    if req.expandable:
+        req.deploy_command = _deploy_command(req, ref, rec_ref)
+    elif req.deploy_command is not None:
+        raise DiskError(
+            "--deploy-command only applies to an expandable disk", hint="add --expandable"
+        )
     runner.require(*REQUIRED_TOOLS, *(["qemu-img"] if req.disk_type == "qcow2" else []))
 
     grub_oem_env(cfg)  # fails early when the extra cmdline does not fit
@@ -151,24 +189,25 @@ def _build(
         )
 
     statedir = work / "state"
-    snapdir = statedir / snap.SNAPSHOTS_DIR
-    with step("Building snapshot 1"):
-        size = snap.make_snapshot_image(
-            tree, snapdir / "1" / snap.IMAGE_NAME, snap.snapshot_label(1), fs=cfg.snapshot_fs
+    if not req.expandable:
+        snapdir = statedir / snap.SNAPSHOTS_DIR
+        with step("Building snapshot 1"):
+            size = snap.make_snapshot_image(
+                tree, snapdir / "1" / snap.IMAGE_NAME, snap.snapshot_label(1), fs=cfg.snapshot_fs
+            )
+            (snapdir / snap.ACTIVE_LINK).symlink_to(f"1/{snap.IMAGE_NAME}")
+        with step("Seeding the layer store"):
+            # The first upgrade then pulls only the layers that changed.
+            store = LayerStore.on(statedir)
+            if img.ref.transport != "dir":  # a tree has no layers to seed
+                store.add(img, snapshot_tag(1))
+        store_size = sum(f.stat().st_size for f in store.path.rglob("*") if f.is_file())
+        _fits(
+            f"the state partition ({cfg.max_snaps} snapshots of {size // MIB} MiB + layer store)",
+            size * cfg.max_snaps + 2 * store_size + _ext_overhead(plan.part("state").size),
+            plan.part("state").size,
+            "raise partitions.state in config, or lower max-snaps",
         )
-        (snapdir / snap.ACTIVE_LINK).symlink_to(f"1/{snap.IMAGE_NAME}")
-    with step("Seeding the layer store"):
-        # The first upgrade then pulls only the layers that changed.
-        store = LayerStore.on(statedir)
-        if img.ref.transport != "dir":  # a tree has no layers to seed
-            store.add(img, snapshot_tag(1))
-    store_size = sum(f.stat().st_size for f in store.path.rglob("*") if f.is_file())
-    _fits(
-        f"the state partition ({cfg.max_snaps} snapshots of {size // MIB} MiB + layer store)",
-        size * cfg.max_snaps + 2 * store_size + _ext_overhead(plan.part("state").size),
-        plan.part("state").size,
-        "raise partitions.state in config, or lower max-snaps",
-    )
 
     rec_tree, rec_img, rec_boot = tree, img, boot
     if rec_ref != ref:
@@ -190,15 +229,23 @@ def _build(
 
     state = install_state(
         cfg,
-        image_state(str(img.ref), img.digest, tree, snap.snapshot_label(1), cfg.snapshot_fs, True),
+        None
+        if req.expandable
+        else image_state(
+            str(img.ref), img.digest, tree, snap.snapshot_label(1), cfg.snapshot_fs, True
+        ),
         image_state(
             str(rec_img.ref), rec_img.digest, rec_tree, RECOVERY_LABEL, cfg.recovery_fs, False
         ),
     )
-    write_state(statedir, state)
+    if not req.expandable:
+        write_state(statedir, state)
     write_state(recdir, state)
     oemdir = work / "oem"
     write_oem(oemdir, req.cloud_init)
+    if req.expandable:
+        assert req.deploy_command is not None
+        (oemdir / EXPAND_CONFIG).write_text(expand_config(cfg, req.deploy_command))
     bl = make_bootloader(tree, boot, cfg, work, plan.part("efi").size)
 
     with step(f"Partitioning a {plan.size_mib} MiB disk"):
@@ -206,13 +253,17 @@ def _build(
         diskimg.partition(partial, plan)
 
     with step("Writing filesystems"):
-        for name, src in (("oem", oemdir), ("recovery", recdir), ("state", statedir)):
+        filled = [("oem", oemdir), ("recovery", recdir)]
+        if not req.expandable:
+            filled.append(("state", statedir))
+        for name, src in filled:
             p = plan.part(name)
             assert p.label is not None
             diskimg.mkfs_ext4(partial, p.label, size=p.size, offset=p.offset, source=src)
-        p = plan.part("persistent")
-        assert p.label is not None
-        diskimg.mkfs_ext4(partial, p.label, size=p.size, offset=p.offset)
+        if not req.expandable:
+            p = plan.part("persistent")
+            assert p.label is not None
+            diskimg.mkfs_ext4(partial, p.label, size=p.size, offset=p.offset)
 
     with step("Installing GRUB (ESP and BIOS boot code)"):
         install_bootloader(partial, plan, bl, sparse=True)
@@ -238,3 +289,59 @@ def _build(
                 raw.unlink(missing_ok=True)
     with open(partial, "rb+") as f:
         os.fsync(f.fileno())
+
+
+def expand_config(cfg: Config, deploy_command: str) -> str:
+    """The first-boot cloud-config of an expandable disk, kept on COS_OEM.
+
+    GRUB boots recovery while there is no state filesystem; there, in the boot stage,
+    the state and persistent partitions are added after recovery (persistent takes
+    the rest of the disk, however large it has become) and the system is deployed.
+    The file removes itself only once the deploy succeeded, so an interruption (power
+    loss) repeats the whole step on the next boot: adding partitions skips those that
+    exist, and the deploy formats the state partition again.
+    """
+    me = f"{cfg.layout.oem_mount.rstrip('/')}/{EXPAND_CONFIG}"
+    guard = f"[ -e /run/cos/recovery_mode ] && [ -e {me} ]"
+    p, labels = cfg.partitions, cfg.labels
+    doc = {
+        "name": "Expand the disk and deploy the system (first boot of an expandable disk)",
+        "stages": {
+            "boot": [
+                {
+                    "name": "Add the state and persistent partitions",
+                    "if": guard,
+                    "layout": {
+                        "device": {"path": f"script://{_RECOVERY_DISK.format(labels.recovery)}"},
+                        "add_partitions": [
+                            {
+                                "fsLabel": labels.state,
+                                "pLabel": "state",
+                                "size": p.state,
+                                "filesystem": "ext4",
+                            },
+                            {
+                                "fsLabel": labels.persistent,
+                                "pLabel": "persistent",
+                                "size": p.persistent,
+                                "filesystem": "ext4",
+                            },
+                        ],
+                    },
+                },
+                {
+                    "name": "Deploy the system from recovery, then boot it",
+                    "if": guard,
+                    "commands": [f"{deploy_command} && rm -f {me} && sync && systemctl reboot"],
+                },
+            ]
+        },
+    }
+    return "# Written by cos build-disk --expandable; removes itself once deployed.\n" + (
+        yaml.safe_dump(doc, sort_keys=False, width=1000)
+    )
+
+
+# The disk holding the recovery partition the system booted from (found by its
+# filesystem label, the partition, then its parent disk).
+_RECOVERY_DISK = "echo /dev/$(lsblk -no PKNAME $(blkid -L {}) | head -n1)"

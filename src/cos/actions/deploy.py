@@ -76,7 +76,11 @@ def image_state(
     )
 
 
-def install_state(cfg: Config, snapshot: ImageState, recovery: ImageState | None) -> InstallState:
+def install_state(
+    cfg: Config, snapshot: ImageState | None, recovery: ImageState | None
+) -> InstallState:
+    """state.yaml of a new disk; without a snapshot (an expandable disk) only the
+    recovery system is recorded, and the first-boot deploy adds snapshot 1."""
     labels = cfg.labels
     state = InstallState(
         date=now(),
@@ -88,10 +92,13 @@ def install_state(cfg: Config, snapshot: ImageState, recovery: ImageState | None
             "state": labels.state,
             "persistent": labels.persistent,
         },
-        snapshots={1: snapshot},
+        snapshots={1: snapshot} if snapshot is not None else {},
         recovery=recovery,
     )
-    state.record(snapshot.from_action, 1, snapshot)
+    if snapshot is not None:
+        state.record(snapshot.from_action, 1, snapshot)
+    elif recovery is not None:
+        state.record(recovery.from_action, None, recovery)
     return state
 
 

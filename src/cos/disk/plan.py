@@ -60,8 +60,13 @@ DEFAULT_PERSISTENT_MIB = 1024  # when the disk size is not given and persistent 
 MIN_PERSISTENT_MIB = 64
 
 
-def plan_disk(sizes: Partitions, labels: Labels, disk_mib: int | None = None) -> DiskPlan:
-    """Lay out bios, efi, oem, recovery, state, persistent (DESIGN §3)."""
+def plan_disk(
+    sizes: Partitions, labels: Labels, disk_mib: int | None = None, expandable: bool = False
+) -> DiskPlan:
+    """Lay out bios, efi, oem, recovery, state, persistent (DESIGN §3).
+
+    An expandable disk stops after recovery: state and persistent are added on its
+    first boot, in whatever room the disk has by then (cloud images of any size)."""
     fixed = [
         ("bios", None, None, "EF02", sizes.bios),
         ("efi", labels.efi, "vfat", "EF00", sizes.efi),
@@ -69,7 +74,18 @@ def plan_disk(sizes: Partitions, labels: Labels, disk_mib: int | None = None) ->
         ("recovery", labels.recovery, "ext4", "8300", sizes.recovery),
         ("state", labels.state, "ext4", "8300", sizes.state),
     ]
+    if expandable:
+        fixed = fixed[:-1]
     used = ALIGN_MIB + sum(f[4] for f in fixed)
+    if expandable:
+        total = disk_mib if disk_mib is not None else used + GPT_TAIL_MIB
+        if total < used + GPT_TAIL_MIB:
+            raise DiskError(
+                f"disk size {total} MiB is too small: the layout needs at least"
+                f" {used + GPT_TAIL_MIB} MiB",
+                hint="give a larger --size or smaller partitions in config (partitions.*)",
+            )
+        return DiskPlan(total, tuple(_specs(fixed)))
     if sizes.persistent:
         persistent = sizes.persistent
         need = used + persistent + GPT_TAIL_MIB
@@ -82,15 +98,21 @@ def plan_disk(sizes: Partitions, labels: Labels, disk_mib: int | None = None) ->
             f"disk size {total} MiB is too small: the layout needs at least {need} MiB",
             hint="give a larger --size or smaller partitions in config (partitions.*)",
         )
+    parts = _specs(fixed)
+    start = parts[-1].start_mib + parts[-1].size_mib
+    parts.append(
+        PartSpec(len(parts) + 1, "persistent", labels.persistent, "ext4", "8300", start, persistent)
+    )
+    return DiskPlan(total, tuple(parts))
+
+
+def _specs(fixed: list[tuple[str, str | None, str | None, str, int]]) -> list[PartSpec]:
     parts: list[PartSpec] = []
     start = ALIGN_MIB
     for i, (name, label, fs, code, size) in enumerate(fixed, start=1):
         parts.append(PartSpec(i, name, label, fs, code, start, size))
         start += size
-    parts.append(
-        PartSpec(len(parts) + 1, "persistent", labels.persistent, "ext4", "8300", start, persistent)
-    )
-    return DiskPlan(total, tuple(parts))
+    return parts
 
 
 def sgdisk_args(plan: DiskPlan) -> list[str]:
