@@ -49,7 +49,7 @@ def _type(t: T) -> str:
             return f"mapping with keys {', '.join(f'`{k}`' for k in t.keys)} of {_type(t.value)}"
         return f"mapping of name → {_type(t.value)}"
     if isinstance(t, Obj):
-        return f"[{t.title}](#{t.title.replace('_', '-')})"
+        return f"[{t.title}](#{t.title})"
     return "?"
 
 
@@ -185,7 +185,7 @@ def render() -> str:
     _objects(STEP, seen)
     out += ["## Types of the step keys", ""]
     for title, obj in seen.items():
-        if title in ("step", "after"):
+        if title == "step":
             continue
         out += [f"### {title}", ""]
         if "description" in obj.json:
