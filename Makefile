@@ -5,7 +5,7 @@ COS   := $(VENV)/bin/cos
 DISK  ?= build/vanilla.raw
 REGISTRY ?=
 
-.PHONY: setup vanilla disk demo test test-unit test-integration test-e2e lint clean bench
+.PHONY: setup vanilla disk demo test test-unit test-integration test-e2e lint clean bench docs
 
 setup:
 	bash scripts/setup-host.sh
@@ -40,6 +40,10 @@ test-integration: setup
 
 test-e2e: setup
 	$(VENV)/bin/pytest tests/e2e
+
+# Generated reference pages and shell completions (tests/unit/test_docs.py checks them).
+docs: setup
+	$(VENV)/bin/python scripts/gen-docs.py
 
 # Side-by-side benchmarks (ratios against the bare tools); root, after `make vanilla`.
 bench: vanilla

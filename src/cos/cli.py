@@ -232,6 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="machine-readable output")
     _device_flags(s)
 
+    # Hidden (no help=): prints the shell completion script `cos init` installs.
+    s = sub.add_parser("completion", description="print a shell completion script")
+    s.add_argument("shell", choices=["bash", "zsh"])
+
     return p
 
 
@@ -395,6 +399,12 @@ def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
         from cos.actions.status import show_status
 
         return show_status(cfg, as_json=args.json, installed=_installed(args, cfg))
+    if args.command == "completion":
+        from cos.docgen import completion
+
+        render = completion.bash if args.shell == "bash" else completion.zsh
+        print(render(build_parser()), end="")
+        return 0
     raise UsageError("no command given", hint="see 'cos --help'")
 
 

@@ -28,16 +28,25 @@ DEFAULT_CONFIG_DIR = Path("/etc/cos")
 _LABEL = re.compile(r"[A-Za-z0-9_-]+")
 
 
+def doc(text: str) -> dict[str, str]:
+    """Field metadata holding the description docs/config.md shows for a key."""
+    return {"doc": text}
+
+
 @dataclass
 class Partitions:
     """Partition sizes in MiB; 0 means the rest of the disk (persistent only)."""
 
-    bios: int = 1
-    efi: int = 64
-    oem: int = 64
-    recovery: int = 4096
-    state: int = 8192
-    persistent: int = 0
+    bios: int = field(default=1, metadata=doc("BIOS boot partition holding GRUB's core image"))
+    efi: int = field(default=64, metadata=doc("EFI system partition (FAT32, at least 34)"))
+    oem: int = field(default=64, metadata=doc("COS_OEM: grubenv and cloud-configs"))
+    recovery: int = field(
+        default=4096, metadata=doc("COS_RECOVERY: the recovery system, kernel and initrd")
+    )
+    state: int = field(default=8192, metadata=doc("COS_STATE: the snapshots and the layer store"))
+    persistent: int = field(
+        default=0, metadata=doc("COS_PERSISTENT, always last; 0 takes the rest of the disk")
+    )
 
     def validate(self, where: str) -> None:
         if self.bios < 1:
@@ -61,13 +70,16 @@ class Partitions:
 
 @dataclass
 class Labels:
-    """Filesystem labels of the disk contract (DESIGN §3)."""
+    """Filesystem labels of the partitions; GRUB and the initrd find them by these.
 
-    efi: str = "COS_GRUB"
-    oem: str = "COS_OEM"
-    recovery: str = "COS_RECOVERY"
-    state: str = "COS_STATE"
-    persistent: str = "COS_PERSISTENT"
+    They are fixed at install (build-disk writes them to grub_oem_env and state.yaml),
+    so change them before building a disk, not on an installed system."""
+
+    efi: str = field(default="COS_GRUB", metadata=doc("ESP (FAT label: up to 11 characters)"))
+    oem: str = field(default="COS_OEM", metadata=doc("OEM partition"))
+    recovery: str = field(default="COS_RECOVERY", metadata=doc("recovery partition"))
+    state: str = field(default="COS_STATE", metadata=doc("state partition"))
+    persistent: str = field(default="COS_PERSISTENT", metadata=doc("persistent partition"))
 
     def validate(self, where: str) -> None:
         for name in ("efi", "oem", "recovery", "state", "persistent"):
@@ -84,13 +96,28 @@ class Labels:
 class Layout:
     """Which paths of the read-only system are writable, and how."""
 
-    ephemeral: list[str] = field(default_factory=lambda: ["/etc", "/var", "/srv"])
-    ephemeral_size: str = "25%"
-    persistent: list[str] = field(
-        default_factory=lambda: ["/etc/ssh", "/etc/systemd", "/home", "/opt", "/root", "/var/log"]
+    ephemeral: list[str] = field(
+        default_factory=lambda: ["/etc", "/var", "/srv"],
+        metadata=doc("overlays on a tmpfs: writable, and reset at every boot"),
     )
-    oem_mount: str = "/oem"
-    persistent_mount: str = "/usr/local"
+    ephemeral_size: str = field(
+        default="25%",
+        metadata=doc(
+            "size of that tmpfs (bytes, k/m/g or % of RAM); at boot the initrd mounts it"
+            " first, with the size of `cos.overlay=tmpfs:SIZE` (default 25%), and that wins"
+        ),
+    )
+    persistent: list[str] = field(
+        default_factory=lambda: ["/etc/ssh", "/etc/systemd", "/home", "/opt", "/root", "/var/log"],
+        metadata=doc(
+            "overlays whose changes are kept on COS_PERSISTENT (`.state/` below"
+            " persistent-mount); not mounted in recovery, in RAM on live media"
+        ),
+    )
+    oem_mount: str = field(default="/oem", metadata=doc("where COS_OEM is mounted"))
+    persistent_mount: str = field(
+        default="/usr/local", metadata=doc("where COS_PERSISTENT is mounted")
+    )
 
     def validate(self, where: str) -> None:
         for p in [*self.ephemeral, *self.persistent, self.oem_mount, self.persistent_mount]:
@@ -102,26 +129,71 @@ class Layout:
 
 @dataclass
 class Config:
-    debug: bool = False
-    tls_verify: bool = True
-    max_snaps: int = 2
-    snapshot_fs: str = "ext4"
-    recovery_fs: str = "squashfs"
-    grub_timeout: int = 3
-    extra_cmdline: str = ""
-    cache_dir: str = "/var/cache/cos"
-    # Upgrade source when `cos upgrade` gets no --system (a tag is a channel); empty:
-    # the source recorded for the active snapshot in state.yaml.
-    upgrade_system: str = ""
-    # Boots a freshly upgraded snapshot gets to reach multi-user before GRUB falls back.
-    boot_attempts: int = 3
-    cloud_init_paths: list[str] = field(default_factory=list)
-    # Image signatures: with verify, every image is refused unless a cosign signature
-    # made with the key whose public half is cosign-key vouches for its digest.
-    verify: bool = False
-    cosign_key: str = ""
-    # OS/ARCH picked from multi-platform images; empty: this machine's.
-    platform: str = ""
+    """Settings of every cos command (/etc/cos/config.yaml and config.d)."""
+
+    debug: bool = field(default=False, metadata=doc("show commands run and tracebacks"))
+    tls_verify: bool = field(
+        default=True,
+        metadata=doc("verify the registry's TLS certificate; false for plain HTTP or self-signed"),
+    )
+    max_snaps: int = field(
+        default=2,
+        metadata=doc(
+            "snapshots kept on COS_STATE (the active one and max-snaps - 1 to go back to)"
+        ),
+    )
+    snapshot_fs: str = field(
+        default="ext4", metadata=doc("filesystem of snapshot images: ext4 or ext2")
+    )
+    recovery_fs: str = field(
+        default="squashfs", metadata=doc("filesystem of recovery.img: squashfs, ext4 or ext2")
+    )
+    grub_timeout: int = field(
+        default=3, metadata=doc("seconds the GRUB menu waits (0-600); written to grub_oem_env")
+    )
+    extra_cmdline: str = field(
+        default="", metadata=doc("appended to the kernel command line of every boot entry")
+    )
+    cache_dir: str = field(
+        default="/var/cache/cos",
+        metadata=doc(
+            "cache of images pulled by build-disk, build-iso, install, pull-image and inspect"
+        ),
+    )
+    upgrade_system: str = field(
+        default="",
+        metadata=doc(
+            "image `cos upgrade` pulls when given no --system (a moving tag works as a"
+            " channel); empty: the source state.yaml recorded for the active snapshot"
+        ),
+    )
+    boot_attempts: int = field(
+        default=3,
+        metadata=doc(
+            "boots (1-9) a freshly upgraded snapshot gets to confirm itself before GRUB"
+            " falls back to the previous one"
+        ),
+    )
+    cloud_init_paths: list[str] = field(
+        default_factory=list,
+        metadata=doc(
+            "more cloud-config files or directories, read after /system/oem, /oem and"
+            " /usr/local/cloud-config (stages and hooks)"
+        ),
+    )
+    verify: bool = field(
+        default=False,
+        metadata=doc(
+            "refuse every image (upgrades included) unless a cosign signature made with"
+            " cosign-key vouches for its digest"
+        ),
+    )
+    cosign_key: str = field(
+        default="", metadata=doc("public key (cosign.pub) signatures are checked with")
+    )
+    platform: str = field(
+        default="", metadata=doc("OS/ARCH picked from multi-platform images; empty: this machine's")
+    )
     partitions: Partitions = field(default_factory=Partitions)
     labels: Labels = field(default_factory=Labels)
     layout: Layout = field(default_factory=Layout)

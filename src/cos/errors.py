@@ -11,18 +11,38 @@ from enum import IntEnum
 
 
 class ExitCode(IntEnum):
-    """Documented exit codes (docs/exit-codes.md)."""
+    """Documented exit codes (docs/exit-codes.md is generated from MEANINGS)."""
 
     OK = 0
-    BUG = 1  # an unexpected error inside cos
-    USAGE = 2  # bad command line
-    CONFIG = 3  # invalid configuration file or environment
-    IMAGE = 4  # image reference cannot be resolved, pulled or is unusable
-    DISK = 5  # target device/file unusable (size, existing install, …)
-    TOOL = 6  # an external tool failed or is missing
-    STATE = 7  # the action does not fit the running system (wrong mode, not an image build)
-    STAGE = 8  # a cloud-init stage failed under --strict
+    BUG = 1
+    USAGE = 2
+    CONFIG = 3
+    IMAGE = 4
+    DISK = 5
+    TOOL = 6
+    STATE = 7
+    STAGE = 8
     INTERRUPTED = 130
+
+
+MEANINGS: dict[ExitCode, str] = {
+    ExitCode.OK: "success",
+    ExitCode.BUG: "internal error (a bug; rerun with `--debug` for a traceback)",
+    ExitCode.USAGE: "bad command line",
+    ExitCode.CONFIG: "invalid configuration (config file, environment, cloud-init file, grubenv)",
+    ExitCode.IMAGE: (
+        "image reference cannot be resolved, pulled or used (no kernel, not prepared by"
+        " `cos init`), its signature is missing or does not verify, or a key file is unusable"
+    ),
+    ExitCode.DISK: "target disk or output unusable (too small, in use, holds an installation)",
+    ExitCode.TOOL: "an external tool failed or is missing",
+    ExitCode.STATE: (
+        "the action does not fit this system (e.g. `cos init` outside an image build,"
+        " `cos reset` outside recovery, `cos status` outside cos)"
+    ),
+    ExitCode.STAGE: "a cloud-init stage failed (only with `--strict`)",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
+}
 
 
 class CosError(Exception):

@@ -78,3 +78,14 @@ def test_features_install_into_a_tree(tmp_path: Path) -> None:
     link = tmp_path / "etc/systemd/system/multi-user.target.wants/cos-status.service"
     assert link.is_symlink() and str(link.readlink()) == "/etc/systemd/system/cos-status.service"
     assert (tmp_path / "etc/systemd/system/local-fs.target.wants/tmp.mount").is_symlink()
+
+
+def test_completion_feature_installs_the_generated_scripts(tmp_path: Path) -> None:
+    from cos.cli import build_parser
+    from cos.docgen import completion
+
+    features.FEATURES["completion"].install(tmp_path)
+    bash = tmp_path / "usr/share/bash-completion/completions/cos"
+    zsh = tmp_path / "usr/share/zsh/vendor-completions/_cos"
+    assert bash.read_text() == completion.bash(build_parser())
+    assert zsh.read_text() == completion.zsh(build_parser())

@@ -150,6 +150,17 @@ class Obj(T):
         return out
 
 
+class Doc(T):
+    """A field's type with the description editors and docs/cloud-config.md show."""
+
+    def __init__(self, inner: T, doc: str) -> None:
+        self.inner, self.doc = inner, doc
+        self.json = {**inner.json, "description": doc}
+
+    def check(self, v: Any, path: str, mark: Mark | None, errs: list[SchemaError]) -> Any:
+        return self.inner.check(v, path, mark, errs)
+
+
 def _marks(v: dict[Any, Any], key: Any, default: Mark | None) -> tuple[Mark | None, Mark | None]:
     """Where a mapping's key and its value are (the mapping's own mark when unknown)."""
     if isinstance(v, MarkedDict):
@@ -179,52 +190,85 @@ S, INT, B = Scalar("str"), Scalar("int"), Scalar("bool")
 STRS = ListOf(S)
 STRMAP = MapOf(S)
 
+MODE = Doc(INT, "mode, written as an unquoted octal number (0644)")
+OWNER = Doc(INT, "numeric owner uid")
+GROUP = Doc(INT, "numeric group gid")
+OWNERSTRING = Doc(S, "`user` or `user:group`, resolved in the target (wins over owner/group)")
+
 FILE = Obj(
     "file",
     {
-        "path": S,
-        "permissions": INT,
-        "owner": INT,
-        "group": INT,
-        "content": S,
-        "encoding": S,
-        "ownerstring": S,
+        "path": Doc(S, "absolute path; missing parent directories are created"),
+        "permissions": MODE,
+        "owner": OWNER,
+        "group": GROUP,
+        "content": Doc(S, "the content (templated)"),
+        "encoding": Doc(S, "how content is encoded: b64/base64, gz/gzip, gz+b64/gz+base64"),
+        "ownerstring": OWNERSTRING,
     },
+    doc="A file written atomically.",
 )
 DOWNLOAD = Obj(
     "download",
     {
-        "path": S,
-        "url": S,
-        "timeout": INT,
-        "permissions": INT,
-        "owner": INT,
-        "group": INT,
-        "ownerstring": S,
+        "path": Doc(S, "file to write"),
+        "url": Doc(S, "http(s) URL"),
+        "timeout": Doc(INT, "seconds (default 60)"),
+        "permissions": MODE,
+        "owner": OWNER,
+        "group": GROUP,
+        "ownerstring": OWNERSTRING,
     },
+    doc="A file fetched from a URL.",
 )
-DIRECTORY = Obj("directory", {"path": S, "permissions": INT, "owner": INT, "group": INT})
+DIRECTORY = Obj(
+    "directory",
+    {
+        "path": Doc(S, "absolute path; parents are created"),
+        "permissions": MODE,
+        "owner": OWNER,
+        "group": GROUP,
+    },
+    doc="A directory (created before the files of the same step).",
+)
 USER = Obj(
     "user",
     {
-        "name": S,
-        "passwd": S,
-        "ssh_authorized_keys": STRS,
+        "name": Doc(S, "accepted for yip compatibility; the key of the users map is the name"),
+        "passwd": Doc(S, "password hash (crypt format, e.g. $6$…); a plain text is hashed"),
+        "ssh_authorized_keys": Doc(STRS, "keys, or `github:USER` / `gitlab:USER`"),
         "gecos": S,
         "homedir": S,
         "no_create_home": B,
         "primary_group": S,
-        "groups": STRS,
+        "groups": Doc(STRS, "supplementary groups (groups that do not exist are skipped)"),
         "no_user_group": B,
-        "system": B,
+        "system": Doc(B, "a system account (uid below 1000)"),
         "no_log_init": B,
         "shell": S,
         "lock_passwd": B,
         "uid": S,
     },
+    doc="A user, created when missing; of an existing user only the password is updated.",
 )
-ENTITY = Obj("entity", {"path": S, "entity": S})
-DNS = Obj("dns", {"nameservers": STRS, "search": STRS, "options": STRS, "path": S})
+ENTITY = Obj(
+    "entity",
+    {
+        "path": Doc(S, "the database file (default from the kind: /etc/passwd, /etc/group, …)"),
+        "entity": Doc(S, "YAML text with `kind: user|group|shadow|gshadow` and its fields"),
+    },
+    doc="A line of /etc/passwd, group, shadow or gshadow.",
+)
+DNS = Obj(
+    "dns",
+    {
+        "nameservers": STRS,
+        "search": STRS,
+        "options": STRS,
+        "path": Doc(S, "default /etc/resolv.conf"),
+    },
+    doc="resolv.conf content.",
+)
 SYSTEMCTL = Obj(
     "systemctl",
     {
@@ -232,22 +276,64 @@ SYSTEMCTL = Obj(
         "disable": STRS,
         "start": STRS,
         "mask": STRS,
-        "overrides": ListOf(Obj("override", {"service": S, "name": S, "content": S})),
-    },
-)
-DATASOURCE = Obj("datasource", {"providers": STRS, "path": S, "userdata_name": S})
-LAYOUT = Obj(
-    "layout",
-    {
-        "device": Obj("device", {"label": S, "path": S, "init_disk": B, "disk_name": S}),
-        "expand_partition": Obj("expand_partition", {"size": INT}),
-        "add_partitions": ListOf(
+        "overrides": ListOf(
             Obj(
-                "partition",
-                {"fsLabel": S, "size": INT, "pLabel": S, "filesystem": S, "bootable": B},
+                "override",
+                {
+                    "service": Doc(S, "unit name (.service when no suffix)"),
+                    "name": Doc(S, "drop-in file name (default override-yip.conf)"),
+                    "content": Doc(S, "drop-in content"),
+                },
             )
         ),
     },
+    doc="Unit state changes.",
+)
+DATASOURCE = Obj(
+    "datasource",
+    {
+        "providers": Doc(
+            STRS,
+            "file, cdrom, config-drive, aws, gcp, openstack, digitalocean, hetzner;"
+            " local ones first, the first that returns data wins",
+        ),
+        "path": Doc(
+            S,
+            "the file provider: file to read; others: directory to write to (default /run/config)",
+        ),
+        "userdata_name": Doc(S, "file name of the user data written (default userdata.yaml)"),
+    },
+    doc="Fetch user data from a cloud metadata service or a config drive.",
+)
+LAYOUT = Obj(
+    "layout",
+    {
+        "device": Obj(
+            "device",
+            {
+                "label": Doc(S, "filesystem label of a partition of the disk"),
+                "path": Doc(S, "the disk's device path"),
+                "init_disk": B,
+                "disk_name": S,
+            },
+        ),
+        "expand_partition": Obj(
+            "expand_partition", {"size": Doc(INT, "MiB; 0 = the rest of the disk")}
+        ),
+        "add_partitions": ListOf(
+            Obj(
+                "partition",
+                {
+                    "fsLabel": S,
+                    "size": Doc(INT, "MiB; 0 = the rest of the disk"),
+                    "pLabel": Doc(S, "GPT partition name"),
+                    "filesystem": Doc(S, "default ext4"),
+                    "bootable": B,
+                },
+            )
+        ),
+    },
+    doc="Grow the last partition and add partitions (labels that exist are skipped).",
 )
 GIT = Obj(
     "git",
@@ -266,38 +352,46 @@ PACKAGES = Obj("packages", {"install": STRS, "remove": STRS, "refresh": B, "upgr
 STEP = Obj(
     "step",
     {
-        "name": S,
-        "after": ListOf(Obj("after", {"name": S})),
-        "if": S,
-        "node": S,
-        "only_os": S,
-        "only_os_version": S,
-        "only_arch": S,
-        "only_service_manager": S,
-        "if_files": MapOf(STRS, keys=("any", "all", "none")),
-        "commands": STRS,
-        "files": ListOf(FILE),
-        "downloads": ListOf(DOWNLOAD),
-        "directories": ListOf(DIRECTORY),
-        "users": MapOf(USER),
-        "authorized_keys": MapOf(STRS),
-        "ensure_entities": ListOf(ENTITY),
-        "delete_entities": ListOf(ENTITY),
-        "dns": DNS,
-        "hostname": S,
-        "sysctl": STRMAP,
-        "modules": STRS,
-        "systemctl": SYSTEMCTL,
-        "environment": STRMAP,
-        "environment_file": S,
-        "timesyncd": STRMAP,
-        "systemd_firstboot": STRMAP,
-        "datasource": DATASOURCE,
-        "layout": LAYOUT,
-        "git": GIT,
-        "packages": PACKAGES,
-        "package_pins": STRMAP,
-        "unpack_images": ListOf(Obj("unpack_image", {"source": S, "target": S, "platform": S})),
+        "name": Doc(S, "the step's name (in logs, and for `after`)"),
+        "after": Doc(ListOf(Obj("after", {"name": S})), "run after the named steps"),
+        "if": Doc(S, "shell condition (templated); the step runs when it exits 0"),
+        "node": Doc(S, "regular expression the hostname must match"),
+        "only_os": Doc(S, "regular expression os-release PRETTY_NAME must match"),
+        "only_os_version": Doc(S, "regular expression os-release VERSION_ID must match"),
+        "only_arch": Doc(S, "regular expression the architecture (amd64, arm64…) must match"),
+        "only_service_manager": Doc(S, "systemd or openrc"),
+        "if_files": Doc(
+            MapOf(STRS, keys=("any", "all", "none")),
+            "paths of which any / all / none must exist",
+        ),
+        "commands": Doc(STRS, "shell commands (templated), each run with /bin/sh -c, in order"),
+        "files": Doc(ListOf(FILE), "files to write"),
+        "downloads": Doc(ListOf(DOWNLOAD), "files to fetch"),
+        "directories": Doc(ListOf(DIRECTORY), "directories to create"),
+        "users": Doc(MapOf(USER), "users to create, by name"),
+        "authorized_keys": Doc(
+            MapOf(STRS), "ssh keys to add, by user (`github:USER`, `gitlab:USER` fetch them)"
+        ),
+        "ensure_entities": Doc(ListOf(ENTITY), "passwd/group/shadow entries to add or update"),
+        "delete_entities": Doc(ListOf(ENTITY), "passwd/group/shadow entries to remove"),
+        "dns": Doc(DNS, "write resolv.conf"),
+        "hostname": Doc(S, "hostname (templated): /etc/hostname, /etc/hosts, the running one"),
+        "sysctl": Doc(STRMAP, "kernel parameters, written to /proc/sys"),
+        "modules": Doc(STRS, "kernel modules to load"),
+        "systemctl": Doc(SYSTEMCTL, "enable, disable, start, mask units; drop-in overrides"),
+        "environment": Doc(STRMAP, "variables merged into environment_file"),
+        "environment_file": Doc(S, "default /etc/environment"),
+        "timesyncd": Doc(STRMAP, "[Time] settings of systemd-timesyncd"),
+        "systemd_firstboot": Doc(STRMAP, "systemd-firstboot settings (keymap, locale, timezone…)"),
+        "datasource": Doc(DATASOURCE, "fetch user data"),
+        "layout": Doc(LAYOUT, "grow or add partitions"),
+        "git": Doc(GIT, "clone a repository"),
+        "packages": Doc(PACKAGES, "install or remove packages"),
+        "package_pins": Doc(STRMAP, "package versions to pin"),
+        "unpack_images": Doc(
+            ListOf(Obj("unpack_image", {"source": S, "target": S, "platform": S})),
+            "unpack container images into directories",
+        ),
     },
     doc="One step of a stage; plugins run in yip's fixed order.",
 )
@@ -305,23 +399,56 @@ STEP = Obj(
 INSTALL = Obj(
     "install",
     {
-        "device": S,
-        "system": S,
-        "recovery-system": S,
-        "cloud-init": STRS,
-        "force": B,
-        "reboot": B,
-        "poweroff": B,
-        "tls-verify": B,
+        "device": Doc(S, "the disk to install to, e.g. /dev/vda"),
+        "system": Doc(S, "image to install (default: the image the live media carry)"),
+        "recovery-system": Doc(S, "image of the recovery system (default: system)"),
+        "cloud-init": Doc(STRS, "cloud-config files copied to COS_OEM"),
+        "force": Doc(B, "overwrite an existing installation"),
+        "reboot": Doc(B, "reboot when done"),
+        "poweroff": Doc(B, "power off when done"),
+        "tls-verify": Doc(B, "verify the registry's TLS certificate (default true)"),
     },
     doc="Unattended install, acted on by a live system (cos-live-install.service).",
 )
 
 DOCUMENT = Obj(
     "document",
-    {"name": S, "stages": MapOf(ListOf(STEP)), "install": INSTALL},
+    {
+        "name": Doc(S, "the document's name (in logs)"),
+        "stages": Doc(MapOf(ListOf(STEP)), "steps by stage name"),
+        "install": INSTALL,
+    },
     doc="A yip configuration (cOS / Elemental / Kairos compatible).",
 )
+
+
+# The stages cos runs (any other name can be run with `cos cloud-init -s NAME`); each
+# runs NAME.before, NAME, NAME.after.
+BOOT_STAGES: dict[str, str] = {
+    "rootfs": "initrd, run by `cos mount`: the snapshot is `/` (read-only), COS_OEM and"
+    " COS_PERSISTENT are mounted, the overlays are not yet",
+    "initramfs": "initrd, run by `cos mount` after the whole layout is mounted, before switch-root",
+    "fs": "after local-fs.target, before sysinit.target (cos-setup-fs.service)",
+    "boot": "multi-user, before getty and logins (cos-setup-boot.service)",
+    "network": "after network-online.target (cos-setup-network.service)",
+    "reconcile": "5 minutes after boot, then every hour (cos-setup-reconcile.timer)",
+}
+HOOK_STAGES: dict[str, str] = {
+    "before-disk": "`cos build-disk`, before anything is pulled",
+    "after-disk-chroot": "`cos build-disk`, inside the unpacked image tree",
+    "after-disk": "`cos build-disk`, after the disk is written",
+    "before-iso": "`cos build-iso`, before anything is pulled",
+    "after-iso": "`cos build-iso`, after the ISO is written",
+    "before-install": "`cos install`, before the disk is partitioned",
+    "after-install-chroot": "`cos install`, inside the new snapshot's tree",
+    "after-install": "`cos install`, when the installation is complete",
+    "before-upgrade": "`cos upgrade`, when there is a new image, before its layers are pulled",
+    "after-upgrade-chroot": "`cos upgrade`, inside the new snapshot's tree before it is sealed",
+    "after-upgrade": "`cos upgrade`, after the switch to the new snapshot",
+    "before-reset": "`cos reset`, before COS_STATE is formatted",
+    "after-reset-chroot": "`cos reset`, inside the new snapshot's tree",
+    "after-reset": "`cos reset`, when the system is redeployed",
+}
 
 
 def validate(doc: Any, source: str) -> tuple[dict[str, Any], list[SchemaError]]:

@@ -128,6 +128,15 @@ def _network(root: Path) -> None:
         _enable_unit(root, "systemd-networkd.socket", "sockets.target")
 
 
+@feature("completion", "bash and zsh completion of the cos command")
+def _completion(root: Path) -> None:
+    for name, dest in (
+        ("cos.bash", "/usr/share/bash-completion/completions/cos"),
+        ("_cos", "/usr/share/zsh/vendor-completions/_cos"),
+    ):
+        _write(root, dest, data_path("completion", name).read_text())
+
+
 @feature("cloud-config", "default cloud-configs in /system/oem (machine-id, hostname)")
 def _cloud_config(root: Path) -> None:
     for entry in data_path("oem").iterdir():

@@ -59,6 +59,4 @@ def test_published_schema_matches_the_code() -> None:
     from pathlib import Path
 
     published = Path(__file__).parents[3] / "docs/cloud-config.schema.json"
-    assert json.loads(published.read_text()) == json_schema(), (
-        "regenerate with: cos cloud-init --schema > docs/cloud-config.schema.json"
-    )
+    assert json.loads(published.read_text()) == json_schema(), "regenerate with: make docs"

@@ -94,6 +94,7 @@ class Plugin:
     name: str
     keys: tuple[str, ...]
     apply: Callable[[dict[str, Any], Context], None]
+    supported: bool = True  # False: valid yip, reported as not supported when used
 
 
 def write_file(path: Path, data: bytes, mode: int, uid: int = -1, gid: int = -1) -> None:

@@ -12,7 +12,7 @@ def _not_available(key: str) -> Plugin:
     def apply(step: dict[str, Any], ctx: Context) -> None:
         raise PluginError(f"'{key}' is valid yip but not supported by this version of cos")
 
-    return Plugin(key, (key,), apply)
+    return Plugin(key, (key,), apply, supported=False)
 
 
 PLUGINS: list[Plugin] = [
