@@ -13,6 +13,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cos import events
 from cos import run as runner
 from cos.actions.deploy import (
     RECOVERY_LABEL,
@@ -123,6 +124,7 @@ def build_disk(req: BuildDiskRequest, cfg: Config) -> Path:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     log.info("Disk ready: %s (%s, %d MiB)", out, req.disk_type, plan.size_mib)
+    events.summary(output=str(out), bytes=out.stat().st_size)
     return out
 
 
@@ -140,6 +142,7 @@ def _build(
     tls = cfg.tls_verify
     with step(f"Pulling {ref}"):
         img = fetch(ref, cache, tls, cfg.signature_key(), cfg.arch())
+    events.summary(image=str(img.ref), digest=img.digest)
     tree = work / "tree"
     with step(f"Unpacking {ref} ({img.digest[:19]})"):
         unpack(img, tree)
