@@ -243,6 +243,11 @@ def test_success_result_and_no_events_without_json(
     assert capsys.readouterr().out == ""
 
 
+def test_live_install_outside_live_media(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["live-install", "--json"]) == ExitCode.STATE
+    ev.check_failed(capsys.readouterr().out, 7, "live media only")
+
+
 def test_status_and_inspect_keep_their_own_json_flag() -> None:
     parser = cli.build_parser()
     assert parser.parse_args(["inspect", "--json", "oci:/x"]).json is True
