@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cos import __version__
+from cos import __version__, events
 from cos.config import Config, load_config
 from cos.errors import CosError, ExitCode, UsageError
 from cos.log import setup_logging
@@ -51,6 +51,30 @@ def _image_flags(p: argparse.ArgumentParser) -> None:
         help="refuse images not signed with this key (cosign.pub)",
     )
     p.add_argument("--platform", metavar="OS/ARCH", help="pick from multi-platform images")
+
+
+# Long commands: --json streams JSON Lines events on stdout (docs/json-events.md).
+EVENT_COMMANDS = frozenset(
+    {
+        "build-disk",
+        "build-iso",
+        "install",
+        "live-install",
+        "upgrade",
+        "upgrade-recovery",
+        "reset",
+        "pull-image",
+    }
+)
+
+
+def _events_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--json",
+        action="store_true",
+        dest="events",
+        help="progress as JSON Lines events on stdout (human output stays on stderr)",
+    )
 
 
 def _device_flags(p: argparse.ArgumentParser) -> None:
@@ -114,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --expandable: what deploys the system on first boot (default: cos reset)",
     )
     _image_flags(s)
+    _events_flag(s)
 
     s = sub.add_parser("build-iso", help="live and installation media (hybrid ISO, BIOS + EFI)")
     s.add_argument("image", metavar="IMAGE", help="docker://…, host/repo:tag, oci:DIR[:tag]")
@@ -122,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--label", default="COS_LIVE", help="ISO volume label (default COS_LIVE)")
     s.add_argument("--overlay-iso", type=Path, metavar="DIR", help="extra files for the ISO root")
     _image_flags(s)
+    _events_flag(s)
 
     s = sub.add_parser("mount", help="apply the immutable layout (run from the initrd)")
     s.add_argument("--mode", choices=["active", "passive", "recovery", "live"], required=True)
@@ -156,10 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     after.add_argument("--reboot", action="store_const", const="reboot", dest="after")
     after.add_argument("--poweroff", action="store_const", const="poweroff", dest="after")
     _image_flags(s)
+    _events_flag(s)
 
     s = sub.add_parser(
         "live-install", help="on live media: run the install: section of the cloud-config"
     )
+    _events_flag(s)
 
     s = sub.add_parser("upgrade", help="pull a new image and boot it next (A/B, atomic)")
     s.add_argument("--system", metavar="REF", help="image (default: the recorded source)")
@@ -171,12 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reboot", action="store_true", help="reboot when done")
     _image_flags(s)
     _device_flags(s)
+    _events_flag(s)
 
     s = sub.add_parser("upgrade-recovery", help="replace the recovery system atomically")
     s.add_argument("--recovery-system", metavar="REF", help="image (default: the recorded one)")
     s.add_argument("--force", action="store_true", help="replace even with the same digest")
     _image_flags(s)
     _device_flags(s)
+    _events_flag(s)
 
     s = sub.add_parser("rollback", help="make a kept snapshot the one that boots")
     s.add_argument("snapshot", nargs="?", type=int, metavar="N", help="default: the newest other")
@@ -191,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reboot", action="store_true", help="reboot when done")
     _image_flags(s)
     _device_flags(s)
+    _events_flag(s)
 
     s = sub.add_parser("boot-assessment", help="confirm or fail a trial boot (run by systemd)")
     s.add_argument("--mark-good", action="store_true", help="run the checks, confirm the trial")
@@ -200,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("image", metavar="IMAGE", help="docker://…, host/repo:tag, oci:DIR[:tag]")
     s.add_argument("dest", type=Path, metavar="DIR", help="new (or empty) directory")
     _image_flags(s)
+    _events_flag(s)
 
     s = sub.add_parser("inspect", help="digest, layers, labels and OS of an image")
     s.add_argument("image", metavar="IMAGE", help="docker://…, host/repo:tag, oci:DIR[:tag]")
@@ -408,12 +440,36 @@ def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
     raise UsageError("no command given", hint="see 'cos --help'")
 
 
+def _fail(message: str, hint: str, code: ExitCode, prefix: str = "") -> int:
+    """The one-line error and hint on stderr, and the `error` event under --json."""
+    print(f"cos: {prefix}{message}", file=sys.stderr)
+    if hint:
+        print(f"hint: {hint}", file=sys.stderr)
+    events.error(message, hint, int(code))
+    return int(code)
+
+
+def _events_on_bad_usage(argv: list[str]) -> None:
+    """A command line that does not parse still owes --json callers an error and a result."""
+    command = next((a for a in argv if a in EVENT_COMMANDS), None)
+    if command is not None and "--json" in argv and not events.enabled():
+        events.start(command, {})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    code = _main(argv)
+    events.finish(code)  # the one `result` event, whatever happened
+    return code
+
+
+def _main(argv: list[str]) -> int:
     debug = "--debug" in argv
     setup_logging(debug=debug, quiet="--quiet" in argv or "-q" in argv)
     try:
         args = build_parser().parse_args(argv)
+        if getattr(args, "events", False):
+            events.start(args.command, vars(args))
         flags: dict[str, Any] = {"debug": args.debug or None}
         if getattr(args, "tls_verify", None) is not None:
             flags["tls-verify"] = args.tls_verify
@@ -425,19 +481,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = load_config(args.config_dir, flags=flags)
         return _dispatch(args, cfg)
     except CosError as exc:
-        print(f"cos: error: {exc.message}", file=sys.stderr)
-        if exc.hint:
-            print(f"hint: {exc.hint}", file=sys.stderr)
+        if isinstance(exc, UsageError):
+            _events_on_bad_usage(argv)
+        code = _fail(exc.message, exc.hint, exc.exit_code, prefix="error: ")
         if debug:
             log.exception("traceback")
-        return int(exc.exit_code)
+        return code
     except KeyboardInterrupt:
-        print("cos: interrupted", file=sys.stderr)
-        return int(ExitCode.INTERRUPTED)
+        return _fail("interrupted", "", ExitCode.INTERRUPTED)
     except Exception as exc:  # a bug: say so, and show details only with --debug
-        print(f"cos: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        hint = "" if debug else "rerun with --debug for a traceback"
+        code = _fail(f"internal error: {type(exc).__name__}: {exc}", hint, ExitCode.BUG)
         if debug:
             log.exception("traceback")
-        else:
-            print("hint: rerun with --debug for a traceback", file=sys.stderr)
-        return int(ExitCode.BUG)
+        return code

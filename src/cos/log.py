@@ -3,7 +3,8 @@
 Actions read as a list of named, timed steps: ``with step("Partitioning disk"): …``.
 On a TTY the steps show as rich status lines; elsewhere they are plain log lines
 ("==> Partitioning disk" / "    done in 1.2s"), which is what CI logs and serial
-consoles want.
+consoles want. Human output goes to stderr; with --json, steps and warnings are also
+events on stdout (cos.events).
 """
 
 from __future__ import annotations
@@ -13,6 +14,10 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
+from typing import Any
+
+from cos import events
 
 log = logging.getLogger("cos")
 
@@ -27,6 +32,21 @@ class _PlainFormatter(logging.Formatter):
         return msg
 
 
+class _EventHandler(logging.Handler):
+    """Warnings and errors also become `log` events (a no-op without --json)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        events.emit("log", level=record.levelname.lower(), message=record.getMessage())
+
+
+@cache
+def stderr_console() -> Any:
+    """The one rich console: log lines and progress bars share it (stdout is for data)."""
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
 def setup_logging(debug: bool = False, quiet: bool = False) -> None:
     """Configure the root 'cos' logger once per process."""
     level = logging.DEBUG if debug else (logging.WARNING if quiet else logging.INFO)
@@ -37,12 +57,15 @@ def setup_logging(debug: bool = False, quiet: bool = False) -> None:
     if sys.stderr.isatty() and not debug:
         from rich.logging import RichHandler
 
-        handler = RichHandler(show_time=False, show_path=False, markup=False)
+        handler = RichHandler(
+            console=stderr_console(), show_time=False, show_path=False, markup=False
+        )
         handler.setFormatter(logging.Formatter("%(message)s"))
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(_PlainFormatter())
     root.addHandler(handler)
+    root.addHandler(_EventHandler(logging.WARNING))
     root.setLevel(level)
     root.propagate = False
 
@@ -50,15 +73,21 @@ def setup_logging(debug: bool = False, quiet: bool = False) -> None:
 @contextmanager
 def step(title: str) -> Iterator[None]:
     """A named phase of an action; logs its start and its duration."""
-    indent = "  " * _state["depth"]
+    depth = _state["depth"]
+    indent = "  " * depth
     log.info("%s==> %s", indent, title)
+    events.emit("step-start", step=title, depth=depth)
     start = time.monotonic()
     _state["depth"] += 1
     try:
         yield
     except BaseException:
-        log.debug("%s    failed after %.1fs", indent, time.monotonic() - start)
+        secs = time.monotonic() - start
+        log.debug("%s    failed after %.1fs", indent, secs)
+        events.emit("step-end", step=title, depth=depth, seconds=round(secs, 3), ok=False)
         raise
     finally:
         _state["depth"] -= 1
-    log.debug("%s    done in %.1fs", indent, time.monotonic() - start)
+    secs = time.monotonic() - start
+    log.debug("%s    done in %.1fs", indent, secs)
+    events.emit("step-end", step=title, depth=depth, seconds=round(secs, 3), ok=True)

@@ -18,6 +18,7 @@ from cos.cli import main
 from cos.config import Labels, Partitions
 from cos.disk.plan import plan_disk
 from cos.errors import ExitCode
+from tests.support import events
 from tests.support.images import LAYOUT
 
 pytestmark = pytest.mark.integration
@@ -64,7 +65,7 @@ def built_disk(tmp_path_factory: pytest.TempPathFactory, vanilla: str) -> tuple[
         "COS_CACHE_DIR": str(LAYOUT.parent / "cache"),
     }
     disk = out / "disk.raw"
-    subprocess.run(
+    r = subprocess.run(
         [
             sys.executable,
             "-m",
@@ -75,11 +76,34 @@ def built_disk(tmp_path_factory: pytest.TempPathFactory, vanilla: str) -> tuple[
             str(disk),
             "--cloud-init",
             str(ci),
+            "--json",
         ],
         check=True,
         env=env,
+        stdout=subprocess.PIPE,
+        text=True,
     )
+    (out / "events.jsonl").write_text(r.stdout)
     return disk, out, vanilla
+
+
+def test_json_events(built_disk: tuple[Path, Path, str]) -> None:
+    """--json: stdout held the event stream alone, steps paired, one result naming the disk."""
+    disk, out, digest = built_disk
+    evs = events.parse((out / "events.jsonl").read_text())
+    steps = [e["step"] for e in events.of(evs, "step-end") if e["ok"]]
+    assert "Building snapshot 1" in steps and len(steps) == len(events.of(evs, "step-start"))
+    assert events.result(evs) | {"time": ""} == {
+        "event": "result",
+        "time": "",
+        "command": "build-disk",
+        "image": f"oci:{LAYOUT}:vanilla",
+        "digest": digest,
+        "output": str(disk),
+        "bytes": disk.stat().st_size,
+        "ok": True,
+        "exit_code": 0,
+    }
 
 
 def test_gpt_layout(built_disk: tuple[Path, Path, str]) -> None:
@@ -223,11 +247,14 @@ def test_qcow2_from_a_registry_reference(
     )
     # Plain-HTTP registry without --tls-verify=false: a clear error and a hint.
     out = tmp_path / "d.qcow2"
-    assert main(["build-disk", ref, "-o", str(out), "--type", "qcow2"]) == ExitCode.IMAGE
-    err = capsys.readouterr().err
-    assert "--tls-verify=false" in err and not out.exists()
+    assert main(["build-disk", ref, "-o", str(out), "--type", "qcow2", "--json"]) == ExitCode.IMAGE
+    got = capsys.readouterr()
+    assert "--tls-verify=false" in got.err and not out.exists()
+    (err,) = events.of(events.check_failed(got.out, ExitCode.IMAGE, ref), "error")
+    assert "--tls-verify=false" in err["message"] + err["hint"]
 
     assert main(["build-disk", ref, "-o", str(out), "--type", "qcow2", "--tls-verify=false"]) == 0
+    assert capsys.readouterr().out == ""  # without --json, nothing on stdout
     info = json.loads(
         subprocess.run(
             ["qemu-img", "info", "--output=json", str(out)],

@@ -15,6 +15,7 @@ import yaml
 
 from cos.config import Labels, Partitions
 from cos.disk.plan import plan_disk
+from tests.support import events
 from tests.support.images import LAYOUT
 
 SMALL = {"COS_PARTITIONS__RECOVERY": "1024", "COS_PARTITIONS__STATE": "4096"}
@@ -93,8 +94,22 @@ def test_install_then_refuse_to_overwrite(loopdev: Path, tmp_path: Path, vanilla
         f"  after-install:\n    - commands: ['echo after > {tmp_path}/hook-after']\n"
         "  boot:\n    - hostname: node-1\n"
     )
-    r = _install(loopdev, tmp_path, "--cloud-init", str(ci))
+    r = _install(loopdev, tmp_path, "--cloud-init", str(ci), "--json")
     assert r.returncode == 0, r.stderr
+    evs = events.parse(r.stdout)
+    steps = [e["step"] for e in events.of(evs, "step-end") if e["ok"]]
+    assert steps[0] == f"Checking oci:{LAYOUT}:vanilla" and "Building snapshot 1" in steps
+    assert events.result(evs) | {"time": ""} == {
+        "event": "result",
+        "time": "",
+        "command": "install",
+        "image": f"oci:{LAYOUT}:vanilla",
+        "digest": vanilla,
+        "device": str(loopdev),
+        "snapshot": 1,
+        "ok": True,
+        "exit_code": 0,
+    }
     # Hooks: before-/after-install on this system, after-install-chroot in the new tree.
     assert (tmp_path / "hook-before").read_text() == "before\n"
     assert (tmp_path / "hook-after").read_text() == "after\n"
@@ -167,7 +182,9 @@ def test_install_then_refuse_to_overwrite(loopdev: Path, tmp_path: Path, vanilla
 
     # A second install refuses without --force, and writes nothing.
     before = _digest(loopdev)
-    _refused(_install(loopdev, tmp_path), 5, "already holds a cos installation")
+    r = _install(loopdev, tmp_path, "--json")
+    _refused(r, 5, "already holds a cos installation")
+    events.check_failed(r.stdout, 5, "already holds a cos installation")
     assert _digest(loopdev) == before
 
 

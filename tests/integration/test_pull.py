@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_signatures import cos, refused, tiny_layout
+from tests.support import events
 
 pytestmark = pytest.mark.integration
 
@@ -149,9 +150,35 @@ def test_registry_credentials_from_auth_json(
             ],
             check=True,
         )
-        r = cos("pull-image", "--tls-verify=false", ref, str(tmp_path / "t0"), check=False)
+        r = cos(
+            "pull-image", "--json", "--tls-verify=false", ref, str(tmp_path / "t0"), check=False
+        )
         refused(r, 4, "asks for credentials")
+        events.check_failed(r.stdout, 4, "asks for credentials")
         monkeypatch.setenv("REGISTRY_AUTH_FILE", str(auth))
-        r = cos("--debug", "pull-image", "--tls-verify=false", ref, str(tmp_path / "t1"))
+        r = cos("--debug", "pull-image", "--json", "--tls-verify=false", ref, str(tmp_path / "t1"))
         assert (tmp_path / "t1/f").read_text() == "behind a login\n"
         assert "pa55-w0rd" not in r.stderr + r.stdout and token not in r.stderr + r.stdout
+        # --json: stdout is the event stream alone; every pulled blob's bytes are reported
+        # up to its size; the result names what was pulled.
+        evs = events.parse(r.stdout)
+        raw = subprocess.run(
+            ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"],
+            check=True,
+            capture_output=True,
+        ).stdout
+        manifest = json.loads(raw)
+        blobs = {x["digest"]: x["size"] for x in [manifest["config"], *manifest["layers"]]}
+        assert events.check_pulled(evs) == blobs
+        assert [e["step"] for e in events.of(evs, "step-end") if e["ok"]] == [
+            f"Pulling {ref}",
+            f"Unpacking into {tmp_path / 't1'}",
+        ]
+        res = events.result(evs)
+        assert (res["ok"], res["exit_code"], res["image"], res["dest"]) == (
+            True,
+            0,
+            ref,
+            str(tmp_path / "t1"),
+        )
+        assert res["digest"] == "sha256:" + hashlib.sha256(raw).hexdigest()

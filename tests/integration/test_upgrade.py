@@ -27,6 +27,7 @@ import yaml
 from cos.boot import grubenv
 from cos.config import Labels, Partitions
 from cos.disk.plan import plan_disk
+from tests.support import events
 from tests.support.images import LAYOUT, derive, push
 from tests.support.signing import key_pair, sign
 
@@ -206,8 +207,9 @@ def _layers(tag: str) -> list[str]:
 def test_upgrade_rollback_and_prune(device: Device, images: Images, registry_dir: Path) -> None:
     log = registry_dir / "registry.log"
     before = _blob_gets(images, log)
-    r = device.cos("upgrade", "--system", images.v2, "--tls-verify=false")
+    r = device.cos("upgrade", "--system", images.v2, "--tls-verify=false", "--json")
     assert "Switching to snapshot 2" in r.stderr
+    evs = events.parse(r.stdout)
 
     # Only the added layer travelled: the store was seeded with v1's blobs at build-disk.
     new_layers = set(_layers("upgrade-v2")) - set(_layers("vanilla"))
@@ -242,11 +244,21 @@ def test_upgrade_rollback_and_prune(device: Device, images: Images, registry_dir
         ).stdout
     )["Digest"]
     assert snaps[2]["digest"] == digest
+    # --json: the new layers' bytes were reported up to their sizes; the result names
+    # the snapshot that boots next.
+    pulled = events.check_pulled(evs)
+    assert new_layers <= set(pulled) and not set(pulled) & set(_layers("vanilla"))
+    assert "Building snapshot 2" in [e["step"] for e in events.of(evs, "step-end") if e["ok"]]
+    res = events.result(evs)
+    assert (res["ok"], res["exit_code"], res["snapshot"], res["changed"]) == (True, 0, 2, True)
+    assert (res["digest"], res["image"]) == (digest, images.v2)
     assert not list((device.state / ".snapshots").glob("*/.partial"))
 
     # The same digest again: nothing to do, nothing changed.
-    r = device.cos("upgrade", "--system", images.v2, "--tls-verify=false")
+    r = device.cos("upgrade", "--system", images.v2, "--tls-verify=false", "--json")
     assert "Already up to date" in r.stderr
+    res = events.result(events.parse(r.stdout))
+    assert (res["ok"], res["snapshot"], res["changed"]) == (True, 2, False)
     assert sorted(p.name for p in (device.state / ".snapshots").iterdir()) == ["1", "2", "active"]
 
     # Boot 2 and confirm it: the trial ends, state records it.
@@ -325,7 +337,9 @@ class TestRefusals:
             sorted(p.name for p in (dev.state / ".store/blobs/sha256").iterdir()),
         )
 
-    def refused(self, dev: Device, code: int, words: str, *args: str) -> None:
+    def refused(
+        self, dev: Device, code: int, words: str, *args: str
+    ) -> subprocess.CompletedProcess[str]:
         before = self.snapshot_of(dev)
         r = dev.cos(*args, check=False)
         assert r.returncode == code, r.stderr
@@ -334,6 +348,7 @@ class TestRefusals:
         assert lines[-1].startswith("hint:")
         assert "Traceback" not in r.stderr
         assert self.snapshot_of(dev) == before
+        return r
 
     def test_image_not_prepared_by_cos_init(self, device: Device, images: Images) -> None:
         self.refused(
@@ -456,8 +471,11 @@ def test_upgrade_recovery_switches_generations(
             "--tls-verify=false",
             "--recovery-dir",
             str(rec),
+            "--json",
         )
         assert "Recovery system replaced" in r.stderr
+        res = events.result(events.parse(r.stdout))
+        assert (res["ok"], res["image"], res["changed"]) == (True, images.v2, True)
         assert os.readlink(rec / "boot") == "boot.2" and not (rec / "boot.1").exists()
         assert {p.name for p in (rec / "boot").iterdir()} >= {"recovery.img", "vmlinuz", "initrd"}
         content = subprocess.run(
@@ -534,9 +552,10 @@ def test_upgrade_verifies_the_signature_when_configured(
     (device.conf / "config.yaml").write_text(f"verify: true\ncosign-key: {pub}\n")
     ref = push("upgrade-v2", images.registry, "cos/signed:v2")
 
-    TestRefusals().refused(
-        device, 4, "not signed", "upgrade", "--system", ref, "--tls-verify=false"
+    r = TestRefusals().refused(
+        device, 4, "not signed", "upgrade", "--system", ref, "--tls-verify=false", "--json"
     )
+    events.check_failed(r.stdout, 4, "not signed")
 
     sign(ref, key_file, _env(device.conf))
     r = device.cos("upgrade", "--system", ref, "--tls-verify=false")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from cos import events
 from cos import run as runner
 from cos.actions.deploy import (
     RECOVERY_LABEL,
@@ -161,6 +162,7 @@ def build_disk(req: BuildDiskRequest, cfg: Config) -> Path:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     log.info("Disk ready: %s (%s, %d MiB)", out, req.disk_type, plan.size_mib)
+    events.summary(output=str(out), bytes=out.stat().st_size)
     return out
 
 
@@ -178,6 +180,7 @@ def _build(
     tls = cfg.tls_verify
     with step(f"Pulling {ref}"):
         img = fetch(ref, cache, tls, cfg.signature_key(), cfg.arch())
+    events.summary(image=str(img.ref), digest=img.digest)
     tree = work / "tree"
     with step(f"Unpacking {ref} ({img.digest[:19]})"):
         unpack(img, tree)

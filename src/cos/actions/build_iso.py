@@ -17,6 +17,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cos import events
 from cos import run as runner
 from cos.actions.deploy import check_bootable, check_cloud_init, cloud_init_names
 from cos.actions.hooks import run_hook
@@ -90,6 +91,7 @@ def build_iso(req: BuildIsoRequest, cfg: Config) -> Path:
         iso = work / "iso"
         with step(f"Pulling {ref}"):
             img = fetch(ref, Path(cfg.cache_dir), cfg.tls_verify, cfg.signature_key(), cfg.arch())
+        events.summary(image=str(img.ref), digest=img.digest)
         tree = work / "tree"
         with step(f"Unpacking {ref}"):
             unpack(img, tree)
@@ -144,4 +146,5 @@ def build_iso(req: BuildIsoRequest, cfg: Config) -> Path:
         partial.unlink(missing_ok=True)
         shutil.rmtree(work, ignore_errors=True)
     log.info("ISO ready: %s (%d MiB)", out, out.stat().st_size >> 20)
+    events.summary(output=str(out), bytes=out.stat().st_size)
     return out

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
+from cos import events
 from cos.config import Config
 from cos.errors import ImageError, UsageError
 from cos.log import step
@@ -162,4 +163,5 @@ def pull_image(req: PullRequest, cfg: Config) -> LocalImage:
         finally:
             shutil.rmtree(partial, ignore_errors=True)
     log.info("Unpacked %s (%s) into %s", ref, local.digest, dest)
+    events.summary(image=str(ref), digest=local.digest, dest=str(dest))
     return local

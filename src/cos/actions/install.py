@@ -24,6 +24,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cos import events
 from cos import run as runner
 from cos.actions.build_disk import REQUIRED_TOOLS as DISK_TOOLS
 from cos.actions.deploy import (
@@ -163,6 +164,7 @@ def install(req: InstallRequest, cfg: Config) -> None:
     os.sync()
     run_hook("after-install", hooks)
     log.info("Installed %s on %s", ref, dev)
+    events.summary(image=str(ref), device=str(dev))
     if req.after:
         runner.run(["systemctl", req.after], check=False)
 
@@ -213,6 +215,7 @@ def _deploy(
         snaps = LoopSnapshotter(state_dir, cfg.snapshot_fs)
         with step(f"Pulling {ref}"):
             image = get(store, snapshot_tag(1))
+        events.summary(digest=image.digest, snapshot=1)
         size = estimate_image_bytes(store.unpacked_size(snapshot_tag(1)))
         with step("Building snapshot 1"), snaps.start(size, work / "snap") as p:
             with step(f"Unpacking {ref} ({image.digest[:19]})"):
@@ -318,10 +321,12 @@ def auto_install(cfg: Config) -> bool:
     found = install_request_from_cloud_config(cfg)
     if found is None:
         log.info("No install: section in the cloud-config; nothing to do")
+        events.summary(installed=False)
         return False
     req, tls = found
     if tls is not None:
         cfg = dataclasses.replace(cfg, tls_verify=bool(tls))
     log.info("Unattended install onto %s", req.device)
     install(req, cfg)
+    events.summary(installed=True)
     return True

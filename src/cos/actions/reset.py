@@ -15,6 +15,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+from cos import events
 from cos import run as runner
 from cos.actions.deploy import check_bootable, image_state
 from cos.actions.hooks import run_chroot_hook, run_hook, system_sources
@@ -152,5 +153,6 @@ def reset(req: ResetRequest, cfg: Config) -> None:
             mkfs_ext4(Path(persistent_dev), labels["persistent"], size=device_size(persistent_dev))
     run_hook("after-reset", hooks)
     log.info("Reset done: snapshot 1 from %s boots next", snap.source)
+    events.summary(image=snap.source, digest=snap.digest, snapshot=1, changed=True)
     if req.reboot:
         runner.run(["systemctl", "reboot"], check=False)

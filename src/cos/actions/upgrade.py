@@ -20,6 +20,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from cos import events
 from cos import run as runner
 from cos.actions.deploy import (
     check_bootable,
@@ -125,6 +126,7 @@ def upgrade(req: UpgradeRequest, cfg: Config) -> int | None:
         remote = inspect_remote(ref, cfg.tls_verify, cfg.arch(), cfg.signature_key())
     if current is not None and current.digest == remote.digest and not req.force:
         log.info("Already up to date: snapshot %s is %s (%s)", active, ref, remote.digest[:19])
+        events.summary(image=str(ref), digest=remote.digest, snapshot=active, changed=False)
         return None
 
     hooks = system_sources(cfg)
@@ -135,6 +137,7 @@ def upgrade(req: UpgradeRequest, cfg: Config) -> int | None:
         _update_bootloader(inst, cfg, snaps, n, state.labels.get("efi", cfg.labels.efi))
     run_hook("after-upgrade", hooks)
     log.info("Upgraded: snapshot %d is %s (%s); it boots next", n, ref, remote.digest[:19])
+    events.summary(image=str(ref), digest=remote.digest, snapshot=n, changed=True)
     if req.reboot:
         runner.run(["systemctl", "reboot"], check=False)
     return n

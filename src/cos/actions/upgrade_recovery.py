@@ -14,6 +14,7 @@ import shutil
 from contextlib import ExitStack
 from dataclasses import dataclass
 
+from cos import events
 from cos import run as runner
 from cos.actions.deploy import (
     RECOVERY_LABEL,
@@ -67,6 +68,7 @@ def upgrade_recovery(req: RecoveryRequest, cfg: Config) -> None:
         remote = inspect_remote(ref, cfg.tls_verify, cfg.arch(), cfg.signature_key())
     if state.recovery and state.recovery.digest == remote.digest and not req.force:
         log.info("Recovery is up to date: %s (%s)", ref, remote.digest[:19])
+        events.summary(image=str(ref), digest=remote.digest, changed=False)
         return
 
     with ExitStack() as stack:
@@ -131,3 +133,4 @@ def upgrade_recovery(req: RecoveryRequest, cfg: Config) -> None:
         for old in gens:
             shutil.rmtree(rec_dir / f"boot.{old}", ignore_errors=True)
     log.info("Recovery system replaced by %s (%s)", ref, remote.digest[:19])
+    events.summary(image=str(ref), digest=remote.digest, changed=True)

@@ -40,5 +40,8 @@ def render() -> str:
         "An exit code of 1 is always a bug in cos: please report it with the output of the",
         "same command run with `--debug`.",
         "",
+        "With `--json` the same message, hint and code also come as an `error` event on",
+        "stdout, followed by the `result` event ([json-events.md](json-events.md)).",
+        "",
     ]
     return "\n".join(lines)

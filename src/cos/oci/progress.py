@@ -9,6 +9,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from cos import events
+from cos.log import stderr_console
+
 log = logging.getLogger("cos")
 MIB = 1024 * 1024
 
@@ -27,6 +30,16 @@ class PullProgress:
         if total:
             log.info("Fetching %.1f MiB", total / MIB)
         yield
+
+    def track(self, digest: str, size: int) -> Callable[[int], None]:
+        """The byte counter for one blob: this report, and `progress` events under --json."""
+        shown, evented = self.layer(digest, size), events.progress(digest, size)
+
+        def advance(held: int) -> None:
+            shown(held)
+            evented(held)
+
+        return advance
 
     def layer(self, digest: str, size: int) -> Callable[[int], None]:
         start = time.monotonic()
@@ -70,6 +83,7 @@ class BarProgress(PullProgress):
             DownloadColumn(),
             TransferSpeedColumn(),
             TimeRemainingColumn(),
+            console=stderr_console(),
             transient=False,
         ) as bar:
             self._bar = bar

@@ -208,7 +208,7 @@ class LayerStore:
         with report.running(sum(s for _, s in missing)):
             for digest, size in missing:
                 try:
-                    client.blob(repo, digest, size, self._blob(digest), report.layer(digest, size))
+                    client.blob(repo, digest, size, self._blob(digest), report.track(digest, size))
                 except RegistryError as exc:
                     raise ImageError(f"pulling {remote.ref}: {exc.message}", hint=exc.hint) from exc
         if not (self.path / "oci-layout").exists():

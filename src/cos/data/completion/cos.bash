@@ -24,20 +24,21 @@ _cos() {
             opts="-h --help --force --list"
             ;;
         build-disk)
-            opts="-h --help -o --output --cloud-init --type --size --recovery-system --tls-verify --cosign-key --platform"
+            opts="-h --help -o --output --cloud-init --type --size --recovery-system --expandable --deploy-command --tls-verify --cosign-key --platform --json"
             case "$prev" in
                 -o|--output) files=1 ;;
                 --cloud-init) files=1 ;;
                 --type) values="raw qcow2 vhd gce" ;;
                 --size) return 0 ;;
                 --recovery-system) return 0 ;;
+                --deploy-command) return 0 ;;
                 --tls-verify) values="true false" ;;
                 --cosign-key) files=1 ;;
                 --platform) return 0 ;;
             esac
             ;;
         build-iso)
-            opts="-h --help -o --output --cloud-init --label --overlay-iso --tls-verify --cosign-key --platform"
+            opts="-h --help -o --output --cloud-init --label --overlay-iso --tls-verify --cosign-key --platform --json"
             case "$prev" in
                 -o|--output) files=1 ;;
                 --cloud-init) files=1 ;;
@@ -67,7 +68,7 @@ _cos() {
             opts="-h --help --dry-run --strict"
             ;;
         install)
-            opts="-h --help --system --cloud-init --recovery-system --force --reboot --poweroff --tls-verify --cosign-key --platform"
+            opts="-h --help --system --cloud-init --recovery-system --force --reboot --poweroff --tls-verify --cosign-key --platform --json"
             case "$prev" in
                 --system) return 0 ;;
                 --cloud-init) files=1 ;;
@@ -78,10 +79,10 @@ _cos() {
             esac
             ;;
         live-install)
-            opts="-h --help"
+            opts="-h --help --json"
             ;;
         upgrade)
-            opts="-h --help --system --force --recovery --bootloader --reboot --tls-verify --cosign-key --platform"
+            opts="-h --help --system --force --recovery --bootloader --reboot --tls-verify --cosign-key --platform --json"
             case "$prev" in
                 --system) return 0 ;;
                 --tls-verify) values="true false" ;;
@@ -90,7 +91,7 @@ _cos() {
             esac
             ;;
         upgrade-recovery)
-            opts="-h --help --recovery-system --force --tls-verify --cosign-key --platform"
+            opts="-h --help --recovery-system --force --tls-verify --cosign-key --platform --json"
             case "$prev" in
                 --recovery-system) return 0 ;;
                 --tls-verify) values="true false" ;;
@@ -102,7 +103,7 @@ _cos() {
             opts="-h --help --once --reboot"
             ;;
         reset)
-            opts="-h --help --system --reset-persistent --reset-oem --reboot --tls-verify --cosign-key --platform"
+            opts="-h --help --system --reset-persistent --reset-oem --reboot --tls-verify --cosign-key --platform --json"
             case "$prev" in
                 --system) return 0 ;;
                 --tls-verify) values="true false" ;;
@@ -114,7 +115,7 @@ _cos() {
             opts="-h --help --mark-good"
             ;;
         pull-image)
-            opts="-h --help --tls-verify --cosign-key --platform"
+            opts="-h --help --tls-verify --cosign-key --platform --json"
             case "$prev" in
                 --tls-verify) values="true false" ;;
                 --cosign-key) files=1 ;;
