@@ -315,8 +315,14 @@ def test_fallback_is_recorded_and_rolled_back(device: Device, images: Images) ->
     assert st["upgrade_failure"]["snapshot"] == 2
     assert {s["number"]: s for s in st["snapshots"]}[2]["boot_assessment"] == "failed"
     assert st["history"][-1]["action"] == "fallback from 2" and st["history"][-1]["snapshot"] == 1
-    # A later good upgrade starts clean: fresh counters, fallback is the running one.
+    assert st["history"][-2]["action"] == "boot-failed" and st["history"][-2]["snapshot"] == 2
+    # The image that failed is not installed again by a plain upgrade (an automated
+    # upgrader would loop: install, fail, fall back, install…); --force retries it.
     device.boot("active", 1)
+    TestRefusals().refused(
+        device, 7, "failed its trial boot", "upgrade", "--system", images.v2, "--tls-verify=false"
+    )
+    # A later good upgrade starts clean: fresh counters, fallback is the running one.
     device.cos("upgrade", "--system", images.v2, "--tls-verify=false", "--force")
     env = device.env()
     assert (env["cos_trial"], env["cos_tries"], env["cos_fallback"]) == ("3", "3", "1")

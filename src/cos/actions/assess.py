@@ -109,5 +109,8 @@ def _record_failure(
         snaps.switch(booted)
         for k, s in state.snapshots.items():
             s.active = k == booted
+        # The failed image is remembered (upgrade refuses it without --force), then
+        # what runs now.
+        state.record("boot-failed", trial.snapshot, state.snapshots.get(trial.snapshot))
         state.record(f"fallback from {trial.snapshot}", booted, state.snapshots.get(booted))
         write_state(inst.state_dir, state)

@@ -99,6 +99,19 @@ def _check_space(state_dir: Path, need: int, reclaim: int, what: str) -> None:
         )
 
 
+def _failed_before(state: InstallState, digest: str) -> str | None:
+    """When this image already failed a trial boot here. Without this check an
+    automated upgrader (a SUC Plan, a timer) would install it, fail, fall back and
+    install it again, forever."""
+    for entry in reversed(state.history):
+        if entry.get("action") == "boot-failed" and entry.get("digest") == digest:
+            return str(entry.get("date", "an earlier boot"))
+    for snap in state.snapshots.values():
+        if snap.boot_assessment == "failed" and snap.digest == digest:
+            return snap.date
+    return None
+
+
 def upgrade(req: UpgradeRequest, cfg: Config) -> int | None:
     """Returns the new snapshot number (None when already up to date)."""
     inst = req.installed or Installed.running(cfg.layout.oem_mount)
@@ -128,6 +141,13 @@ def upgrade(req: UpgradeRequest, cfg: Config) -> int | None:
         log.info("Already up to date: snapshot %s is %s (%s)", active, ref, remote.digest[:19])
         events.summary(image=str(ref), digest=remote.digest, snapshot=active, changed=False)
         return None
+    failed = _failed_before(state, remote.digest)
+    if failed and not req.force:
+        raise StateError(
+            f"{ref} ({remote.digest[:19]}) failed its trial boot on {failed};"
+            " it is not installed again",
+            hint="push a fixed image, or pass --force to give it one more trial",
+        )
 
     hooks = system_sources(cfg)
     run_hook("before-upgrade", hooks)
