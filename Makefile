@@ -43,7 +43,7 @@ test-e2e: setup
 
 # Side-by-side benchmarks (ratios against the bare tools); root, after `make vanilla`.
 bench: vanilla
-	$(VENV)/bin/python bench/unpack.py
+	$(VENV)/bin/python bench/run.py
 
 clean:
 	rm -rf build
