@@ -4,9 +4,10 @@ plainly, under the same qemu settings (tests/e2e/vm.py: q35, -accel tcg -cpu max
 
 The cos disk is the e2e disk (`cos build-disk` of the e2e image: vanilla + the test
 agent), booted by SeaBIOS and GRUB from a loop snapshot on COS_STATE. The floor is the
-e2e image's own tree as an ext4 image, booted directly (-kernel/-initrd of the image,
-root=/dev/vda, the same console arguments), its cos units masked: what the root
-filesystem costs without cos's boot path and stages. "Multi-user" is the e2e suite's
+e2e image's own tree as an ext4 image (made once per image, kept in build/bench),
+booted directly (-kernel/-initrd of the image, root=/dev/vda, the same console
+arguments), its cos units masked: what the root filesystem costs without cos's boot
+path and stages. "Multi-user" is the e2e suite's
 test: the guest agent answers and `systemctl is-system-running --wait` returns. The
 guest's own clock splits the boot into kernel, initrd and userspace.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -29,7 +31,7 @@ from pathlib import Path
 from common import VM_LOCK, Metrics, Row, interleave, print_table, rows_of, scratch, sh
 from tests.e2e.conftest import cached_disk
 from tests.e2e.vm import VM, overlay
-from tests.support.images import LAYOUT, ensure_e2e_image
+from tests.support.images import BUILD, LAYOUT, ensure_e2e_image
 
 from cos.oci.unpack import unpack_image
 from cos.snapshot.loop import image_size_for
@@ -109,46 +111,53 @@ def boot_once(disk: Path, workdir: Path, extra: tuple[str, ...]) -> Metrics:
         return m
 
 
-def plain_rootfs(seed: Path) -> tuple[Path, tuple[str, ...]]:
-    """The e2e image's tree as a whole-disk ext4 image, cos units masked; qemu arguments."""
+def plain_rootfs() -> tuple[Path, tuple[str, ...]]:
+    """The e2e image's tree as a whole-disk ext4 image, cos units masked, and the qemu
+    arguments that boot it; cached in build/bench by the image's digest."""
     digest = ensure_e2e_image()
+    seed = BUILD / "bench" / f"plain-{digest[7:23]}"
+    img, kernel, initrd = seed / "root.raw", seed / "vmlinuz", seed / "initrd"
+    append = f"root=/dev/vda rw {CONSOLE}"
+    args = ("-kernel", str(kernel), "-initrd", str(initrd), "-append", append)
+    if img.exists():
+        return img, args
+    shutil.rmtree(seed.parent, ignore_errors=True)  # older images' roots
+    seed.mkdir(parents=True)
     tree = seed / "tree"
     unpack_image(LAYOUT, digest, tree)
     etc = tree / "etc/systemd/system"
-    for unit in {
+    units = {
         p.name
         for d in ("usr/lib/systemd/system", "etc/systemd/system")
         for p in (tree / d).glob("cos-*")
-    }:
-        if unit != "cos-e2e-agent.service":
-            (etc / unit).unlink(missing_ok=True)
-            (etc / unit).symlink_to("/dev/null")
-    kernel, initrd = seed / "vmlinuz", seed / "initrd"
+    }
+    for unit in units - {"cos-e2e-agent.service"}:
+        (etc / unit).unlink(missing_ok=True)
+        (etc / unit).symlink_to("/dev/null")
     sh(["cp", "-L", tree / "boot/vmlinuz", kernel])
     sh(["cp", "-L", tree / "boot/initrd", initrd])
     size, inodes = image_size_for(tree)
-    img = seed / "root.raw"
-    with open(img, "wb") as f:
+    partial = seed / "root.partial"
+    with open(partial, "wb") as f:
         f.truncate(size)
     mkfs = ["mkfs.ext4", "-F", "-q", "-L", "ROOT", "-E", "root_owner=0:0", "-N", str(inodes)]
-    sh([*mkfs, "-d", str(tree), str(img)])
+    sh([*mkfs, "-d", str(tree), str(partial)])
     sh(["rm", "-rf", tree])
-    append = f"root=/dev/vda rw {CONSOLE}"
-    return img, ("-kernel", str(kernel), "-initrd", str(initrd), "-append", append)
+    partial.rename(img)
+    return img, args
 
 
 def bench(args: argparse.Namespace) -> list[Row]:
     workdir = Path(args.workdir)
     cos_disk = cached_disk("disk")
-    with scratch(workdir, "cos-bench-boot-seed") as seed:
-        plain, extra = plain_rootfs(seed)
-        samples = interleave(
-            args.runs,
-            {
-                "plain": lambda: boot_once(plain, workdir, extra),
-                "cos": lambda: boot_once(cos_disk, workdir, ()),
-            },
-        )
+    plain, extra = plain_rootfs()
+    samples = interleave(
+        args.runs,
+        {
+            "plain": lambda: boot_once(plain, workdir, extra),
+            "cos": lambda: boot_once(cos_disk, workdir, ()),
+        },
+    )
     spec: list[tuple[str, str, str, str | None]] = [
         ("plain: to multi-user (floor)", "plain", "multi-user", None),
         ("cos: to multi-user", "cos", "multi-user", "plain: to multi-user (floor)"),

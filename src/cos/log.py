@@ -2,7 +2,7 @@
 
 Actions read as a list of named, timed steps: ``with step("Partitioning disk"): …``.
 On a TTY the steps show as rich status lines; elsewhere they are plain log lines
-("==> Partitioning disk" / "    done in 1.2s"), which is what CI logs and serial
+("==> Partitioning disk" / "    done in 1.23s"), which is what CI logs and serial
 consoles want.
 """
 
@@ -57,8 +57,8 @@ def step(title: str) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        log.debug("%s    failed after %.1fs", indent, time.monotonic() - start)
+        log.debug("%s    failed after %.2fs", indent, time.monotonic() - start)
         raise
     finally:
         _state["depth"] -= 1
-    log.debug("%s    done in %.1fs", indent, time.monotonic() - start)
+    log.debug("%s    done in %.2fs", indent, time.monotonic() - start)
