@@ -47,7 +47,7 @@ docs: setup
 
 # Side-by-side benchmarks (ratios against the bare tools); root, after `make vanilla`.
 bench: vanilla
-	$(VENV)/bin/python bench/unpack.py
+	$(VENV)/bin/python bench/run.py
 
 clean:
 	rm -rf build

@@ -11,20 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import statistics
-import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
+from common import MIB, REPO, Metrics, Row, interleave, print_table, rows_of, scratch, sh, timed
 
-from cos.oci.transport import layout_digest  # noqa: E402
-from cos.oci.unpack import unpack_image  # noqa: E402
+from cos.oci.transport import layout_digest
+from cos.oci.unpack import unpack_image
 
 
 def layers(layout: Path, digest: str) -> list[Path]:
@@ -32,61 +26,62 @@ def layers(layout: Path, digest: str) -> list[Path]:
     return [layout / "blobs/sha256" / x["digest"][7:] for x in manifest["layers"]]
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--image", default=str(REPO / "build/oci:vanilla"), help="LAYOUT:TAG")
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--workdir", default="/var/tmp")
-    args = ap.parse_args()
+def tar_x(blobs: list[Path], dest: Path) -> None:
+    """The floor: GNU tar applies each layer over the last (no whiteouts, no checks)."""
+    dest.mkdir()
+    for b in blobs:
+        sh(["tar", "-x", "-z", "--numeric-owner", "--xattrs", "-f", b, "-C", dest])
+
+
+def bench(args: argparse.Namespace) -> list[Row]:
     layout_s, _, tag = args.image.rpartition(":")
     layout = Path(layout_s)
     digest = layout_digest(layout, tag)
     if digest is None:
-        print(f"no tag {tag} in {layout} (run `make vanilla` first)", file=sys.stderr)
-        return 2
+        raise SystemExit(f"no tag {tag} in {layout} (run `make vanilla` first)")
     blobs = layers(layout, digest)
     size = sum(b.stat().st_size for b in blobs)
+    workdir = Path(args.workdir)
+    print(f"unpack of {args.image}: {len(blobs)} layers, {size / MIB:.1f} MiB compressed")
 
-    def tar(dest: Path) -> None:
-        dest.mkdir()
-        for b in blobs:
-            subprocess.run(
-                ["tar", "-x", "-z", "--numeric-owner", "--xattrs", "-f", str(b), "-C", str(dest)],
-                check=True,
-            )
+    def run(fn: Callable[[Path], object]) -> Metrics:
+        with scratch(workdir, "cos-bench-unpack") as tmp:
+            return {"s": timed(lambda: fn(tmp / "root"))}
 
-    def umoci(dest: Path) -> None:
-        subprocess.run(
-            ["umoci", "raw", "unpack", "--image", f"{layout}:{tag}", str(dest)],
-            check=True,
-            capture_output=True,
-        )
-
-    def cos(dest: Path) -> None:
-        unpack_image(layout, digest, dest)
-
-    contenders: dict[str, Callable[[Path], None]] = {"tar -x": tar, "cos": cos, "umoci": umoci}
-    times: dict[str, list[float]] = {k: [] for k in contenders}
-    for _ in range(args.runs):
-        for name, fn in contenders.items():
-            with tempfile.TemporaryDirectory(dir=args.workdir, prefix="cos-bench-") as tmp:
-                dest = Path(tmp) / "root"
-                start = time.monotonic()
-                fn(dest)
-                times[name].append(time.monotonic() - start)
-                shutil.rmtree(dest, ignore_errors=True)
-
-    floor = statistics.median(times["tar -x"])
-    print(
-        f"unpack of {args.image}: {len(blobs)} layers, {size / 2**20:.1f} MiB compressed, "
-        f"{args.runs} runs each"
+    samples = interleave(
+        args.runs,
+        {
+            "tar -x": lambda: run(lambda d: tar_x(blobs, d)),
+            "cos": lambda: run(lambda d: unpack_image(layout, digest, d)),
+            "umoci": lambda: run(
+                lambda d: sh(["umoci", "raw", "unpack", "--image", f"{layout}:{tag}", d])
+            ),
+        },
     )
-    print(f"{'contender':10} {'min s':>8} {'median s':>9} {'max s':>8} {'vs tar':>7}")
-    for name, t in times.items():
-        med = statistics.median(t)
-        print(f"{name:10} {min(t):8.2f} {med:9.2f} {max(t):8.2f} {med / floor:7.2f}")
+    return rows_of(
+        "unpack",
+        samples,
+        [
+            ("tar -x (floor)", "tar -x", "s", None),
+            ("cos unpack", "cos", "s", "tar -x (floor)"),
+            ("umoci raw unpack", "umoci", "s", "tar -x (floor)"),
+        ],
+    )
+
+
+def add_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--image", default=str(REPO / "build/oci:vanilla"), help="LAYOUT:TAG")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    add_args(ap)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--workdir", default="/var/tmp")
+    args = ap.parse_args()
+    print_table("unpack", bench(args))
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

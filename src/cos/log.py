@@ -2,7 +2,7 @@
 
 Actions read as a list of named, timed steps: ``with step("Partitioning disk"): …``.
 On a TTY the steps show as rich status lines; elsewhere they are plain log lines
-("==> Partitioning disk" / "    done in 1.2s"), which is what CI logs and serial
+("==> Partitioning disk" / "    done in 1.23s"), which is what CI logs and serial
 consoles want. Human output goes to stderr; with --json, steps and warnings are also
 events on stdout (cos.events).
 """
@@ -83,11 +83,11 @@ def step(title: str) -> Iterator[None]:
         yield
     except BaseException:
         secs = time.monotonic() - start
-        log.debug("%s    failed after %.1fs", indent, secs)
+        log.debug("%s    failed after %.2fs", indent, secs)
         events.emit("step-end", step=title, depth=depth, seconds=round(secs, 3), ok=False)
         raise
     finally:
         _state["depth"] -= 1
     secs = time.monotonic() - start
-    log.debug("%s    done in %.1fs", indent, secs)
+    log.debug("%s    done in %.2fs", indent, secs)
     events.emit("step-end", step=title, depth=depth, seconds=round(secs, 3), ok=True)

@@ -38,6 +38,7 @@ class VM:
         net: bool = False,
         extra_disks: tuple[Path, ...] = (),
         cdrom: Path | None = None,
+        extra_args: tuple[str, ...] = (),
     ):
         self.disk = disk
         self.cdrom = cdrom  # an ISO on virtio-scsi (the cloud kernel has no AHCI), booted first
@@ -46,6 +47,7 @@ class VM:
         self.memory = memory
         self.net = net  # user networking: the host (and its 127.0.0.1 registry) is 10.0.2.2
         self.extra_disks = extra_disks  # /dev/vdb, /dev/vdc, … in the guest
+        self.extra_args = extra_args  # more qemu arguments (-kernel … for a direct boot)
         self.proc: subprocess.Popen[bytes] | None = None
         self.sock: socket.socket | None = None
         self.buf = b""
@@ -116,6 +118,7 @@ class VM:
                 "-drive",
                 f"if=pflash,format=raw,unit=1,file={vars_copy}",
             ]
+        argv += self.extra_args
         self.proc = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,

@@ -1,0 +1,186 @@
+"""Boot benchmark: time to multi-user of a cos disk vs the same root filesystem booted
+plainly, under the same qemu settings (tests/e2e/vm.py: q35, -accel tcg -cpu max,
+2 CPUs, 1.5 GiB), and the time each cos unit (the cloud-init stages) took.
+
+The cos disk is the e2e disk (`cos build-disk` of the e2e image: vanilla + the test
+agent), booted by SeaBIOS and GRUB from a loop snapshot on COS_STATE. The floor is the
+e2e image's own tree as an ext4 image (made once per image, kept in build/bench),
+booted directly (-kernel/-initrd of the image, root=/dev/vda, the same console
+arguments), its cos units masked: what the root filesystem costs without cos's boot
+path and stages. "Multi-user" is the e2e suite's
+test: the guest agent answers and `systemctl is-system-running --wait` returns. The
+guest's own clock splits the boot into kernel, initrd and userspace.
+
+Each boot holds /tmp/cos-vm.lock (the e2e suites on this machine take the same lock)
+and runs on a fresh qcow2 overlay of its disk.
+
+    python bench/boot.py [--runs 3] [--workdir /var/tmp]
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from common import VM_LOCK, Metrics, Row, interleave, print_table, rows_of, scratch, sh
+from tests.e2e.conftest import cached_disk
+from tests.e2e.vm import VM, overlay
+from tests.support.images import BUILD, LAYOUT, ensure_e2e_image
+
+from cos.oci.unpack import unpack_image
+from cos.snapshot.loop import image_size_for
+
+STAGES = ("cos-setup-fs.service", "cos-setup-boot.service", "cos-setup-network.service")
+CONSOLE = "console=tty1 console=ttyS0,115200 panic=5"  # what cos's grub.cfg passes
+LOCK_WAITS: list[float] = []  # seconds spent waiting for the VM lock, for the summary
+_CLOCK = ("UserspaceTimestampMonotonic", "FinishTimestampMonotonic")
+
+
+@contextmanager
+def vm_lock() -> Iterator[None]:
+    """flock(2) on the shared lock file, as `flock /tmp/cos-vm.lock …` takes it."""
+    with open(VM_LOCK, "a") as f:
+        start = time.monotonic()
+        fcntl.flock(f, fcntl.LOCK_EX)
+        waited = time.monotonic() - start
+        LOCK_WAITS.append(waited)
+        if waited > 1:
+            print(f"  (waited {waited:.0f}s for {VM_LOCK})", flush=True)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _props(text: str) -> list[dict[str, str]]:
+    """`systemctl show` output: blocks of KEY=VALUE separated by empty lines."""
+    blocks: list[dict[str, str]] = [{}]
+    for line in text.splitlines():
+        if not line.strip():
+            blocks.append({})
+        else:
+            k, _, v = line.partition("=")
+            blocks[-1][k] = v
+    return [b for b in blocks if b]
+
+
+def guest_times(vm: VM) -> Metrics:
+    """The guest's split of the boot and the run time of each cos unit, in seconds."""
+    clock = _props(vm.ok("systemctl show -p " + " -p ".join(_CLOCK)))[0]
+    user, finish = (int(clock[k]) / 1e6 for k in _CLOCK)
+    # The monotonic clock starts with the kernel; systemd in a dracut initrd does not
+    # hand its start time on, so kernel and initrd are one figure.
+    m = {"kernel + initrd": user, "userspace": finish - user}
+    names = vm.ok("systemctl list-units --all --plain --no-legend 'cos-*.service'")
+    units = [ln.split()[0] for ln in names.splitlines() if ln.strip()]
+    units = [u for u in units if u != "cos-e2e-agent.service"]
+    cos_total = 0.0
+    if units:
+        props = "-p Id -p InactiveExitTimestampMonotonic -p ActiveEnterTimestampMonotonic"
+        for b in _props(vm.ok(f"systemctl show {props} {' '.join(units)}")):
+            start, end = (
+                int(b["InactiveExitTimestampMonotonic"]),
+                int(b["ActiveEnterTimestampMonotonic"]),
+            )
+            secs = (end - start) / 1e6 if start and end >= start else 0.0
+            m[b["Id"]] = secs
+            cos_total += secs
+    m["cos units"] = cos_total
+    return m
+
+
+def boot_once(disk: Path, workdir: Path, extra: tuple[str, ...]) -> Metrics:
+    with scratch(workdir, "cos-bench-boot") as tmp:
+        top = overlay(disk, tmp / "disk.qcow2")
+        with vm_lock():
+            vm = VM(top, tmp / "vm", extra_args=extra)
+            try:
+                start = time.monotonic()
+                vm.start()
+                vm.wait_multi_user(timeout=600)
+                m = {"multi-user": time.monotonic() - start}
+                m.update(guest_times(vm))
+            finally:
+                vm.stop()
+        return m
+
+
+def plain_rootfs() -> tuple[Path, tuple[str, ...]]:
+    """The e2e image's tree as a whole-disk ext4 image, cos units masked, and the qemu
+    arguments that boot it; cached in build/bench by the image's digest."""
+    digest = ensure_e2e_image()
+    seed = BUILD / "bench" / f"plain-{digest[7:23]}"
+    img, kernel, initrd = seed / "root.raw", seed / "vmlinuz", seed / "initrd"
+    append = f"root=/dev/vda rw {CONSOLE}"
+    args = ("-kernel", str(kernel), "-initrd", str(initrd), "-append", append)
+    if img.exists():
+        return img, args
+    shutil.rmtree(seed.parent, ignore_errors=True)  # older images' roots
+    seed.mkdir(parents=True)
+    tree = seed / "tree"
+    unpack_image(LAYOUT, digest, tree)
+    etc = tree / "etc/systemd/system"
+    units = {
+        p.name
+        for d in ("usr/lib/systemd/system", "etc/systemd/system")
+        for p in (tree / d).glob("cos-*")
+    }
+    for unit in units - {"cos-e2e-agent.service"}:
+        (etc / unit).unlink(missing_ok=True)
+        (etc / unit).symlink_to("/dev/null")
+    sh(["cp", "-L", tree / "boot/vmlinuz", kernel])
+    sh(["cp", "-L", tree / "boot/initrd", initrd])
+    size, inodes = image_size_for(tree)
+    partial = seed / "root.partial"
+    with open(partial, "wb") as f:
+        f.truncate(size)
+    mkfs = ["mkfs.ext4", "-F", "-q", "-L", "ROOT", "-E", "root_owner=0:0", "-N", str(inodes)]
+    sh([*mkfs, "-d", str(tree), str(partial)])
+    sh(["rm", "-rf", tree])
+    partial.rename(img)
+    return img, args
+
+
+def bench(args: argparse.Namespace) -> list[Row]:
+    workdir = Path(args.workdir)
+    cos_disk = cached_disk("disk")
+    plain, extra = plain_rootfs()
+    samples = interleave(
+        args.runs,
+        {
+            "plain": lambda: boot_once(plain, workdir, extra),
+            "cos": lambda: boot_once(cos_disk, workdir, ()),
+        },
+    )
+    spec: list[tuple[str, str, str, str | None]] = [
+        ("plain: to multi-user (floor)", "plain", "multi-user", None),
+        ("cos: to multi-user", "cos", "multi-user", "plain: to multi-user (floor)"),
+    ]
+    for phase in ("kernel + initrd", "userspace"):
+        spec.append((f"plain: {phase} (guest clock)", "plain", phase, None))
+        spec.append((f"cos: {phase} (guest clock)", "cos", phase, f"plain: {phase} (guest clock)"))
+    units = sorted({k for m in samples["cos"] for k in m if k.endswith(".service")})
+    for u in [s for s in STAGES if s in units] + [u for u in units if u not in STAGES]:
+        if all(u in m for m in samples["cos"]):
+            spec.append((f"cos: {u}", "cos", u, None))
+    spec.append(("cos: all cos units", "cos", "cos units", None))
+    return rows_of("boot", samples, spec, unit="s")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--workdir", default="/var/tmp")
+    args = ap.parse_args()
+    print_table("boot", bench(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
