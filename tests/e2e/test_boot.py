@@ -88,9 +88,7 @@ def test_efi_boot_of_a_qcow2_disk(vm_factory) -> None:  # type: ignore[no-untype
     assert vm.ok("findmnt -no OPTIONS /").split(",")[0] == "ro"
 
 
-def test_expandable_disk_grown_3x_deploys_itself_and_fills_the_disk(
-    vm_factory, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+def test_expandable_disk_grown_3x_deploys_itself(vm_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """build-disk --expandable, the disk file grown to 3x: the first boot lands in
     recovery, adds state and persistent (the rest of the disk), deploys the system and
     reboots into it, with no command typed."""

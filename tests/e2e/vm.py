@@ -9,6 +9,7 @@ import json
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,13 +55,18 @@ class VM:
         self.next_id = 1
         self.boot_id: str | None = None
         self.console_log = workdir / "console.log"
+        self.sockdir: Path | None = None
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        agent = self.dir / "agent.sock"
+        # Sockets live in a short private dir: a unix socket path must stay under 108
+        # bytes, and the log dir's path grows with the checkout and the test's name.
+        if self.sockdir is None:
+            self.sockdir = Path(tempfile.mkdtemp(prefix="cos-vm-"))
+        agent = self.sockdir / "agent.sock"
         agent.unlink(missing_ok=True)
-        self.monitor = self.dir / "monitor.sock"
+        self.monitor = self.sockdir / "monitor.sock"
         self.monitor.unlink(missing_ok=True)
         argv = [
             "qemu-system-x86_64",
@@ -145,6 +151,9 @@ class VM:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.sockdir is not None:
+            shutil.rmtree(self.sockdir, ignore_errors=True)
+            self.sockdir = None
 
     def __enter__(self) -> VM:
         self.start()
