@@ -155,7 +155,8 @@ def test_dropped_link_then_later_pull_resumes(
 def test_ctrl_c_leaves_the_store_consistent(
     proxy: FaultProxy, images: dict[str, str], cache: Path, tmp_path: Path
 ) -> None:
-    proxy.inject(Fault("slow", delay=0.2, chunk=128 * 1024, times=100))
+    # Slow enough (≈ 9 s for the big blob) that a loaded machine still catches it mid-blob.
+    proxy.inject(Fault("slow", delay=0.5, chunk=128 * 1024, times=100))
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -171,13 +172,16 @@ def test_ctrl_c_leaves_the_store_consistent(
         text=True,
         env=dict(os.environ),
     )
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     blobs = cache / "oci/blobs/sha256"
-    while time.monotonic() < deadline:
-        parts = list(blobs.glob("*.partial")) if blobs.is_dir() else []
-        if parts and parts[0].stat().st_size > 256 * 1024:
+    while time.monotonic() < deadline and proc.poll() is None:
+        parts = (
+            [p for p in blobs.iterdir() if p.name.endswith(".partial")] if blobs.is_dir() else []
+        )
+        if any(p.stat().st_size > 256 * 1024 for p in parts if p.exists()):
             break
-        time.sleep(0.05)
+        time.sleep(0.02)
+    assert proc.poll() is None, "the pull ended before it could be interrupted mid-blob"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
