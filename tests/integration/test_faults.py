@@ -173,12 +173,14 @@ def test_ctrl_c_leaves_the_store_consistent(
         env=dict(os.environ),
     )
     deadline = time.monotonic() + 60
-    blobs = cache / "oci/blobs/sha256"
     while time.monotonic() < deadline and proc.poll() is None:
-        parts = (
-            [p for p in blobs.iterdir() if p.name.endswith(".partial")] if blobs.is_dir() else []
-        )
-        if any(p.stat().st_size > 256 * 1024 for p in parts if p.exists()):
+        sizes = []
+        for part in cache.rglob("*.partial"):
+            try:
+                sizes.append(part.stat().st_size)
+            except FileNotFoundError:  # renamed into place meanwhile
+                continue
+        if any(n > 256 * 1024 for n in sizes):
             break
         time.sleep(0.02)
     assert proc.poll() is None, "the pull ended before it could be interrupted mid-blob"
