@@ -10,6 +10,7 @@ figures (min/median/max over the runs) with the ratio of the median to the floor
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shutil
@@ -231,3 +232,19 @@ class Images:
 
     def close(self) -> None:
         self._stack.close()
+
+
+def run_with_images(
+    title: str, doc: str | None, bench: Callable[[argparse.Namespace, Images], Sequence[Row]]
+) -> int:
+    """Standalone entry point of a benchmark that needs the registry images."""
+    ap = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--workdir", default="/var/tmp")
+    args = ap.parse_args()
+    images = Images(Path(args.workdir))
+    try:
+        print_table(title, bench(args, images))
+    finally:
+        images.close()
+    return 0

@@ -23,8 +23,8 @@ from common import (
     Row,
     interleave,
     new_bytes,
-    print_table,
     rows_of,
+    run_with_images,
     scratch,
     sh,
     timed,
@@ -102,16 +102,7 @@ def bench(args: argparse.Namespace, images: Images) -> list[Row]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--workdir", default="/var/tmp")
-    args = ap.parse_args()
-    images = Images(Path(args.workdir))
-    try:
-        print_table("pull", bench(args, images))
-    finally:
-        images.close()
-    return 0
+    return run_with_images("pull", __doc__, bench)
 
 
 if __name__ == "__main__":

@@ -30,8 +30,8 @@ from common import (
     cos_cli,
     interleave,
     phase_sum,
-    print_table,
     rows_of,
+    run_with_images,
     scratch,
     sh,
     step_times,
@@ -159,16 +159,7 @@ def bench(args: argparse.Namespace, images: Images) -> list[Row]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--workdir", default="/var/tmp")
-    args = ap.parse_args()
-    images = Images(Path(args.workdir))
-    try:
-        print_table("upgrade", bench(args, images))
-    finally:
-        images.close()
-    return 0
+    return run_with_images("upgrade", __doc__, bench)
 
 
 if __name__ == "__main__":
