@@ -33,8 +33,8 @@ from tests.e2e.conftest import cached_disk
 from tests.e2e.vm import VM, overlay
 from tests.support.images import BUILD, LAYOUT, ensure_e2e_image
 
+from cos.disk.image import ext_image_size as image_size_for
 from cos.oci.unpack import unpack_image
-from cos.snapshot.loop import image_size_for
 
 STAGES = ("cos-setup-fs.service", "cos-setup-boot.service", "cos-setup-network.service")
 CONSOLE = "console=tty1 console=ttyS0,115200 panic=5"  # what cos's grub.cfg passes

@@ -37,9 +37,9 @@ from common import (
 from unpack import layers, tar_x
 
 from cos.config import Labels, Partitions
+from cos.disk.image import ext_image_size as image_size_for
 from cos.disk.plan import plan_disk, sgdisk_args
 from cos.oci.transport import layout_digest
-from cos.snapshot.loop import image_size_for
 
 # (phase, step titles of cos's transcript at depth 0)
 PHASES: list[tuple[str, tuple[str, ...]]] = [

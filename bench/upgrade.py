@@ -42,8 +42,8 @@ from tests.integration.test_upgrade import Device, _env, _mount
 from tests.support.images import LAYOUT, layout_digest
 from unpack import layers, tar_x
 
+from cos.disk.image import ext_image_size as image_size_for
 from cos.fsutil import fsync_dir
-from cos.snapshot.loop import image_size_for
 
 PHASES = ("pull", "unpack", "image build", "switch")
 

@@ -284,13 +284,14 @@ def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
         return 0
     if args.command == "build-disk":
         from cos.actions.build_disk import BuildDiskRequest, build_disk
+        from cos.disk.formats import DiskType
 
         build_disk(
             BuildDiskRequest(
                 image=args.image,
                 output=args.output,
                 cloud_init=args.cloud_init,
-                disk_type=args.type,
+                disk_type=DiskType(args.type),
                 size_mib=args.size,
                 recovery_image=args.recovery_system,
                 expandable=args.expandable,
@@ -303,7 +304,13 @@ def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
         from cos.actions.build_iso import BuildIsoRequest, build_iso
 
         build_iso(
-            BuildIsoRequest(args.image, args.output, args.cloud_init, args.label, args.overlay_iso),
+            BuildIsoRequest(
+                image=args.image,
+                output=args.output,
+                cloud_init=args.cloud_init,
+                label=args.label,
+                overlay=args.overlay_iso,
+            ),
             cfg,
         )
         return 0
@@ -323,22 +330,20 @@ def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
         if not args.sources:
             raise UsageError("no cloud-config given", hint="cos cloud-init [-s STAGE] PATH…")
         cloud_init.run(
-            cloud_init.StageRequest(args.stage, args.sources, args.root, args.dry_run, args.strict)
+            cloud_init.StageRequest(
+                stage=args.stage,
+                sources=args.sources,
+                root=args.root,
+                dry_run=args.dry_run,
+                strict=args.strict,
+            )
         )
         return 0
     if args.command == "run-stage":
         from cos.actions import cloud_init
 
-        cmdline = cloud_init.kernel_cmdline()
-        cloud_init.run(
-            cloud_init.StageRequest(
-                args.stage,
-                cloud_init.default_sources(cfg, args.root, cmdline),
-                args.root,
-                args.dry_run,
-                args.strict,
-                cmdline,
-            )
+        cloud_init.run_system_stage(
+            cfg, args.stage, args.root, dry_run=args.dry_run, strict=args.strict
         )
         return 0
     if args.command == "install":
@@ -346,12 +351,12 @@ def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
 
         install(
             InstallRequest(
-                args.device,
-                args.system,
-                args.cloud_init,
-                args.recovery_system,
-                args.force,
-                args.after,
+                device=args.device,
+                system=args.system,
+                cloud_init=args.cloud_init,
+                recovery_system=args.recovery_system,
+                force=args.force,
+                after=args.after,
             ),
             cfg,
         )
@@ -365,14 +370,20 @@ def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
         from cos.actions.upgrade_recovery import RecoveryRequest, upgrade_recovery
 
         ref = args.recovery_system if args.command == "upgrade-recovery" else args.system
-        upgrade_recovery(RecoveryRequest(ref, args.force, _installed(args, cfg)), cfg)
+        upgrade_recovery(
+            RecoveryRequest(system=ref, force=args.force, installed=_installed(args, cfg)), cfg
+        )
         return 0
     if args.command == "upgrade":
         from cos.actions.upgrade import UpgradeRequest, upgrade
 
         upgrade(
             UpgradeRequest(
-                args.system, args.force, args.reboot, _installed(args, cfg), args.bootloader
+                system=args.system,
+                force=args.force,
+                reboot=args.reboot,
+                installed=_installed(args, cfg),
+                bootloader=args.bootloader,
             ),
             cfg,
         )
@@ -380,18 +391,26 @@ def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
     if args.command == "rollback":
         from cos.actions.rollback import RollbackRequest, rollback
 
-        rollback(RollbackRequest(args.snapshot, args.once, args.reboot, _installed(args, cfg)), cfg)
+        rollback(
+            RollbackRequest(
+                snapshot=args.snapshot,
+                once=args.once,
+                reboot=args.reboot,
+                installed=_installed(args, cfg),
+            ),
+            cfg,
+        )
         return 0
     if args.command == "reset":
         from cos.actions.reset import ResetRequest, reset
 
         reset(
             ResetRequest(
-                args.system,
-                args.reset_persistent,
-                args.reset_oem,
-                args.reboot,
-                _installed(args, cfg),
+                system=args.system,
+                reset_persistent=args.reset_persistent,
+                reset_oem=args.reset_oem,
+                reboot=args.reboot,
+                installed=_installed(args, cfg),
             ),
             cfg,
         )

@@ -17,6 +17,7 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -127,6 +128,18 @@ class Layout:
                 )
 
 
+class Filesystem(StrEnum):
+    """Filesystems cos makes snapshot and recovery images with."""
+
+    EXT2 = "ext2"
+    EXT4 = "ext4"
+    SQUASHFS = "squashfs"
+
+
+SNAPSHOT_FILESYSTEMS = (Filesystem.EXT2, Filesystem.EXT4)
+RECOVERY_FILESYSTEMS = (Filesystem.SQUASHFS, Filesystem.EXT2, Filesystem.EXT4)
+
+
 @dataclass
 class Config:
     """Settings of every cos command (/etc/cos/config.yaml and config.d)."""
@@ -142,11 +155,12 @@ class Config:
             "snapshots kept on COS_STATE (the active one and max-snaps - 1 to go back to)"
         ),
     )
-    snapshot_fs: str = field(
-        default="ext4", metadata=doc("filesystem of snapshot images: ext4 or ext2")
+    snapshot_fs: Filesystem = field(
+        default=Filesystem.EXT4, metadata=doc("filesystem of snapshot images: ext4 or ext2")
     )
-    recovery_fs: str = field(
-        default="squashfs", metadata=doc("filesystem of recovery.img: squashfs, ext4 or ext2")
+    recovery_fs: Filesystem = field(
+        default=Filesystem.SQUASHFS,
+        metadata=doc("filesystem of recovery.img: squashfs, ext4 or ext2"),
     )
     grub_timeout: int = field(
         default=3, metadata=doc("seconds the GRUB menu waits (0-600); written to grub_oem_env")
@@ -201,12 +215,12 @@ class Config:
     def validate(self, where: str = "config") -> None:
         if self.max_snaps < 1:
             raise ConfigError(f"{where}: max-snaps must be ≥ 1 (got {self.max_snaps})")
-        if self.snapshot_fs not in ("ext2", "ext4"):
+        if self.snapshot_fs not in SNAPSHOT_FILESYSTEMS:
             raise ConfigError(
                 f"{where}: snapshot-fs {self.snapshot_fs!r} is not supported",
                 hint="use ext2 or ext4",
             )
-        if self.recovery_fs not in ("squashfs", "ext2", "ext4"):
+        if self.recovery_fs not in RECOVERY_FILESYSTEMS:
             raise ConfigError(
                 f"{where}: recovery-fs {self.recovery_fs!r} is not supported",
                 hint="use squashfs, ext2 or ext4",
@@ -285,6 +299,14 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             except ValueError:
                 pass
         raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if isinstance(tp, type) and issubclass(tp, StrEnum):
+        try:
+            return tp(value)
+        except ValueError:
+            choices = ", ".join(m.value for m in tp)
+            raise ConfigError(
+                f"{where}: {value!r} is not supported", hint=f"use one of: {choices}"
+            ) from None
     if tp is str:
         if isinstance(value, str | int | float) and not isinstance(value, bool):
             return str(value)

@@ -11,14 +11,15 @@ from pathlib import Path
 import pytest
 
 from cos.actions.assess import assess
-from cos.actions.upgrade import plan_snapshots
 from cos.boot import assessment, grubenv
 from cos.config import Config
 from cos.data import data_path
 from cos.errors import StateError
 from cos.oci.store import LayerStore
 from cos.snapshot.loop import LoopSnapshotter, estimate_image_bytes
+from cos.snapshot.retention import plan_snapshots
 from cos.system.installed import Installed
+from cos.system.state import InstallState, SnapshotterState
 
 
 class TestPlan:
@@ -175,12 +176,15 @@ class TestSnapshotDirs:
             (snaps.root / f"{n}/snapshot.img").write_bytes(b"img")
         (snaps.root / "3/.partial").touch()
         (snaps.root / "4").mkdir()  # crashed before the image existed
-        snaps.switch(1)
+        state = InstallState(date="d", snapshotter=SnapshotterState(), labels={})
+        oem = tmp_path / "oem"
+        oem.mkdir()
+        snaps.activate(1, state=state, oem_dir=oem, reason="test", passive=[2])
         assert snaps.numbers() == [1, 2] and snaps.active() == 1
         assert snaps.next_number() == 5
         assert sorted(snaps.clean_debris()) == [3, 4]
         with pytest.raises(StateError):
-            snaps.switch(3)
+            snaps.activate(3, state=state, oem_dir=oem, reason="test", passive=[])
         with pytest.raises(StateError):
             snaps.delete(1)
         snaps.delete(2)
@@ -195,15 +199,16 @@ def test_state_history_round_trip_and_limit() -> None:
     from cos.system.state import HISTORY_LIMIT, ImageState, InstallState
 
     img = ImageState("r/e:1", "sha256:ab", "COS_SNAP1", "ext4", "d", "upgrade")
-    st = InstallState(date="d", snapshotter={}, labels={})
+    st = InstallState(date="d", snapshotter=SnapshotterState(), labels={})
     for i in range(HISTORY_LIMIT + 5):
         st.record("upgrade", i, img)
     st.record("upgrade-recovery", None, None)
     back = InstallState.from_yaml(st.to_yaml())
     assert len(back.history) == HISTORY_LIMIT
-    assert back.history[-2]["snapshot"] == HISTORY_LIMIT + 4
-    assert back.history[-2]["digest"] == "sha256:ab"
-    assert back.history[-1]["action"] == "upgrade-recovery" and "snapshot" not in back.history[-1]
+    assert back.history[-2].snapshot == HISTORY_LIMIT + 4
+    assert back.history[-2].digest == "sha256:ab"
+    assert back.history[-1].action == "upgrade-recovery" and back.history[-1].snapshot is None
+    assert "snapshot" not in back.history[-1].to_dict()
     # A state.yaml without history (older toolkit) still reads.
     old = st.to_yaml().split("history:")[0]
     assert InstallState.from_yaml(old).history == []

@@ -2,11 +2,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from cos.errors import StateError
 from cos.system import features
 from cos.system.kernel import find_kernels
 from cos.system.layout import overlay_name
 from cos.system.release import parse_os_release, read_os_release
-from cos.system.state import ImageState, InstallState, read_state, write_state
+from cos.system.state import (
+    Assessment,
+    ImageState,
+    InstallState,
+    SnapshotterKind,
+    SnapshotterState,
+    read_state,
+    write_state,
+)
 
 
 def test_overlay_names() -> None:
@@ -43,26 +54,56 @@ def test_kernels_newest_first(tmp_path: Path) -> None:
 
 def test_state_roundtrip(tmp_path: Path) -> None:
     img = ImageState(
-        "oci:x:y",
-        "sha256:" + "0" * 64,
-        "COS_SNAP1",
-        "ext4",
-        "2026-01-01T00:00:00Z",
-        "build-disk",
-        {"IMAGE": "a:b"},
-        True,
+        source="oci:x:y",
+        digest="sha256:" + "0" * 64,
+        label="COS_SNAP1",
+        fs="ext4",
+        date="2026-01-01T00:00:00Z",
+        from_action="build-disk",
+        os_release={"IMAGE": "a:b"},
+        active=True,
+        boot_assessment=Assessment.GOOD,
     )
     st = InstallState(
-        "2026-01-01T00:00:00Z",
-        {"type": "loopdevice", "max-snaps": 2},
-        {"state": "COS_STATE"},
-        {1: img},
-        img,
+        date="2026-01-01T00:00:00Z",
+        snapshotter=SnapshotterState(max_snaps=2),
+        labels={"state": "COS_STATE"},
+        snapshots={1: img},
+        recovery=img,
     )
     write_state(tmp_path, st)
-    assert "from-action: build-disk" in (tmp_path / "state.yaml").read_text()
+    text = (tmp_path / "state.yaml").read_text()
+    assert "from-action: build-disk" in text and "boot-assessment: good" in text
+    assert "type: loop\n" in text
     back = read_state(tmp_path)
     assert back == st and back.active() == 1
+
+
+def test_state_written_by_older_toolkits_reads(tmp_path: Path) -> None:
+    old = (
+        "date: d\nsnapshotter: {type: loopdevice, max-snaps: 3}\nlabels: {}\n"
+        "snapshots:\n  1: {source: s, digest: d, label: l, fs: ext4, date: d,"
+        " from-action: install, active: true, future-key: 1}\n"
+        "history:\n- {date: d, action: install, snapshot: 1}\n"
+    )
+    st = InstallState.from_yaml(old)
+    assert st.snapshotter == SnapshotterState(type=SnapshotterKind.LOOP, max_snaps=3)
+    assert st.snapshots[1].boot_assessment == Assessment.NONE and st.active() == 1
+    assert st.history[0].snapshot == 1 and st.history[0].source is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "snapshotter: {type: btrfs}\n",
+        "snapshots: {1: {boot-assessment: maybe}}\n",
+        "snapshots: {x: {}}\n",
+        "history: [{snapshot: one}]\n",
+    ],
+)
+def test_state_with_values_cos_cannot_act_on_is_refused(text: str) -> None:
+    with pytest.raises(StateError, match="not a valid cos state file"):
+        InstallState.from_yaml(text)
 
 
 def test_features_install_into_a_tree(tmp_path: Path) -> None:

@@ -20,9 +20,10 @@ from cos.disk.mount import writable
 from cos.errors import StateError, ToolError
 from cos.fsutil import atomic_write
 from cos.log import log
-from cos.snapshot.loop import LoopSnapshotter
-from cos.system.installed import FAILURE_FILE, Installed
-from cos.system.state import now, write_state
+from cos.snapshot import open_snapshotter
+from cos.snapshot.base import Snapshotter
+from cos.system.installed import FAILURE_FILE, INSTALLED_MODES, Installed
+from cos.system.state import Assessment, InstallState, now, read_state, write_state
 
 CHECKS_DIR = Path("/usr/libexec/cos-checks")
 
@@ -45,15 +46,14 @@ def assess(cfg: Config, mark_good: bool = False, installed: Installed | None = N
     """Returns what was decided: none, fallback, good, checks-failed, pending."""
     inst = installed or Installed.running(cfg.layout.oem_mount)
     mode = inst.mode()
-    if mode not in ("active", "passive"):
+    if mode is None or mode not in INSTALLED_MODES:
         return "none"
     trial = assessment.read_trial(inst.oem_dir)
     if trial is None:
         return "none"
     booted = inst.booted_snapshot()
-    snaps = LoopSnapshotter(inst.state_dir, cfg.snapshot_fs)
-    if assessment.fell_back(trial, mode, booted):
-        assert booted is not None
+    snaps = open_snapshotter(inst.state_dir, _recorded(inst), cfg.snapshot_fs)
+    if assessment.fell_back(trial, mode, booted) and booted is not None:
         _record_failure(inst, snaps, trial, booted)
         return "fallback"
     if booted != trial.snapshot:
@@ -70,12 +70,22 @@ def assess(cfg: Config, mark_good: bool = False, installed: Installed | None = N
             log.error("boot check failed: %s", f)
         return "checks-failed"
     assessment.end_trial(inst.oem_dir)
-    _set_assessment(inst, trial.snapshot, "good")
+    _set_assessment(inst, trial.snapshot, Assessment.GOOD)
     log.info("snapshot %d confirmed good", trial.snapshot)
     return "good"
 
 
-def _set_assessment(inst: Installed, n: int, value: str) -> None:
+def _recorded(inst: Installed) -> InstallState | None:
+    """state.yaml if it can be read: early in boot a damaged one must not stop the
+    assessment (the loop backend is then assumed, as on disks that name none)."""
+    try:
+        return read_state(inst.state_dir)
+    except StateError as exc:
+        log.error("%s", exc)
+        return None
+
+
+def _set_assessment(inst: Installed, n: int, value: Assessment) -> None:
     state = inst.state()
     if n in state.snapshots:
         with writable(inst.state_dir):
@@ -84,7 +94,7 @@ def _set_assessment(inst: Installed, n: int, value: str) -> None:
 
 
 def _record_failure(
-    inst: Installed, snaps: LoopSnapshotter, trial: assessment.Trial, booted: int
+    inst: Installed, snaps: Snapshotter, trial: assessment.Trial, booted: int
 ) -> None:
     report = {
         "snapshot": trial.snapshot,
@@ -101,16 +111,16 @@ def _record_failure(
     state = inst.state()
     with writable(inst.state_dir):
         if trial.snapshot in state.snapshots:
-            state.snapshots[trial.snapshot].boot_assessment = "failed"
+            state.snapshots[trial.snapshot].boot_assessment = Assessment.FAILED
         if booted not in snaps.numbers():
             raise StateError(f"the booted snapshot {booted} is not on the state partition")
-        # Menu first (the failed one stays listed for inspection), then the switch.
-        assessment.end_trial(inst.oem_dir, [n for n in snaps.numbers() if n != booted])
-        snaps.switch(booted)
-        for k, s in state.snapshots.items():
-            s.active = k == booted
-        # The failed image is remembered (upgrade refuses it without --force), then
-        # what runs now.
+        # The failed image is remembered (upgrade refuses it without --force); it stays
+        # in the menu for inspection, and what runs now becomes active again.
         state.record("boot-failed", trial.snapshot, state.snapshots.get(trial.snapshot))
-        state.record(f"fallback from {trial.snapshot}", booted, state.snapshots.get(booted))
-        write_state(inst.state_dir, state)
+        snaps.activate(
+            booted,
+            state=state,
+            oem_dir=inst.oem_dir,
+            reason=f"fallback from {trial.snapshot}",
+            passive=snaps.numbers(),
+        )

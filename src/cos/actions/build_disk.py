@@ -14,64 +14,75 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from cos import events
 from cos import run as runner
-from cos.actions.deploy import (
-    RECOVERY_LABEL,
-    check_bootable,
-    check_cloud_init,
-    grub_oem_env,
-    image_state,
+from cos.boot.bootloader import (
+    DISK_TOOLS,
+    Bootloader,
+    check_grub_env_fits,
     install_bootloader,
-    install_state,
     make_bootloader,
-    write_oem,
-    write_recovery,
 )
-from cos.actions.hooks import run_hook
+from cos.boot.oem import write_oem
+from cos.boot.recovery import RECOVERY_LABEL, write_recovery
+from cos.cloudinit.hooks import run_hook
+from cos.cloudinit.sources import build_sources, check_cloud_init
 from cos.config import Config
 from cos.disk import formats
 from cos.disk import image as diskimg
+from cos.disk.expandable import DEFAULT_DEPLOY_COMMAND, EXPAND_CONFIG, expand_config
+from cos.disk.formats import DiskType
 from cos.disk.plan import MIB, DiskPlan, plan_disk
 from cos.errors import DiskError, StateError
 from cos.fsutil import fsync_dir
 from cos.log import log, step
-from cos.oci.image import unpack
+from cos.oci.image import LocalImage, unpack
 from cos.oci.reference import ImageRef, parse_ref
 from cos.oci.store import LayerStore, fetch, snapshot_tag
-from cos.snapshot import loop as snap
-from cos.system.state import write_state
+from cos.snapshot import new_snapshotter
+from cos.snapshot.base import snapshot_label
+from cos.system.kernel import BootFiles, check_bootable
+from cos.system.state import ImageState, InstallState, write_state
 
-REQUIRED_TOOLS = [
-    "sgdisk",
-    "mkfs.ext4",
-    "mkfs.vfat",
-    "mmd",
-    "mcopy",
-    "grub-mkimage",
-    "mksquashfs",
-    "skopeo",
-]
+REQUIRED_TOOLS = [*DISK_TOOLS, "skopeo"]
 
 
-DEFAULT_DEPLOY_COMMAND = "cos reset"
-EXPAND_CONFIG = "00_expand-disk.yaml"
-
-
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class BuildDiskRequest:
     image: str
     output: Path
     cloud_init: list[Path] = field(default_factory=list)
-    disk_type: str = "raw"
+    disk_type: DiskType = DiskType.RAW
     size_mib: int | None = None
     recovery_image: str | None = None
     # State and persistent partitions made on first boot, then the system deployed by
     # deploy_command from the recovery system.
     expandable: bool = False
     deploy_command: str | None = None  # default: DEFAULT_DEPLOY_COMMAND
+
+
+@dataclass(frozen=True)
+class _Build:
+    """One build in progress: the request checked and resolved, where it works."""
+
+    req: BuildDiskRequest
+    cfg: Config
+    ref: ImageRef
+    rec_ref: ImageRef
+    plan: DiskPlan
+    deploy_command: str | None  # set for an expandable disk
+    hooks: list[str]
+    work: Path
+    partial: Path
+
+
+@dataclass(frozen=True)
+class _Tree:
+    """An image unpacked into the work dir, with its boot files."""
+
+    image: LocalImage
+    tree: Path
+    boot: BootFiles
 
 
 def _check_output(out: Path) -> None:
@@ -130,23 +141,20 @@ def build_disk(req: BuildDiskRequest, cfg: Config) -> Path:
     _check_output(out)
     check_cloud_init(req.cloud_init)
     plan = plan_disk(cfg.partitions, cfg.labels, req.size_mib, req.expandable)
-    if req.expandable:
-        req.deploy_command = _deploy_command(req, ref, rec_ref)
-    elif req.deploy_command is not None:
+    deploy_command = _deploy_command(req, ref, rec_ref) if req.expandable else None
+    if not req.expandable and req.deploy_command is not None:
         raise DiskError(
             "--deploy-command only applies to an expandable disk", hint="add --expandable"
         )
-    runner.require(*REQUIRED_TOOLS, *(["qemu-img"] if req.disk_type == "qcow2" else []))
+    runner.require(*REQUIRED_TOOLS, *(["qemu-img"] if req.disk_type == DiskType.QCOW2 else []))
+    check_grub_env_fits(cfg)
 
-    grub_oem_env(cfg)  # fails early when the extra cmdline does not fit
-    hooks = [p for p in cfg.cloud_init_paths if Path(p).exists()] + [str(p) for p in req.cloud_init]
+    hooks = build_sources(cfg, req.cloud_init)
     run_hook("before-disk", hooks)
-
-    cache = Path(cfg.cache_dir)
     work = Path(tempfile.mkdtemp(prefix=".cos-build-", dir=out.parent))
     partial = out.with_name(f".{out.name}.partial")
     try:
-        _build(req, cfg, ref, rec_ref, plan, cache, work, partial, hooks)
+        _build(_Build(req, cfg, ref, rec_ref, plan, deploy_command, hooks, work, partial))
         os.replace(partial, out)
         fsync_dir(out.parent)
         run_hook("after-disk", hooks)
@@ -166,191 +174,135 @@ def build_disk(req: BuildDiskRequest, cfg: Config) -> Path:
     return out
 
 
-def _build(
-    req: BuildDiskRequest,
-    cfg: Config,
-    ref: ImageRef,
-    rec_ref: ImageRef,
-    plan: DiskPlan,
-    cache: Path,
-    work: Path,
-    partial: Path,
-    hooks: list[str],
-) -> None:
-    tls = cfg.tls_verify
-    with step(f"Pulling {ref}"):
-        img = fetch(ref, cache, tls, cfg.signature_key(), cfg.arch())
-    events.summary(image=str(img.ref), digest=img.digest)
-    tree = work / "tree"
-    with step(f"Unpacking {ref} ({img.digest[:19]})"):
-        unpack(img, tree)
-    boot = check_bootable(tree, ref)
-    image_oem = tree / "system/oem"
+def _build(b: _Build) -> None:
+    system = _unpack(b, b.ref, b.work / "tree", "Pulling", "Unpacking")
+    events.summary(image=str(system.image.ref), digest=system.image.digest)
+    image_oem = system.tree / "system/oem"
     with step("Running the after-disk-chroot hook"):
-        run_hook(
-            "after-disk-chroot", ([str(image_oem)] if image_oem.is_dir() else []) + hooks, tree
-        )
-
-    statedir = work / "state"
-    if not req.expandable:
-        snapdir = statedir / snap.SNAPSHOTS_DIR
-        with step("Building snapshot 1"):
-            size = snap.make_snapshot_image(
-                tree, snapdir / "1" / snap.IMAGE_NAME, snap.snapshot_label(1), fs=cfg.snapshot_fs
-            )
-            (snapdir / snap.ACTIVE_LINK).symlink_to(f"1/{snap.IMAGE_NAME}")
-        with step("Seeding the layer store"):
-            # The first upgrade then pulls only the layers that changed.
-            store = LayerStore.on(statedir)
-            if img.ref.transport != "dir":  # a tree has no layers to seed
-                store.add(img, snapshot_tag(1))
-        store_size = sum(f.stat().st_size for f in store.path.rglob("*") if f.is_file())
-        _fits(
-            f"the state partition ({cfg.max_snaps} snapshots of {size // MIB} MiB + layer store)",
-            size * cfg.max_snaps + 2 * store_size + _ext_overhead(plan.part("state").size),
-            plan.part("state").size,
-            "raise partitions.state in config, or lower max-snaps",
-        )
-
-    rec_tree, rec_img, rec_boot = tree, img, boot
-    if rec_ref != ref:
-        with step(f"Pulling recovery image {rec_ref}"):
-            rec_img = fetch(rec_ref, cache, tls, cfg.signature_key(), cfg.arch())
-        rec_tree = work / "rec-tree"
-        with step(f"Unpacking {rec_ref}"):
-            unpack(rec_img, rec_tree)
-        rec_boot = check_bootable(rec_tree, rec_ref)
-    recdir = work / "recovery"
-    with step("Building the recovery system"):
-        rec_used = write_recovery(rec_tree, rec_boot, recdir, cfg.recovery_fs)
-    _fits(
-        "the recovery system",
-        rec_used + _ext_overhead(plan.part("recovery").size),
-        plan.part("recovery").size,
-        "raise partitions.recovery in config",
+        own = [str(image_oem)] if image_oem.is_dir() else []
+        run_hook("after-disk-chroot", own + b.hooks, system.tree)
+    recovery = (
+        system
+        if b.rec_ref == b.ref
+        else _unpack(b, b.rec_ref, b.work / "rec-tree", "Pulling recovery image", "Unpacking")
     )
-
-    state = install_state(
-        cfg,
-        None
-        if req.expandable
-        else image_state(
-            str(img.ref), img.digest, tree, snap.snapshot_label(1), cfg.snapshot_fs, True
-        ),
-        image_state(
-            str(rec_img.ref), rec_img.digest, rec_tree, RECOVERY_LABEL, cfg.recovery_fs, False
-        ),
-    )
-    if not req.expandable:
-        write_state(statedir, state)
-    write_state(recdir, state)
-    oemdir = work / "oem"
-    write_oem(oemdir, req.cloud_init)
-    if req.expandable:
-        assert req.deploy_command is not None
-        (oemdir / EXPAND_CONFIG).write_text(expand_config(cfg, req.deploy_command))
-    bl = make_bootloader(tree, boot, cfg, work, plan.part("efi").size)
+    state = InstallState.new(b.cfg, recovery=_recovery_partition(b, recovery))
+    write_oem(b.work / "oem", b.req.cloud_init)
+    if b.deploy_command is not None:
+        (b.work / "oem" / EXPAND_CONFIG).write_text(expand_config(b.cfg, b.deploy_command))
+        state.record("build-disk", None, state.recovery)
+    else:
+        _state_partition(b, system, state)
+    write_state(b.work / "recovery", state)
+    bl = make_bootloader(system.tree, system.boot, b.cfg, b.work, b.plan.part("efi").size)
     with step("Removing the unpacked tree"):
         # Nothing reads the trees again. Removed now, much of their data is still page
         # cache that is dropped unwritten; removed after the disk is written, every
         # unlink queues behind the writeback of the disk image (seconds per GiB).
-        for t in {tree, rec_tree}:
+        for t in {system.tree, recovery.tree}:
             shutil.rmtree(t)
-
-    with step(f"Partitioning a {plan.size_mib} MiB disk"):
-        diskimg.create_sparse(partial, plan.size_mib * MIB)
-        diskimg.partition(partial, plan)
-
-    with step("Writing filesystems"):
-        filled = [("oem", oemdir), ("recovery", recdir)]
-        if not req.expandable:
-            filled.append(("state", statedir))
-        for name, src in filled:
-            p = plan.part(name)
-            assert p.label is not None
-            diskimg.mkfs_ext4(partial, p.label, size=p.size, offset=p.offset, source=src)
-        if not req.expandable:
-            p = plan.part("persistent")
-            assert p.label is not None
-            diskimg.mkfs_ext4(partial, p.label, size=p.size, offset=p.offset)
-
-    with step("Installing GRUB (ESP and BIOS boot code)"):
-        install_bootloader(partial, plan, bl, sparse=True)
-
-    if req.disk_type == "qcow2":
-        with step("Converting to qcow2"):
-            raw = partial.with_name(partial.name + ".raw")
-            os.replace(partial, raw)
-            try:
-                runner.run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(partial)])
-            finally:
-                raw.unlink(missing_ok=True)
-    elif req.disk_type == "vhd":
-        with step("Appending the fixed VHD footer"):
-            formats.to_vhd(partial)
-    elif req.disk_type == "gce":
-        with step("Packing disk.raw into a GCE tarball"):
-            raw = partial.with_name(partial.name + ".raw")
-            os.replace(partial, raw)
-            try:
-                formats.to_gce(raw, partial)
-            finally:
-                raw.unlink(missing_ok=True)
-    with open(partial, "rb+") as f:
+    _write_disk(b, bl)
+    _convert(b.req.disk_type, b.partial)
+    with open(b.partial, "rb+") as f:
         os.fsync(f.fileno())
 
 
-def expand_config(cfg: Config, deploy_command: str) -> str:
-    """The first-boot cloud-config of an expandable disk, kept on COS_OEM.
+def _unpack(b: _Build, ref: ImageRef, tree: Path, pulling: str, unpacking: str) -> _Tree:
+    cfg = b.cfg
+    with step(f"{pulling} {ref}"):
+        img = fetch(ref, Path(cfg.cache_dir), cfg.tls_verify, cfg.signature_key(), cfg.arch())
+    with step(f"{unpacking} {ref} ({img.digest[:19]})"):
+        unpack(img, tree)
+    return _Tree(img, tree, check_bootable(tree, ref))
 
-    GRUB boots recovery while there is no state filesystem; there, in the boot stage,
-    the state and persistent partitions are added after recovery (persistent takes
-    the rest of the disk, however large it has become) and the system is deployed.
-    The file removes itself only once the deploy succeeded, so an interruption (power
-    loss) repeats the whole step on the next boot: adding partitions skips those that
-    exist, and the deploy formats the state partition again.
-    """
-    me = f"{cfg.layout.oem_mount.rstrip('/')}/{EXPAND_CONFIG}"
-    guard = f"[ -e /run/cos/recovery_mode ] && [ -e {me} ]"
-    p, labels = cfg.partitions, cfg.labels
-    doc = {
-        "name": "Expand the disk and deploy the system (first boot of an expandable disk)",
-        "stages": {
-            "boot": [
-                {
-                    "name": "Add the state and persistent partitions",
-                    "if": guard,
-                    "layout": {
-                        "device": {"path": f"script://{_RECOVERY_DISK.format(labels.recovery)}"},
-                        "add_partitions": [
-                            {
-                                "fsLabel": labels.state,
-                                "pLabel": "state",
-                                "size": p.state,
-                                "filesystem": "ext4",
-                            },
-                            {
-                                "fsLabel": labels.persistent,
-                                "pLabel": "persistent",
-                                "size": p.persistent,
-                                "filesystem": "ext4",
-                            },
-                        ],
-                    },
-                },
-                {
-                    "name": "Deploy the system from recovery, then boot it",
-                    "if": guard,
-                    "commands": [f"{deploy_command} && rm -f {me} && sync && systemctl reboot"],
-                },
-            ]
-        },
-    }
-    return "# Written by cos build-disk --expandable; removes itself once deployed.\n" + (
-        yaml.safe_dump(doc, sort_keys=False, width=1000)
+
+def _record(t: _Tree, label: str, fs: str) -> ImageState:
+    return ImageState.from_tree(
+        t.tree,
+        source=str(t.image.ref),
+        digest=t.image.digest,
+        label=label,
+        fs=fs,
+        action="build-disk",
     )
 
 
-# The disk holding the recovery partition the system booted from (found by its
-# filesystem label, the partition, then its parent disk).
-_RECOVERY_DISK = "echo /dev/$(lsblk -no PKNAME $(blkid -L {}) | head -n1)"
+def _state_partition(b: _Build, system: _Tree, state: InstallState) -> None:
+    """Snapshot 1, active, and the layer store seeded with its blobs (the first
+    upgrade then pulls only the layers that changed)."""
+    statedir = b.work / "state"
+    snaps = new_snapshotter(statedir, b.cfg.snapshot_fs)
+    with step("Building snapshot 1"):
+        n = snaps.from_tree(system.tree)
+        record = _record(system, snapshot_label(n), b.cfg.snapshot_fs)
+        snaps.activate(
+            n, state=state, oem_dir=b.work / "oem", reason="build-disk", passive=[], image=record
+        )
+    with step("Seeding the layer store"):
+        store = LayerStore.on(statedir)
+        if system.image.ref.transport != "dir":  # a tree has no layers to seed
+            store.add(system.image, snapshot_tag(n))
+    store_size = sum(f.stat().st_size for f in store.path.rglob("*") if f.is_file())
+    # The image's apparent size: what it takes once written as a file system's file.
+    size = (statedir / snaps.boot_files(n).image).stat().st_size
+    cfg, part = b.cfg, b.plan.part("state")
+    _fits(
+        f"the state partition ({cfg.max_snaps} snapshots of {size // MIB} MiB + layer store)",
+        size * cfg.max_snaps + 2 * store_size + _ext_overhead(part.size),
+        part.size,
+        "raise partitions.state in config, or lower max-snaps",
+    )
+
+
+def _recovery_partition(b: _Build, recovery: _Tree) -> ImageState:
+    recdir = b.work / "recovery"
+    with step("Building the recovery system"):
+        used = write_recovery(recovery.tree, recovery.boot, recdir, b.cfg.recovery_fs)
+    part = b.plan.part("recovery")
+    _fits(
+        "the recovery system",
+        used + _ext_overhead(part.size),
+        part.size,
+        "raise partitions.recovery in config",
+    )
+    return _record(recovery, RECOVERY_LABEL, b.cfg.recovery_fs)
+
+
+def _write_disk(b: _Build, bl: Bootloader) -> None:
+    plan, partial = b.plan, b.partial
+    with step(f"Partitioning a {plan.size_mib} MiB disk"):
+        diskimg.create_sparse(partial, plan.size_mib * MIB)
+        diskimg.partition(partial, plan)
+    with step("Writing filesystems"):
+        filled = ["oem", "recovery"] + ([] if b.deploy_command is not None else ["state"])
+        for name in filled:
+            p = plan.part(name)
+            diskimg.mkfs_ext4(
+                partial, p.fs_label(), size=p.size, offset=p.offset, source=b.work / name
+            )
+        if b.deploy_command is None:
+            p = plan.part("persistent")
+            diskimg.mkfs_ext4(partial, p.fs_label(), size=p.size, offset=p.offset)
+    with step("Installing GRUB (ESP and BIOS boot code)"):
+        install_bootloader(partial, plan, bl, sparse=True)
+
+
+def _convert(disk_type: DiskType, partial: Path) -> None:
+    """The raw disk into the format asked for, under the same name."""
+    if disk_type == DiskType.RAW:
+        return
+    if disk_type == DiskType.VHD:
+        with step("Appending the fixed VHD footer"):
+            formats.to_vhd(partial)
+        return
+    raw = partial.with_name(partial.name + ".raw")
+    os.replace(partial, raw)
+    try:
+        if disk_type == DiskType.QCOW2:
+            with step("Converting to qcow2"):
+                runner.run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(partial)])
+        else:
+            with step("Packing disk.raw into a GCE tarball"):
+                formats.to_gce(raw, partial)
+    finally:
+        raw.unlink(missing_ok=True)

@@ -19,8 +19,9 @@ from pathlib import Path
 
 from cos import events
 from cos import run as runner
-from cos.actions.deploy import check_bootable, check_cloud_init, cloud_init_names
-from cos.actions.hooks import run_hook
+from cos.boot.oem import cloud_init_names
+from cos.cloudinit.hooks import run_hook
+from cos.cloudinit.sources import build_sources, check_cloud_init
 from cos.config import Config
 from cos.disk import image as diskimg
 from cos.errors import DiskError, UsageError
@@ -29,6 +30,7 @@ from cos.log import log, step
 from cos.oci.image import unpack
 from cos.oci.reference import parse_ref
 from cos.oci.store import LayerStore, fetch
+from cos.system.kernel import check_bootable
 
 REQUIRED_TOOLS = ["grub-mkrescue", "xorriso", "mksquashfs", "mformat", "skopeo"]
 LIVE_TAG = "live"
@@ -37,7 +39,7 @@ IMAGE_DIR = "image"
 CONFIG_DIR = "iso-config"
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class BuildIsoRequest:
     image: str
     output: Path
@@ -83,7 +85,7 @@ def build_iso(req: BuildIsoRequest, cfg: Config) -> Path:
     out = _check(req)
     ref = parse_ref(req.image)
     runner.require(*REQUIRED_TOOLS)
-    hooks = [p for p in cfg.cloud_init_paths if Path(p).exists()] + [str(p) for p in req.cloud_init]
+    hooks = build_sources(cfg, req.cloud_init)
     run_hook("before-iso", hooks)
     work = Path(tempfile.mkdtemp(prefix=".cos-iso-", dir=out.parent))
     partial = out.with_name(f".{out.name}.partial")

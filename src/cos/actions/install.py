@@ -26,39 +26,34 @@ from pathlib import Path
 
 from cos import events
 from cos import run as runner
-from cos.actions.build_disk import REQUIRED_TOOLS as DISK_TOOLS
-from cos.actions.deploy import (
-    RECOVERY_LABEL,
-    check_bootable,
-    check_cloud_init,
-    grub_oem_env,
-    image_state,
-    install_bootloader,
-    install_state,
-    make_bootloader,
-    write_oem,
-    write_recovery,
-)
-from cos.actions.hooks import run_chroot_hook, run_hook, system_sources
+from cos.boot.bootloader import DISK_TOOLS, check_grub_env_fits, install_bootloader, make_bootloader
+from cos.boot.oem import write_oem
+from cos.boot.recovery import RECOVERY_LABEL, write_recovery
+from cos.cloudinit.hooks import run_chroot_hook, run_hook
+from cos.cloudinit.loader import LoadResult, load_source
+from cos.cloudinit.sources import check_cloud_init, default_sources, kernel_cmdline, system_sources
 from cos.config import Config
 from cos.disk import image as diskimg
 from cos.disk.mount import mounted
+from cos.disk.mounts import mount_table
 from cos.disk.plan import MIB, DiskPlan, PartSpec, plan_disk
 from cos.errors import DiskError, StateError, UsageError
 from cos.log import log, step
 from cos.oci.image import LocalImage, unpack
 from cos.oci.reference import ImageRef, parse_ref
 from cos.oci.store import LayerStore, fetch, inspect_remote, snapshot_tag
-from cos.snapshot.loop import LoopSnapshotter, estimate_image_bytes, snapshot_label
-from cos.system.mounts import mount_table
-from cos.system.state import ImageState, write_state
+from cos.snapshot import new_snapshotter
+from cos.snapshot.base import snapshot_label
+from cos.snapshot.loop import estimate_image_bytes, scratch_tree
+from cos.system.kernel import check_bootable
+from cos.system.state import ImageState, InstallState, write_state
 
 # build-disk's tools, plus what acting on a device takes.
 REQUIRED_TOOLS = [*DISK_TOOLS, "blockdev", "e2fsck", "resize2fs", "mount"]
 COS_PARTLABELS = {"state", "recovery", "oem", "persistent"}
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class InstallRequest:
     device: Path
     system: str | None  # None: the image the live media carry
@@ -110,7 +105,26 @@ def _check_device(dev: Path, force: bool, cfg: Config) -> DiskPlan:
     return plan
 
 
-def _source(ref: ImageRef, cfg: Config) -> Callable[[LayerStore, str], LocalImage]:
+# How an image gets into a layer store once the device is ready (pull or copy).
+Getter = Callable[[LayerStore, str], LocalImage]
+
+
+@dataclass(frozen=True)
+class _Install:
+    """One install in progress: everything checked before the first write."""
+
+    req: InstallRequest
+    cfg: Config
+    dev: Path
+    plan: DiskPlan
+    ref: ImageRef
+    get: Getter
+    recovery: tuple[ImageRef, Getter] | None  # None: recovery from the system image
+    hooks: list[str]
+    work: Path
+
+
+def _source(ref: ImageRef, cfg: Config) -> Getter:
     """Check the image is reachable now; return how to put it into a store later."""
     if ref.transport == "docker":
         remote = inspect_remote(ref, cfg.tls_verify, cfg.arch(), cfg.signature_key())
@@ -137,12 +151,12 @@ def install(req: InstallRequest, cfg: Config) -> None:
     dev = Path(os.path.realpath(req.device))
     plan = _check_device(req.device, req.force, cfg)
     check_cloud_init(req.cloud_init)
-    grub_oem_env(cfg)
+    check_grub_env_fits(cfg)
     ref = parse_ref(req.system or _live_image())
     rec_ref = parse_ref(req.recovery_system) if req.recovery_system else None
     with step(f"Checking {ref}"):
         get = _source(ref, cfg)
-        get_rec = _source(rec_ref, cfg) if rec_ref else None
+        recovery = (rec_ref, _source(rec_ref, cfg)) if rec_ref else None
 
     hooks = system_sources(cfg) + [str(f) for f in req.cloud_init]
     run_hook("before-install", hooks)
@@ -153,12 +167,11 @@ def install(req: InstallRequest, cfg: Config) -> None:
     with step("Making filesystems"):
         for name in ("oem", "recovery", "state", "persistent"):
             p = plan.part(name)
-            assert p.label is not None
-            diskimg.mkfs_ext4(dev, p.label, size=p.size, offset=p.offset)
+            diskimg.mkfs_ext4(dev, p.fs_label(), size=p.size, offset=p.offset)
 
     work = Path(tempfile.mkdtemp(prefix="cos-install-"))
     try:
-        _deploy(req, cfg, dev, plan, ref, rec_ref, get, get_rec, hooks, work)
+        _deploy(_Install(req, cfg, dev, plan, ref, get, recovery, hooks, work))
     finally:
         _remove_workdir(work)
     os.sync()
@@ -195,96 +208,75 @@ def _remove_workdir(work: Path) -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
-def _deploy(
-    req: InstallRequest,
-    cfg: Config,
-    dev: Path,
-    plan: DiskPlan,
-    ref: ImageRef,
-    rec_ref: ImageRef | None,
-    get: Callable[[LayerStore, str], LocalImage],
-    get_rec: Callable[[LayerStore, str], LocalImage] | None,
-    hooks: list[str],
-    work: Path,
-) -> None:
+def _deploy(run: _Install) -> None:
+    cfg, plan, work = run.cfg, run.plan, run.work
     with ExitStack() as stack:
-        state_dir = _mount_part(stack, dev, plan.part("state"), work / "state")
-        rec_dir = _mount_part(stack, dev, plan.part("recovery"), work / "recovery")
-        oem_dir = _mount_part(stack, dev, plan.part("oem"), work / "oem")
+        state_dir = _mount_part(stack, run.dev, plan.part("state"), work / "state")
+        rec_dir = _mount_part(stack, run.dev, plan.part("recovery"), work / "recovery")
+        oem_dir = _mount_part(stack, run.dev, plan.part("oem"), work / "oem")
         store = LayerStore.on(state_dir)
-        snaps = LoopSnapshotter(state_dir, cfg.snapshot_fs)
-        with step(f"Pulling {ref}"):
-            image = get(store, snapshot_tag(1))
+        snaps = new_snapshotter(state_dir, cfg.snapshot_fs)
+        with step(f"Pulling {run.ref}"):
+            image = run.get(store, snapshot_tag(1))
         events.summary(digest=image.digest, snapshot=1)
-        size = estimate_image_bytes(store.unpacked_size(snapshot_tag(1)))
+        size = snaps.estimate(store.unpacked_size(snapshot_tag(1)))
         with step("Building snapshot 1"), snaps.start(size, work / "snap") as p:
-            with step(f"Unpacking {ref} ({image.digest[:19]})"):
+            with step(f"Unpacking {run.ref} ({image.digest[:19]})"):
                 unpack(image, p.tree)
-            boot = check_bootable(p.tree, ref)
+            boot = check_bootable(p.tree, run.ref)
             with step("Running the after-install-chroot hook"):
-                run_chroot_hook("after-install-chroot", hooks, p.tree)
-            snapshot = image_state(
-                str(ref), image.digest, p.tree, snapshot_label(1), cfg.snapshot_fs, True, "install"
-            )
+                run_chroot_hook("after-install-chroot", run.hooks, p.tree)
+            snapshot = _record(p.tree, run.ref, image.digest, snapshot_label(1), cfg.snapshot_fs)
             bl = make_bootloader(p.tree, boot, cfg, work / "boot", plan.part("efi").size)
-            if rec_ref is None:
+            if run.recovery is None:
                 with step("Building the recovery system"):
                     write_recovery(p.tree, boot, rec_dir, cfg.recovery_fs)
-                recovery = image_state(
-                    str(ref),
-                    image.digest,
-                    p.tree,
-                    RECOVERY_LABEL,
-                    cfg.recovery_fs,
-                    False,
-                    "install",
-                )
-        snaps.switch(1)
-        if rec_ref is not None and get_rec is not None:
-            recovery = _recovery_from(rec_ref, get_rec, store, cfg, rec_dir, work)
-        state = install_state(cfg, snapshot, recovery)
-        write_state(state_dir, state)
+                recovery = _record(p.tree, run.ref, image.digest, RECOVERY_LABEL, cfg.recovery_fs)
+        if run.recovery is not None:
+            recovery = _recovery_from(run, *run.recovery, store, rec_dir)
+        write_oem(oem_dir, run.req.cloud_init)
+        state = InstallState.new(cfg, recovery=recovery)
+        snaps.activate(
+            1, state=state, oem_dir=oem_dir, reason="install", passive=[], image=snapshot
+        )
         write_state(rec_dir, state)
-        write_oem(oem_dir, req.cloud_init)
         with step("Installing GRUB (ESP and BIOS boot code)"):
-            install_bootloader(dev, plan, bl, sparse=False)
+            install_bootloader(run.dev, plan, bl, sparse=False)
+
+
+def _record(tree: Path, ref: ImageRef, digest: str, label: str, fs: str) -> ImageState:
+    return ImageState.from_tree(
+        tree, source=str(ref), digest=digest, label=label, fs=fs, action="install"
+    )
 
 
 def _recovery_from(
-    ref: ImageRef,
-    get: Callable[[LayerStore, str], LocalImage],
-    store: LayerStore,
-    cfg: Config,
-    rec_dir: Path,
-    work: Path,
+    run: _Install, ref: ImageRef, get: Getter, store: LayerStore, rec_dir: Path
 ) -> ImageState:
     """A recovery system from another image: unpacked in a scratch image on COS_RECOVERY."""
     tag = "recovery-install"
     with step(f"Pulling recovery image {ref}"):
         image = get(store, tag)
-    scratch = LoopSnapshotter(rec_dir / ".scratch", "ext4")
     try:
         with (
             step("Building the recovery system"),
-            scratch.start(estimate_image_bytes(store.unpacked_size(tag)), work / "rec") as p,
+            scratch_tree(
+                rec_dir / ".scratch",
+                estimate_image_bytes(store.unpacked_size(tag)),
+                run.work / "rec",
+            ) as tree,
         ):
-            unpack(image, p.tree)
-            boot = check_bootable(p.tree, ref)
-            write_recovery(p.tree, boot, rec_dir, cfg.recovery_fs)
-            return image_state(
-                str(ref), image.digest, p.tree, RECOVERY_LABEL, cfg.recovery_fs, False, "install"
-            )
+            unpack(image, tree)
+            boot = check_bootable(tree, ref)
+            write_recovery(tree, boot, rec_dir, run.cfg.recovery_fs)
+            return _record(tree, ref, image.digest, RECOVERY_LABEL, run.cfg.recovery_fs)
     finally:
-        shutil.rmtree(rec_dir / ".scratch", ignore_errors=True)
         store.keep_only({snapshot_tag(1)})
 
 
 def install_request_from_cloud_config(cfg: Config) -> tuple[InstallRequest, bool | None] | None:
     """The last `install:` section of the cloud-configs a live system sees (the media's
     --cloud-init files, cos.setup= sources, config paths); None when there is none."""
-    from cos.actions.cloud_init import default_sources, kernel_cmdline
-    from cos.cloudinit.loader import LoadResult, load_source
-
     loaded = LoadResult()
     for src in default_sources(cfg, Path("/"), kernel_cmdline()):
         loaded.extend(load_source(src))
@@ -301,12 +293,12 @@ def install_request_from_cloud_config(cfg: Config) -> tuple[InstallRequest, bool
         )
     after = "poweroff" if spec.get("poweroff") else ("reboot" if spec.get("reboot") else None)
     req = InstallRequest(
-        Path(str(spec["device"])),
-        spec.get("system"),
-        [Path(str(p)) for p in spec.get("cloud-init") or []],
-        spec.get("recovery-system"),
-        bool(spec.get("force", False)),
-        after,
+        device=Path(str(spec["device"])),
+        system=spec.get("system"),
+        cloud_init=[Path(str(p)) for p in spec.get("cloud-init") or []],
+        recovery_system=spec.get("recovery-system"),
+        force=bool(spec.get("force", False)),
+        after=after,
     )
     return req, spec.get("tls-verify")
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from cos.actions import cloud_init
+from cos.cloudinit.hooks import report, run_sources
+from cos.cloudinit.sources import default_sources, kernel_cmdline
 from cos.config import Config
 from cos.errors import CosError
 from cos.log import log
@@ -19,13 +20,11 @@ from cos.system.layout import apply_layout
 
 
 def _stage(cfg: Config, name: str) -> None:
-    cmdline = cloud_init.kernel_cmdline()
+    cmdline = kernel_cmdline()
     try:
-        summary = cloud_init.run(
-            cloud_init.StageRequest(
-                name, cloud_init.default_sources(cfg, Path("/"), cmdline), cmdline=cmdline
-            )
-        )
+        sources = default_sources(cfg, Path("/"), cmdline)
+        summary, loaded, _ = run_sources(name, sources, cmdline=cmdline)
+        report(name, loaded, summary)
         if summary.failed:
             log.error("cos: stage %s: %s", name, summary.render())
     except CosError as exc:

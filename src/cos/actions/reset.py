@@ -17,31 +17,28 @@ from pathlib import Path
 
 from cos import events
 from cos import run as runner
-from cos.actions.deploy import check_bootable, image_state
-from cos.actions.hooks import run_chroot_hook, run_hook, system_sources
 from cos.boot import assessment, grubenv
+from cos.cloudinit.hooks import run_chroot_hook, run_hook
+from cos.cloudinit.sources import system_sources
 from cos.config import Config
-from cos.disk.image import device_size, mkfs_ext4
+from cos.disk.image import device_size, ext_image_size, mkfs_ext4
 from cos.disk.mount import mounted
+from cos.disk.mounts import find_device
 from cos.errors import DiskError, StateError
 from cos.log import log, step
 from cos.oci.image import unpack
-from cos.oci.reference import parse_ref
+from cos.oci.reference import require_registry
 from cos.oci.store import LayerStore, inspect_remote, snapshot_tag
-from cos.snapshot.loop import (
-    LoopSnapshotter,
-    estimate_image_bytes,
-    image_size_for,
-    snapshot_label,
-)
-from cos.system.installed import Installed
-from cos.system.layout import find_device
-from cos.system.state import InstallState, now, write_state
+from cos.snapshot import new_snapshotter
+from cos.snapshot.base import snapshot_label
+from cos.system.installed import Installed, Mode
+from cos.system.kernel import check_bootable
+from cos.system.state import ImageState, InstallState, SnapshotterState, now
 
 RECOVERY_IMAGE = "boot/recovery.img"
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class ResetRequest:
     system: str | None = None
     reset_persistent: bool = False
@@ -62,18 +59,21 @@ def _device(label: str, what: str) -> str:
 
 def reset(req: ResetRequest, cfg: Config) -> None:
     inst = req.installed or Installed.running(cfg.layout.oem_mount)
-    inst.require_mode("reset", ("recovery",), "boot the recovery entry, then run cos reset")
+    inst.require_mode("reset", (Mode.RECOVERY,), "boot the recovery entry, then run cos reset")
     # In recovery the initrd mounted COS_RECOVERY where the state partition usually is.
     old = inst.state()
     labels = {**cfg.labels.__dict__, **old.labels}
     state_dev = _device(labels["state"], "state")
     persistent_dev = _device(labels["persistent"], "persistent") if req.reset_persistent else None
-    ref = parse_ref(req.system) if req.system else None
-    if ref is not None and ref.transport != "docker":
-        raise StateError(
-            f"reset pulls from a registry; {ref} is a local {ref.transport}: reference",
-            hint="pass --system HOST/REPO:TAG, or no --system to use the recovery image",
+    ref = (
+        require_registry(
+            req.system,
+            "reset",
+            "pass --system HOST/REPO:TAG, or no --system to use the recovery image",
         )
+        if req.system
+        else None
+    )
     recovery_img = inst.state_dir / RECOVERY_IMAGE
     if ref is None and not recovery_img.is_file():
         raise StateError(
@@ -95,14 +95,14 @@ def reset(req: ResetRequest, cfg: Config) -> None:
         mkfs_ext4(Path(state_dev), labels["state"], size=size)
     with ExitStack() as stack:
         state_dir = stack.enter_context(mounted(state_dev, work / "state"))
-        snaps = LoopSnapshotter(state_dir, cfg.snapshot_fs)
+        snaps = new_snapshotter(state_dir, cfg.snapshot_fs)
         fill: Callable[[Path], None]
         if remote is not None:
             store = LayerStore.on(state_dir)
             with step(f"Pulling {remote.ref}"):
                 image = store.pull(remote, snapshot_tag(1), cfg.tls_verify)
             source, digest = str(remote.ref), remote.digest
-            room = estimate_image_bytes(store.unpacked_size(snapshot_tag(1)))
+            room = snaps.estimate(store.unpacked_size(snapshot_tag(1)))
 
             def fill(tree: Path) -> None:
                 unpack(image, tree)
@@ -110,7 +110,7 @@ def reset(req: ResetRequest, cfg: Config) -> None:
             rec_tree = stack.enter_context(mounted(recovery_img, work / "recovery", "loop,ro"))
             source = old.recovery.source if old.recovery else str(recovery_img)
             digest = old.recovery.digest if old.recovery else ""
-            room = image_size_for(rec_tree)[0]
+            room = ext_image_size(rec_tree)[0]
 
             def fill(tree: Path) -> None:
                 runner.run(["cp", "-a", f"{rec_tree}/.", str(tree)])
@@ -118,22 +118,28 @@ def reset(req: ResetRequest, cfg: Config) -> None:
         with step("Building snapshot 1"), snaps.start(room, work) as p:
             fill(p.tree)
             check_bootable(p.tree, source)
-            snap = image_state(
-                source, digest, p.tree, snapshot_label(1), cfg.snapshot_fs, True, "reset"
+            snap = ImageState.from_tree(
+                p.tree,
+                source=source,
+                digest=digest,
+                label=snapshot_label(1),
+                fs=cfg.snapshot_fs,
+                action="reset",
             )
             with step("Running the after-reset-chroot hook"):
                 run_chroot_hook("after-reset-chroot", hooks, p.tree)
-        snaps.switch(1)
         new = InstallState(
             date=now(),
-            snapshotter={"type": "loopdevice", "max-snaps": cfg.max_snaps, "fs": cfg.snapshot_fs},
+            snapshotter=SnapshotterState(
+                type=snaps.kind, max_snaps=cfg.max_snaps, fs=cfg.snapshot_fs
+            ),
             labels=old.labels,
-            snapshots={1: snap},
             recovery=old.recovery,
             history=old.history,
         )
-        new.record("reset", 1, snap)
-        write_state(state_dir, new)
+        snaps.activate(
+            p.number, state=new, oem_dir=inst.oem_dir, reason="reset", passive=[], image=snap
+        )
     with step("Resetting the boot menu"):
         env_path = assessment.env_path(inst.oem_dir)
         if req.reset_oem:

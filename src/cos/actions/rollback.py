@@ -15,12 +15,11 @@ from cos.config import Config
 from cos.disk.mount import writable
 from cos.errors import StateError
 from cos.log import log, step
-from cos.snapshot.loop import LoopSnapshotter
-from cos.system.installed import Installed
-from cos.system.state import write_state
+from cos.snapshot import open_snapshotter
+from cos.system.installed import INSTALLED_MODES, Installed
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class RollbackRequest:
     snapshot: int | None = None
     once: bool = False
@@ -31,10 +30,10 @@ class RollbackRequest:
 def rollback(req: RollbackRequest, cfg: Config) -> int:
     inst = req.installed or Installed.running(cfg.layout.oem_mount)
     inst.require_mode(
-        "rollback", ("active", "passive"), "boot the installed system (not recovery or live)"
+        "rollback", INSTALLED_MODES, "boot the installed system (not recovery or live)"
     )
     state = inst.state()
-    snaps = LoopSnapshotter(inst.state_dir, cfg.snapshot_fs)
+    snaps = open_snapshotter(inst.state_dir, state, cfg.snapshot_fs)
     active = snaps.active()
     kept = snaps.numbers()
     target = req.snapshot
@@ -60,12 +59,9 @@ def rollback(req: RollbackRequest, cfg: Config) -> int:
             assessment.set_next_entry(inst.oem_dir, entry)
     else:
         with step(f"Making snapshot {target} active"), writable(inst.state_dir):
-            assessment.end_trial(inst.oem_dir, [n for n in kept if n != target])
-            snaps.switch(target)
-            for k, s in state.snapshots.items():
-                s.active = k == target
-            state.record("rollback", target, state.snapshots.get(target))
-            write_state(inst.state_dir, state)
+            snaps.activate(
+                target, state=state, oem_dir=inst.oem_dir, reason="rollback", passive=kept
+            )
     log.info("Snapshot %d boots next", target)
     if req.reboot:
         runner.run(["systemctl", "reboot"], check=False)

@@ -9,10 +9,10 @@ from typing import Any
 
 from cos.boot import assessment
 from cos.config import Config
+from cos.disk.mounts import mount_table
 from cos.errors import StateError
-from cos.snapshot.loop import LoopSnapshotter
+from cos.snapshot import open_snapshotter
 from cos.system.installed import FAILURE_FILE, Installed
-from cos.system.mounts import mount_table
 from cos.system.release import read_os_release
 from cos.system.state import read_state
 
@@ -51,7 +51,7 @@ def collect(
             hint="cos status describes a running cos system",
         )
     state = read_state(inst.state_dir)
-    snaps = LoopSnapshotter(inst.state_dir, cfg.snapshot_fs)
+    snaps = open_snapshotter(inst.state_dir, state, cfg.snapshot_fs)
     active_n = snaps.active()
     booted_n = inst.booted_snapshot()
     trial = assessment.read_trial(inst.oem_dir) if (inst.oem_dir / "grubenv").exists() else None
@@ -96,11 +96,11 @@ def collect(
                     "digest": s.digest,
                     "date": s.date,
                     "from_action": s.from_action,
-                    "boot_assessment": s.boot_assessment or None,
+                    "boot_assessment": str(s.boot_assessment) or None,
                     "image": s.os_release.get("IMAGE"),
                 }
             )
-        data["history"] = state.history[-10:]
+        data["history"] = [h.to_dict() for h in state.history[-10:]]
         if state.recovery:
             r = state.recovery
             data["recovery"] = {

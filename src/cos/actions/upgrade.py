@@ -4,13 +4,12 @@ Order of writes, each durable before the next, so that a crash at any instant bo
 either the old active snapshot or the complete new one:
 
 1. blobs into the layer store (a cache: nothing refers to them yet);
-2. snapshot N built in .snapshots/N (marked partial until sealed);
-3. state.yaml lists N (not active);
-4. grubenv: N on trial with the fallback and the new passive list;
-5. the `active` link renamed to N: the switch;
-6. state.yaml marks N active; snapshots beyond max-snaps and their blobs go.
+2. snapshot N built by the snapshotter (a transaction: committed whole or not at all);
+3. snapshot N activated on trial (cos.snapshot.base.Snapshotter.activate: state.yaml,
+   grubenv, the `active` link, state.yaml again);
+4. snapshots beyond max-snaps and their blobs go.
 
-Steps after 5 are cleanup: their failures are reported and never undo the switch.
+Step 4 is cleanup: its failures are reported and never undo the switch.
 """
 
 from __future__ import annotations
@@ -22,33 +21,32 @@ from pathlib import Path
 
 from cos import events
 from cos import run as runner
-from cos.actions.deploy import (
-    check_bootable,
-    image_state,
-    install_bootloader,
-    make_bootloader,
-    require_registry,
-)
-from cos.actions.hooks import run_chroot_hook, run_hook, system_sources
 from cos.boot import assessment
+from cos.boot.bootloader import install_bootloader, make_bootloader
+from cos.cloudinit.hooks import run_chroot_hook, run_hook
+from cos.cloudinit.sources import system_sources
 from cos.config import Config
-from cos.disk.mount import mounted, writable
+from cos.disk.mount import writable
+from cos.disk.mounts import is_mountpoint
 from cos.disk.plan import MIB, read_plan
 from cos.errors import CosError, DiskError, StateError
 from cos.fsutil import free_bytes
 from cos.log import log, step
 from cos.oci.image import unpack
+from cos.oci.reference import require_registry
 from cos.oci.store import LayerStore, RemoteImage, inspect_remote, snapshot_tag
-from cos.snapshot.loop import LoopSnapshotter, estimate_image_bytes, snapshot_label
-from cos.system.installed import Installed
-from cos.system.mounts import is_mountpoint
-from cos.system.state import InstallState, write_state
+from cos.snapshot import open_snapshotter
+from cos.snapshot.base import Snapshotter, Trial, snapshot_label
+from cos.snapshot.retention import plan_snapshots
+from cos.system.installed import Installed, Mode
+from cos.system.kernel import check_bootable
+from cos.system.state import Assessment, ImageState, InstallState, write_state
 
 REQUIRED_TOOLS = ["skopeo", "mkfs.ext4", "e2fsck", "resize2fs", "dumpe2fs", "mount"]
 BOOTLOADER_TOOLS = ["sfdisk", "grub-mkimage", "mkfs.vfat", "mmd", "mcopy"]
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class UpgradeRequest:
     system: str | None = None
     force: bool = False
@@ -58,28 +56,16 @@ class UpgradeRequest:
 
 
 @dataclass(frozen=True)
-class Plan:
-    """Which snapshots stay, which go, and what the new one falls back to."""
+class Upgrade:
+    """One upgrade in progress: what it acts on and what it pulls."""
 
-    fallback: int | None
-    keep: list[int]  # existing snapshots kept beside the new one
-    drop: list[int]
-
-
-def plan_snapshots(
-    existing: list[int], active: int | None, booted: int | None, max_snaps: int
-) -> Plan:
-    """Keep the snapshot to fall back to (the one running), then the newest, up to max."""
-    fallback = booted if booted in existing else active
-    order = [n for n in ([fallback] if fallback is not None else [])]
-    order += [n for n in sorted(existing, reverse=True) if n not in order]
-    if booted in existing and booted not in order[: max_snaps - 1]:
-        order.remove(booted)
-        order.insert(0, booted)
-    keep = order[: max(max_snaps - 1, 0)]
-    if booted is not None and booted in existing and booted not in keep:
-        keep.append(booted)  # never remove what is running
-    return Plan(fallback, keep, [n for n in existing if n not in keep])
+    cfg: Config
+    inst: Installed
+    state: InstallState
+    snaps: Snapshotter
+    remote: RemoteImage
+    booted: int | None
+    hooks: list[str]
 
 
 def _mib(n: int) -> str:
@@ -104,10 +90,10 @@ def _failed_before(state: InstallState, digest: str) -> str | None:
     automated upgrader (a SUC Plan, a timer) would install it, fail, fall back and
     install it again, forever."""
     for entry in reversed(state.history):
-        if entry.get("action") == "boot-failed" and entry.get("digest") == digest:
-            return str(entry.get("date", "an earlier boot"))
+        if entry.action == "boot-failed" and entry.digest == digest:
+            return entry.date or "an earlier boot"
     for snap in state.snapshots.values():
-        if snap.boot_assessment == "failed" and snap.digest == digest:
+        if snap.boot_assessment == Assessment.FAILED and snap.digest == digest:
             return snap.date
     return None
 
@@ -117,11 +103,11 @@ def upgrade(req: UpgradeRequest, cfg: Config) -> int | None:
     inst = req.installed or Installed.running(cfg.layout.oem_mount)
     inst.require_mode(
         "upgrade",
-        ("active", "passive"),
+        (Mode.ACTIVE, Mode.PASSIVE),
         "boot the installed system (active or passive) to upgrade it",
     )
     state = inst.state()
-    snaps = LoopSnapshotter(inst.state_dir, cfg.snapshot_fs)
+    snaps = open_snapshotter(inst.state_dir, state, cfg.snapshot_fs)
     active = snaps.active()
     booted = inst.booted_snapshot()
     current = state.snapshots.get(active) if active is not None else None
@@ -149,13 +135,13 @@ def upgrade(req: UpgradeRequest, cfg: Config) -> int | None:
             hint="push a fixed image, or pass --force to give it one more trial",
         )
 
-    hooks = system_sources(cfg)
-    run_hook("before-upgrade", hooks)
+    up = Upgrade(cfg, inst, state, snaps, remote, booted, system_sources(cfg))
+    run_hook("before-upgrade", up.hooks)
     with writable(inst.state_dir):
-        n = _build_and_switch(req, cfg, inst, state, snaps, remote, booted, hooks)
+        n = _build_and_switch(up)
     if req.bootloader:
-        _update_bootloader(inst, cfg, snaps, n, state.labels.get("efi", cfg.labels.efi))
-    run_hook("after-upgrade", hooks)
+        _update_bootloader(up, n)
+    run_hook("after-upgrade", up.hooks)
     log.info("Upgraded: snapshot %d is %s (%s); it boots next", n, ref, remote.digest[:19])
     events.summary(image=str(ref), digest=remote.digest, snapshot=n, changed=True)
     if req.reboot:
@@ -163,104 +149,89 @@ def upgrade(req: UpgradeRequest, cfg: Config) -> int | None:
     return n
 
 
-def _build_and_switch(
-    req: UpgradeRequest,
-    cfg: Config,
-    inst: Installed,
-    state: InstallState,
-    snaps: LoopSnapshotter,
-    remote: RemoteImage,
-    booted: int | None,
-    hooks: list[str],
-) -> int:
+def _build_and_switch(up: Upgrade) -> int:
+    cfg, inst, snaps, remote = up.cfg, up.inst, up.snaps, up.remote
     store = LayerStore.on(inst.state_dir)
     removed = snaps.clean_debris()
     if removed:
         log.info("Removed incomplete snapshot(s) %s left by an interrupted upgrade", removed)
-    existing = snaps.numbers()
-    plan = plan_snapshots(existing, snaps.active(), booted, cfg.max_snaps)
+    plan = plan_snapshots(snaps.numbers(), snaps.active(), up.booted, cfg.max_snaps)
     reclaim = sum(snaps.size(n) for n in plan.drop)
     tags_before = set(store.tags())
 
     # Pre-flight before anything is written: blobs to pull + the new snapshot.
     missing = store.missing(remote)
-    want_tar = store.estimated_tar_size(remote)
     pull_bytes = sum(s for _, s in missing)
+    what = f"the new snapshot of {remote.ref}"
     _check_space(
-        inst.state_dir,
-        pull_bytes + estimate_image_bytes(want_tar),
-        reclaim,
-        f"the new snapshot of {remote.ref}",
+        inst.state_dir, pull_bytes + snaps.estimate(store.estimated_tar_size(remote)), reclaim, what
     )
     n = snaps.next_number()
-    tag = snapshot_tag(n)
     try:
         with step(
             f"Pulling {remote.ref} ({len(missing)} of {len(remote.layers) + 1} blobs, "
             f"{_mib(pull_bytes)})"
         ):
-            image = store.pull(remote, tag, cfg.tls_verify)
-        size = estimate_image_bytes(store.unpacked_size(tag))
+            image = store.pull(remote, snapshot_tag(n), cfg.tls_verify)
+        size = snaps.estimate(store.unpacked_size(snapshot_tag(n)))
         if plan.drop and size > free_bytes(inst.state_dir):
             # Make room: drop old snapshots now (the menu first), keep the fallback.
             assessment.set_passive(inst.oem_dir, [k for k in plan.keep if k != snaps.active()])
             for d in plan.drop:
                 if d != snaps.active():
                     snaps.delete(d)
-        _check_space(inst.state_dir, size, 0, f"the new snapshot of {remote.ref}")
+        _check_space(inst.state_dir, size, 0, what)
         with step(f"Building snapshot {n}"), snaps.start(size, inst.run_dir / "upgrade") as p:
-            assert p.number == n
+            if p.number != n:
+                raise StateError(f"snapshot {n} was taken while this upgrade ran")
             with step(f"Unpacking {remote.ref} ({remote.digest[:19]})"):
                 unpack(image, p.tree)
             check_bootable(p.tree, remote.ref)
-            tree_state = image_state(
-                str(remote.ref),
-                remote.digest,
+            record = ImageState.from_tree(
                 p.tree,
-                snapshot_label(n),
-                cfg.snapshot_fs,
-                False,
-                "upgrade",
+                source=str(remote.ref),
+                digest=remote.digest,
+                label=snapshot_label(n),
+                fs=cfg.snapshot_fs,
+                action="upgrade",
             )
-            tree_state.boot_assessment = "trial"
+            record.boot_assessment = Assessment.TRIAL
             with step("Running the after-upgrade-chroot hook"):
-                run_chroot_hook("after-upgrade-chroot", hooks, p.tree)
+                run_chroot_hook("after-upgrade-chroot", up.hooks, p.tree)
     except BaseException:
         _forget_pull(store, tags_before)
         raise
 
     with step(f"Switching to snapshot {n}"):
-        state.snapshots[n] = tree_state
-        write_state(inst.state_dir, state)
-        assessment.start_trial(inst.oem_dir, n, plan.fallback, cfg.boot_attempts, plan.keep)
-        snaps.switch(n)
-        for k, s in state.snapshots.items():
-            s.active = k == n
-        state.record("upgrade", n, tree_state)
-        write_state(inst.state_dir, state)
-
-    _cleanup(snaps, store, state, inst, plan.drop, n)
+        snaps.activate(
+            n,
+            state=up.state,
+            oem_dir=inst.oem_dir,
+            reason="upgrade",
+            passive=plan.keep,
+            image=record,
+            trial=Trial(fallback=plan.fallback, attempts=cfg.boot_attempts),
+        )
+    _cleanup(up, store, plan.drop, n)
     return n
 
 
-def _update_bootloader(
-    inst: Installed, cfg: Config, snaps: LoopSnapshotter, n: int, efi_label: str
-) -> None:
+def _update_bootloader(up: Upgrade, n: int) -> None:
     """GRUB (ESP + BIOS boot code) from snapshot n's own files.
 
     Runs after the switch: the new GRUB boots the old snapshots too. The ESP is
     rewritten in place, which is not atomic; it is only done when asked for.
     """
-    disk = inst.boot_disk(efi_label)
+    disk = up.inst.boot_disk(up.state.labels.get("efi", up.cfg.labels.efi))
     plan = read_plan(disk)
     work = Path(tempfile.mkdtemp(prefix="cos-bootloader-"))
     try:
         with (
             step(f"Installing GRUB from snapshot {n} on {disk}"),
-            mounted(snaps.image(n), work / "tree", "loop,ro") as tree,
+            up.snaps.mounted(n, work / "tree") as tree,
         ):
             boot = check_bootable(tree, f"snapshot {n}")
-            bl = make_bootloader(tree, boot, cfg, work / "boot", plan.part("efi").size)
+            bl = make_bootloader(tree, boot, up.cfg, work / "boot", plan.part("efi").size)
             install_bootloader(disk, plan, bl, sparse=False)
     finally:
         if not is_mountpoint(work / "tree"):
@@ -275,15 +246,9 @@ def _forget_pull(store: LayerStore, tags_before: set[str]) -> None:
         log.warning("could not remove the blobs of the failed upgrade: %s", exc)
 
 
-def _cleanup(
-    snaps: LoopSnapshotter,
-    store: LayerStore,
-    state: InstallState,
-    inst: Installed,
-    drop: list[int],
-    new: int,
-) -> None:
+def _cleanup(up: Upgrade, store: LayerStore, drop: list[int], new: int) -> None:
     """After the switch: drop snapshots beyond max-snaps. Never undoes the switch."""
+    snaps, state = up.snaps, up.state
     for d in drop:
         if d in snaps.numbers():
             try:
@@ -293,7 +258,7 @@ def _cleanup(
                 continue
         state.snapshots.pop(d, None)
     try:
-        write_state(inst.state_dir, state)
+        write_state(up.inst.state_dir, state)
         freed = store.keep_only({snapshot_tag(k) for k in state.snapshots})
         if freed:
             log.info("Layer store: %s of unused blobs removed", _mib(freed))

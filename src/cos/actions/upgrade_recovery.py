@@ -16,32 +16,27 @@ from dataclasses import dataclass
 
 from cos import events
 from cos import run as runner
-from cos.actions.deploy import (
-    RECOVERY_LABEL,
-    check_bootable,
-    image_state,
-    recovery_generations,
-    require_registry,
-    write_recovery,
-)
-from cos.config import Config
+from cos.boot.recovery import RECOVERY_LABEL, recovery_generations, write_recovery
+from cos.config import Config, Filesystem
 from cos.disk.mount import mounted, writable
+from cos.disk.mounts import find_device
 from cos.disk.plan import MIB
 from cos.errors import DiskError, StateError
 from cos.fsutil import atomic_symlink, free_bytes
 from cos.log import log, step
 from cos.oci.image import unpack
+from cos.oci.reference import require_registry
 from cos.oci.store import LayerStore, inspect_remote, snapshot_tag
-from cos.snapshot.loop import LoopSnapshotter, estimate_image_bytes
-from cos.system.installed import Installed
-from cos.system.layout import find_device
-from cos.system.state import write_state
+from cos.snapshot.loop import estimate_image_bytes, scratch_tree
+from cos.system.installed import INSTALLED_MODES, Installed
+from cos.system.kernel import check_bootable
+from cos.system.state import ImageState, write_state
 
 SCRATCH = ".scratch"
 TAG = "recovery"
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class RecoveryRequest:
     system: str | None = None
     force: bool = False
@@ -52,7 +47,7 @@ def upgrade_recovery(req: RecoveryRequest, cfg: Config) -> None:
     inst = req.installed or Installed.running(cfg.layout.oem_mount)
     inst.require_mode(
         "upgrade-recovery",
-        ("active", "passive"),
+        INSTALLED_MODES,
         "the recovery system cannot replace itself: boot the installed system",
     )
     state = inst.state()
@@ -89,7 +84,8 @@ def upgrade_recovery(req: RecoveryRequest, cfg: Config) -> None:
                 f"new recovery system; {free_bytes(inst.state_dir) // MIB} MiB are free",
                 hint="remove a passive snapshot (max-snaps) or free space on COS_STATE",
             )
-        need_rec = want // 2 if cfg.recovery_fs == "squashfs" else estimate_image_bytes(want)
+        squashed = cfg.recovery_fs == Filesystem.SQUASHFS
+        need_rec = want // 2 if squashed else estimate_image_bytes(want)
         if need_rec > free_bytes(rec_dir):
             raise DiskError(
                 f"the recovery partition needs about {need_rec // MIB} MiB for the new system "
@@ -97,10 +93,8 @@ def upgrade_recovery(req: RecoveryRequest, cfg: Config) -> None:
                 hint="a larger partitions.recovery is needed (reinstall)",
             )
         stack.callback(store.keep_only, {snapshot_tag(n) for n in state.snapshots})
-        stack.callback(shutil.rmtree, inst.state_dir / SCRATCH, True)
         with step(f"Pulling {ref}"):
             image = store.pull(remote, TAG, cfg.tls_verify)
-        scratch = LoopSnapshotter(inst.state_dir / SCRATCH)
         gens = recovery_generations(rec_dir)
         boot_link = rec_dir / "boot"
         if boot_link.is_dir() and not boot_link.is_symlink():
@@ -111,21 +105,22 @@ def upgrade_recovery(req: RecoveryRequest, cfg: Config) -> None:
         gen = max(gens, default=0) + 1
         with (
             step("Building the recovery system"),
-            scratch.start(
-                estimate_image_bytes(store.unpacked_size(TAG)), inst.run_dir / "recovery-scratch"
-            ) as p,
+            scratch_tree(
+                inst.state_dir / SCRATCH,
+                estimate_image_bytes(store.unpacked_size(TAG)),
+                inst.run_dir / "recovery-scratch",
+            ) as tree,
         ):
-            unpack(image, p.tree)
-            boot = check_bootable(p.tree, ref)
-            write_recovery(p.tree, boot, rec_dir, cfg.recovery_fs, gen)
-            state.recovery = image_state(
-                str(ref),
-                remote.digest,
-                p.tree,
-                RECOVERY_LABEL,
-                cfg.recovery_fs,
-                False,
-                "upgrade-recovery",
+            unpack(image, tree)
+            boot = check_bootable(tree, ref)
+            write_recovery(tree, boot, rec_dir, cfg.recovery_fs, gen)
+            state.recovery = ImageState.from_tree(
+                tree,
+                source=str(ref),
+                digest=remote.digest,
+                label=RECOVERY_LABEL,
+                fs=cfg.recovery_fs,
+                action="upgrade-recovery",
             )
         state.record("upgrade-recovery", None, state.recovery)
         write_state(inst.state_dir, state)

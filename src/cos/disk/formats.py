@@ -14,9 +14,20 @@ import struct
 import tempfile
 import time
 import uuid
+from enum import StrEnum
 from pathlib import Path
 
 from cos import run as runner
+
+
+class DiskType(StrEnum):
+    """What build-disk writes: a raw disk or one of the formats wrapped around it."""
+
+    RAW = "raw"
+    QCOW2 = "qcow2"
+    VHD = "vhd"
+    GCE = "gce"
+
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB

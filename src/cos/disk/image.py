@@ -12,6 +12,7 @@ from pathlib import Path
 
 from cos import run as runner
 from cos.disk.plan import MIB, DiskPlan, sgdisk_args
+from cos.fsutil import tree_usage
 
 _ZERO = bytes(MIB)
 
@@ -112,3 +113,23 @@ def mksquashfs(source: Path, image: Path) -> None:
             "-no-progress",
         ]
     )
+
+
+EXT_IMAGE_HEADROOM = 128 * MIB
+
+
+def ext_image_size(tree: Path) -> tuple[int, int]:
+    """(bytes, inodes) an ext image of tree needs: blocks + inode tables + headroom."""
+    usage = tree_usage(tree)
+    inodes = int(usage.entries * 1.2) + 4096
+    size = int(usage.bytes * 1.05) + inodes * 256 + EXT_IMAGE_HEADROOM
+    return -(-size // MIB) * MIB, inodes
+
+
+def make_ext_image(tree: Path, image: Path, label: str, fs: str = "ext4") -> int:
+    """An ext image file holding tree (mkfs -d, no journal: it is mounted read-only)."""
+    size, inodes = ext_image_size(tree)
+    image.parent.mkdir(parents=True, exist_ok=True)
+    create_sparse(image, size)
+    mkfs_ext4(image, label, size=size, source=tree, journal=False, fs=fs, inodes=inodes)
+    return size

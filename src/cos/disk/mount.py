@@ -14,9 +14,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from cos import run as runner
+from cos.disk.mounts import mount_options
 from cos.errors import ToolError
 from cos.log import log
-from cos.system.mounts import mount_options
 
 
 def mount(source: Path | str, target: Path, options: str = "", fstype: str | None = None) -> None:

@@ -35,6 +35,12 @@ class PartSpec:
     def size(self) -> int:
         return self.size_mib * MIB
 
+    def fs_label(self) -> str:
+        """The filesystem label of a partition that holds a filesystem."""
+        if self.label is None:
+            raise DiskError(f"partition {self.name} holds no filesystem")
+        return self.label
+
     @property
     def start_lba(self) -> int:
         return self.offset // SECTOR

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import typing
+from enum import StrEnum
 from typing import Any
 
 from cos.config import DEFAULT_CONFIG_DIR, Config
@@ -20,6 +21,8 @@ def _type(tp: Any) -> str:
     if typing.get_origin(tp) is list:
         (item,) = typing.get_args(tp)
         return f"list of {_type(item)}"
+    if isinstance(tp, type) and issubclass(tp, StrEnum):
+        return "string"
     return {bool: "boolean", int: "integer", str: "string"}.get(tp, getattr(tp, "__name__", "?"))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from cos.errors import ImageError
+from cos.errors import ImageError, StateError
 
 _NAME = re.compile(
     r"^(?P<host>[a-zA-Z0-9.-]+(?::[0-9]+)?|\[[0-9a-fA-F:]+\](?::[0-9]+)?)/"
@@ -94,3 +94,14 @@ def parse_ref(text: str) -> ImageRef:
         )
     rtag: str | None = m["tag"] or (None if m["digest"] else "latest")
     return ImageRef("docker", f"{m['host']}/{m['repo']}", rtag, m["digest"])
+
+
+def require_registry(source: str, action: str, hint: str) -> ImageRef:
+    """Parse source; actions that pull on the device take registry references only."""
+    ref = parse_ref(source)
+    if ref.transport != "docker":
+        raise StateError(
+            f"{action} pulls from a registry; {ref} is a local {ref.transport}: reference",
+            hint=hint,
+        )
+    return ref

@@ -3,9 +3,8 @@
 An image is never changed once committed: it is mounted read-only. build-disk makes
 the first one from a directory with mkfs -d; an upgrade makes the next one on the
 device itself: a sparse image file is formatted, loop-mounted, filled, checked and
-shrunk to its content, and only then does the `active` link move to it (one rename).
-A snapshot directory without a complete image (`.partial` marker) is debris of an
-interrupted upgrade and is removed by the next one.
+shrunk to its content. A snapshot directory without a complete image (`.partial`
+marker) is debris of an interrupted build and is removed by the next one.
 """
 
 from __future__ import annotations
@@ -13,43 +12,27 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from cos import run as runner
-from cos.disk.image import mkfs_ext4
+from cos.disk.image import create_sparse, make_ext_image, mkfs_ext4
 from cos.disk.mount import mounted
 from cos.disk.plan import MIB
 from cos.errors import StateError
-from cos.fsutil import atomic_symlink, fsync_dir, tree_usage
+from cos.fsutil import atomic_symlink, fsync_dir
+from cos.snapshot.base import (
+    ACTIVE_LINK,
+    SNAPSHOTS_DIR,
+    BootLocation,
+    Pending,
+    Snapshotter,
+    snapshot_label,
+)
+from cos.system.state import SnapshotterKind
 
-SNAPSHOTS_DIR = ".snapshots"
 IMAGE_NAME = "snapshot.img"
-ACTIVE_LINK = "active"
 PARTIAL = ".partial"
-HEADROOM = 128 * MIB
-
-
-def snapshot_label(n: int) -> str:
-    return f"COS_SNAP{n}"
-
-
-def image_size_for(tree: Path) -> tuple[int, int]:
-    """(bytes, inodes) for an ext image of tree: blocks + inode tables + headroom."""
-    usage = tree_usage(tree)
-    inodes = int(usage.entries * 1.2) + 4096
-    size = int(usage.bytes * 1.05) + inodes * 256 + HEADROOM
-    return -(-size // MIB) * MIB, inodes
-
-
-def make_snapshot_image(tree: Path, image: Path, label: str, fs: str = "ext4") -> int:
-    size, inodes = image_size_for(tree)
-    image.parent.mkdir(parents=True, exist_ok=True)
-    with open(image, "wb") as f:
-        f.truncate(size)
-    mkfs_ext4(image, label, size=size, source=tree, journal=False, fs=fs, inodes=inodes)
-    return size
 
 
 def estimate_image_bytes(tar_bytes: int) -> int:
@@ -61,28 +44,36 @@ def estimate_image_bytes(tar_bytes: int) -> int:
     return -(-(int(tar_bytes * 1.25) + 64 * MIB) // MIB) * MIB
 
 
-@dataclass
-class Pending:
-    """A snapshot being built: its number, image file and mounted tree."""
+@contextmanager
+def image_tree(image: Path, size: int, label: str, fs: str, where: Path) -> Iterator[Path]:
+    """A fresh sparse ext image of size bytes, mounted at where for the block."""
+    create_sparse(image, -(-size // MIB) * MIB)
+    mkfs_ext4(image, label, size=size, journal=False, fs=fs)
+    with mounted(image, where, "loop") as tree:
+        yield tree
 
-    number: int
-    image: Path
-    tree: Path
+
+@contextmanager
+def scratch_tree(directory: Path, size: int, where: Path) -> Iterator[Path]:
+    """A tree of up to size bytes on the device holding directory, gone after the
+    block (a system unpacked only to be written elsewhere: a recovery image)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        with image_tree(directory / IMAGE_NAME, size, "COS_SCRATCH", "ext4", where) as tree:
+            yield tree
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
-class LoopSnapshotter:
-    """Snapshots as loop images under <state>/.snapshots (start, commit, abort, list, delete)."""
+class LoopSnapshotter(Snapshotter):
+    """Snapshots as loop images under <state>/.snapshots."""
 
-    def __init__(self, state_dir: Path, fs: str = "ext4"):
-        self.state = Path(state_dir)
-        self.root = self.state / SNAPSHOTS_DIR
-        self.fs = fs
+    kind = SnapshotterKind.LOOP
 
     def image(self, n: int) -> Path:
         return self.root / str(n) / IMAGE_NAME
 
     def numbers(self) -> list[int]:
-        """Numbers of complete snapshots, oldest first."""
         if not self.root.is_dir():
             return []
         out = []
@@ -98,14 +89,25 @@ class LoopSnapshotter:
         head = os.readlink(link).split("/")[0]
         return int(head) if head.isdigit() else None
 
+    def size(self, n: int) -> int:
+        return self.image(n).stat().st_blocks * 512
+
+    def boot_files(self, n: int) -> BootLocation:
+        return BootLocation(image=f"{SNAPSHOTS_DIR}/{n}/{IMAGE_NAME}")
+
+    def mounted(self, n: int, where: Path) -> AbstractContextManager[Path]:
+        return mounted(self.image(n), where, "loop,ro")
+
     def next_number(self) -> int:
         if not self.root.is_dir():
             return 1
         used = [int(d.name) for d in self.root.iterdir() if d.name.isdigit()]
         return max(used, default=0) + 1
 
+    def estimate(self, tar_bytes: int) -> int:
+        return estimate_image_bytes(tar_bytes)
+
     def clean_debris(self) -> list[int]:
-        """Remove directories of snapshots that never completed."""
         removed = []
         for d in self.root.iterdir() if self.root.is_dir() else []:
             if d.name.isdigit() and ((d / PARTIAL).exists() or not (d / IMAGE_NAME).is_file()):
@@ -119,30 +121,41 @@ class LoopSnapshotter:
 
     @contextmanager
     def start(self, size: int, workdir: Path) -> Iterator[Pending]:
-        """Make an empty image of size bytes (sparse) and mount it at workdir/tree.
-
-        The block hands out the mounted tree; leaving it normally commits (unmount,
-        fsck, shrink, fsync), an exception aborts (unmount, remove).
-        """
         n = self.next_number()
+        d = self._begin(n)
+        img = d / IMAGE_NAME
+        try:
+            with image_tree(img, size, snapshot_label(n), self.fs, workdir / "tree") as tree:
+                yield Pending(n, tree)
+            self._seal(img)
+            self._commit(d)
+        except BaseException:
+            shutil.rmtree(d, ignore_errors=True)
+            raise
+
+    def from_tree(self, tree: Path) -> int:
+        n = self.next_number()
+        d = self._begin(n)
+        try:
+            # Not fsynced: a tree made this way goes into a disk image, made durable whole.
+            make_ext_image(tree, d / IMAGE_NAME, snapshot_label(n), fs=self.fs)
+            self._commit(d)
+        except BaseException:
+            shutil.rmtree(d, ignore_errors=True)
+            raise
+        return n
+
+    def _begin(self, n: int) -> Path:
+        """The snapshot's directory, marked partial until its image is sealed."""
         d = self.root / str(n)
         d.mkdir(parents=True)
         (d / PARTIAL).touch()
         fsync_dir(self.root)
-        img = d / IMAGE_NAME
-        pending = Pending(n, img, workdir / "tree")
-        try:
-            with open(img, "wb") as f:
-                f.truncate(-(-size // MIB) * MIB)
-            mkfs_ext4(img, snapshot_label(n), size=size, journal=False, fs=self.fs)
-            with mounted(img, pending.tree, "loop"):
-                yield pending
-            self._seal(img)
-            (d / PARTIAL).unlink()
-            fsync_dir(d)
-        except BaseException:
-            shutil.rmtree(d, ignore_errors=True)
-            raise
+        return d
+
+    def _commit(self, d: Path) -> None:
+        (d / PARTIAL).unlink()
+        fsync_dir(d)
 
     def _seal(self, img: Path) -> None:
         """Check the image and shrink it to its content: it is never written again."""
@@ -158,20 +171,14 @@ class LoopSnapshotter:
             f.truncate(blocks * bsize)
             os.fsync(f.fileno())
 
-    def switch(self, n: int) -> None:
-        """Make n the active snapshot: one atomic rename of the link, then fsync."""
-        if n not in self.numbers():
-            raise StateError(f"snapshot {n} does not exist or is incomplete")
+    def _link(self, n: int) -> None:
         atomic_symlink(f"{n}/{IMAGE_NAME}", self.root / ACTIVE_LINK)
 
     def delete(self, n: int) -> None:
         if n == self.active():
             raise StateError(f"snapshot {n} is active and cannot be deleted")
         d = self.root / str(n)
-        # Mark first: a crash halfway leaves debris the next upgrade removes.
+        # Mark first: a crash halfway leaves debris the next build removes.
         (d / PARTIAL).touch()
         shutil.rmtree(d)
         fsync_dir(self.root)
-
-    def size(self, n: int) -> int:
-        return self.image(n).stat().st_blocks * 512

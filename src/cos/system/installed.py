@@ -9,15 +9,27 @@ from here, so they can also act on a device mounted elsewhere (maintenance, test
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
+from cos.disk.mounts import find_device
 from cos.errors import StateError
-from cos.system.layout import find_device
 from cos.system.state import InstallState, read_state
 
 RUN_DIR = Path("/run/cos")
-MODES = ("active", "passive", "recovery", "live")
 FAILURE_FILE = "upgrade_failure"
+
+
+class Mode(StrEnum):
+    """What a boot runs; the initrd leaves /run/cos/<mode>_mode (cloud-configs test it)."""
+
+    ACTIVE = "active"
+    PASSIVE = "passive"
+    RECOVERY = "recovery"
+    LIVE = "live"
+
+
+INSTALLED_MODES = (Mode.ACTIVE, Mode.PASSIVE)  # booted from a snapshot
 
 
 @dataclass(frozen=True)
@@ -33,8 +45,8 @@ class Installed:
         return cls(RUN_DIR / "state", Path(oem_mount), RUN_DIR)
 
     # -- what booted ------------------------------------------------------------
-    def mode(self) -> str | None:
-        for mode in MODES:
+    def mode(self) -> Mode | None:
+        for mode in Mode:
             if (self.run_dir / f"{mode}_mode").exists():
                 return mode
         return None
@@ -46,7 +58,7 @@ class Installed:
     def booted_snapshot(self) -> int | None:
         """Number of the snapshot this boot runs (None in recovery, live or unknown)."""
         image = self.booted_image()
-        if self.mode() not in ("active", "passive") or not image:
+        if self.mode() not in INSTALLED_MODES or not image:
             return None
         parts = Path(image).parts
         if len(parts) >= 2 and parts[-2].isdigit():
@@ -73,7 +85,7 @@ class Installed:
         parent = Path(f"/sys/class/block/{Path(dev).name}").resolve().parent.name
         return Path("/dev") / parent
 
-    def require_mode(self, action: str, allowed: tuple[str, ...], hint: str) -> str:
+    def require_mode(self, action: str, allowed: tuple[Mode, ...], hint: str) -> Mode:
         mode = self.mode()
         if mode is None:
             raise StateError(

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cos.errors import ImageError
+from cos.fsutil import regular_file_in_tree
 
 
 @dataclass(frozen=True)
@@ -43,3 +44,27 @@ def require_kernel(root: Path, what: str) -> Kernel:
             hint="base the image on one that installs a kernel package, e.g. linux-image-amd64",
         )
     return kernels[0]
+
+
+@dataclass(frozen=True)
+class BootFiles:
+    """Files taken from an image, resolved inside its tree (never the host's)."""
+
+    vmlinuz: Path
+    initrd: Path
+    grub_cfg: Path
+    bootargs: Path | None
+
+
+def check_bootable(tree: Path, ref: object) -> BootFiles:
+    """The tree must carry a kernel, an initrd and the cos boot config (cos init)."""
+    require_kernel(tree, f"image {ref}")
+    vmlinuz = regular_file_in_tree(tree, "/boot/vmlinuz")
+    initrd = regular_file_in_tree(tree, "/boot/initrd")
+    grub_cfg = regular_file_in_tree(tree, "/etc/cos/grub.cfg")
+    if vmlinuz is None or initrd is None or grub_cfg is None:
+        raise ImageError(
+            f"image {ref} was not prepared by cos init (no /boot/initrd or /etc/cos/grub.cfg)",
+            hint="add 'RUN cos init' to the Containerfile of the image",
+        )
+    return BootFiles(vmlinuz, initrd, grub_cfg, regular_file_in_tree(tree, "/etc/cos/bootargs.cfg"))

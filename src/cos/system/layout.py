@@ -9,18 +9,17 @@ each group sorted by depth so a parent is mounted before its children.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from cos import run as runner
 from cos.config import Labels, Layout
+from cos.disk.mounts import find_device, is_mountpoint
 from cos.errors import StateError
 from cos.fsutil import inside
 from cos.log import log, step
-from cos.system.mounts import is_mountpoint
+from cos.system.installed import Mode
 
-MODES = ("active", "passive", "recovery", "live")
 OVERLAY_BASE = "/run/cos/overlay"
 PERSISTENT_STATE_DIR = ".state"
 
@@ -32,21 +31,6 @@ def overlay_name(path: str) -> str:
 
 def _depth(path: str) -> tuple[int, str]:
     return (len(Path(path).parts), path)
-
-
-def find_device(label: str, timeout: float = 0.0) -> str | None:
-    """Resolve a filesystem label to a device node, waiting up to timeout seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        link = Path("/dev/disk/by-label") / label
-        if link.exists():
-            return str(link.resolve())
-        res = runner.run(["blkid", "-L", label], check=False)
-        if res.returncode == 0 and res.stdout.strip():
-            return res.stdout.strip()
-        if time.monotonic() >= deadline:
-            return None
-        time.sleep(0.2)
 
 
 def _mount(argv: list[str]) -> None:
@@ -78,12 +62,14 @@ def apply_layout(
     after_volumes: Callable[[], None] | None = None,
 ) -> list[str]:
     """Mount the layout below root; return the mount points made, in order."""
-    if mode not in MODES:
-        raise StateError(f"unknown boot mode {mode!r}", hint=f"one of: {', '.join(MODES)}")
+    if mode not in list(Mode):
+        raise StateError(
+            f"unknown boot mode {mode!r}", hint=f"one of: {', '.join(m.value for m in Mode)}"
+        )
     labels = labels or Labels()
     done: list[str] = []
 
-    if mode == "live":
+    if mode == Mode.LIVE:
         # Booted from installation media: nothing on local disks is touched, and the
         # paths that persist on an installed system are writable in RAM instead.
         layout = Layout(
@@ -94,17 +80,17 @@ def apply_layout(
             persistent_mount=layout.persistent_mount,
         )
     with step("Mounting volumes"):
-        oem_dev = None if mode == "live" else find_device(labels.oem, device_timeout)
+        oem_dev = None if mode == Mode.LIVE else find_device(labels.oem, device_timeout)
         oem = inside(root, layout.oem_mount)
         if oem_dev is None:
-            if mode != "live":
+            if mode != Mode.LIVE:
                 log.warning("no %s filesystem found; %s stays empty", labels.oem, layout.oem_mount)
         elif not is_mountpoint(oem):
             oem.mkdir(parents=True, exist_ok=True)
             _mount(["-o", "rw,noatime", oem_dev, str(oem)])
             done.append(layout.oem_mount)
         persistent_mounted = False
-        if mode not in ("recovery", "live"):
+        if mode not in (Mode.RECOVERY, Mode.LIVE):
             pdev = find_device(labels.persistent, device_timeout)
             pmount = inside(root, layout.persistent_mount)
             if pdev is None:

@@ -1,9 +1,12 @@
-"""The kernel's mount table, read from /proc/self/mountinfo."""
+"""The kernel's mount table (/proc/self/mountinfo) and block devices found by label."""
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
+
+from cos import run as runner
 
 
 def _mountinfo() -> list[list[str]]:
@@ -38,3 +41,18 @@ def mount_options(path: Path) -> set[str] | None:
 
 def is_mountpoint(path: Path) -> bool:
     return mount_options(path) is not None
+
+
+def find_device(label: str, timeout: float = 0.0) -> str | None:
+    """Resolve a filesystem label to a device node, waiting up to timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        link = Path("/dev/disk/by-label") / label
+        if link.exists():
+            return str(link.resolve())
+        res = runner.run(["blkid", "-L", label], check=False)
+        if res.returncode == 0 and res.stdout.strip():
+            return res.stdout.strip()
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.2)

@@ -1,0 +1,162 @@
+"""The snapshotter seam: how a snapshot is stored is a backend's business; how the
+machine switches between snapshots is written once, here.
+
+A backend stores numbered snapshots on COS_STATE. It builds a new one in a
+transaction (`start`: the block fills a mounted tree; leaving it commits, an
+exception aborts and leaves nothing behind), makes one from a finished tree
+(`from_tree`, build-disk), lists, deletes and sizes them, and names the file the
+boot chain reads (`boot_files`). What boots is chosen by one `active` link that a
+backend renames atomically (`_link`).
+
+`activate` is the one crash-ordered switch, used by every action that changes what
+boots (upgrade, rollback, boot assessment, install, reset, build-disk). Each write
+is durable before the next starts, so a crash at any instant boots either the old
+active snapshot or the complete new one:
+
+1. state.yaml lists the new snapshot (not active): nothing points at it yet;
+2. the grubenv (COS_OEM) gets the menu of passive snapshots and, for an upgrade,
+   the trial: snapshot n, its boot attempts and the fallback. Written before the
+   switch, so a crash right after it still has a fallback ready;
+3. the `active` link is renamed to n: the switch;
+4. state.yaml marks n active and records why.
+
+A crash between 3 and 4 leaves state.yaml one step behind the link: readers trust
+the link (`active()`), and the next action rewrites state.yaml.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from cos.boot import assessment
+from cos.config import Filesystem
+from cos.errors import StateError
+from cos.system.state import ImageState, InstallState, SnapshotterKind, write_state
+
+SNAPSHOTS_DIR = ".snapshots"
+ACTIVE_LINK = "active"
+
+
+def snapshot_label(n: int) -> str:
+    return f"COS_SNAP{n}"
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A snapshot being built: its number and the mounted tree to fill."""
+
+    number: int
+    tree: Path
+
+
+@dataclass(frozen=True)
+class Trial:
+    """A switch that GRUB tries `attempts` times before it boots `fallback` again."""
+
+    fallback: int | None
+    attempts: int
+
+
+@dataclass(frozen=True)
+class BootLocation:
+    """Where the boot chain finds a snapshot: `image` relative to COS_STATE (the
+    kernel command line's cos.image=), kernel and initrd as paths inside it."""
+
+    image: str
+    kernel: str = "/boot/vmlinuz"
+    initrd: str = "/boot/initrd"
+
+
+class Snapshotter(ABC):
+    """Numbered snapshots on COS_STATE, one of them active."""
+
+    kind: ClassVar[SnapshotterKind]
+
+    def __init__(self, state_dir: Path, fs: Filesystem = Filesystem.EXT4):
+        self.state = Path(state_dir)
+        self.root = self.state / SNAPSHOTS_DIR
+        self.fs = fs
+
+    # -- what is there -----------------------------------------------------------
+    @abstractmethod
+    def numbers(self) -> list[int]:
+        """Numbers of complete snapshots, oldest first."""
+
+    @abstractmethod
+    def active(self) -> int | None:
+        """The snapshot the `active` link points to (what boots by default)."""
+
+    @abstractmethod
+    def size(self, n: int) -> int:
+        """Bytes snapshot n occupies on the device (freed when it is deleted)."""
+
+    @abstractmethod
+    def boot_files(self, n: int) -> BootLocation: ...
+
+    @abstractmethod
+    def mounted(self, n: int, where: Path) -> AbstractContextManager[Path]:
+        """Snapshot n's tree, read-only, at where for the time of the block."""
+
+    # -- making and removing -----------------------------------------------------
+    @abstractmethod
+    def next_number(self) -> int: ...
+
+    @abstractmethod
+    def estimate(self, tar_bytes: int) -> int:
+        """Bytes a new snapshot of layers whose tar streams total tar_bytes takes."""
+
+    @abstractmethod
+    def start(self, size: int, workdir: Path) -> AbstractContextManager[Pending]:
+        """Begin snapshot next_number(): the block fills the tree; a normal exit
+        commits it (sealed, durable), an exception aborts it (nothing left)."""
+
+    @abstractmethod
+    def from_tree(self, tree: Path) -> int:
+        """Commit a finished tree as the next snapshot (build-disk: no device)."""
+
+    @abstractmethod
+    def delete(self, n: int) -> None: ...
+
+    @abstractmethod
+    def clean_debris(self) -> list[int]:
+        """Remove what an interrupted build left; returns the numbers removed."""
+
+    @abstractmethod
+    def _link(self, n: int) -> None:
+        """Point the `active` link at n: one atomic rename, made durable."""
+
+    # -- the switch --------------------------------------------------------------
+    def activate(
+        self,
+        n: int,
+        *,
+        state: InstallState,
+        oem_dir: Path,
+        reason: str,
+        passive: Sequence[int],
+        image: ImageState | None = None,
+        trial: Trial | None = None,
+    ) -> None:
+        """Make snapshot n the one that boots, in the order the module docstring
+        argues. image is n's record when state.yaml does not list n yet; passive is
+        the menu of other snapshots GRUB offers; trial puts n on probation."""
+        if n not in self.numbers():
+            raise StateError(f"snapshot {n} does not exist or is incomplete")
+        if image is not None:
+            state.snapshots[n] = image
+            write_state(self.state, state)
+        menu = [k for k in passive if k != n]
+        if trial is not None:
+            assessment.start_trial(oem_dir, n, trial.fallback, trial.attempts, menu)
+        else:
+            assessment.end_trial(oem_dir, menu)
+        self._link(n)
+        for k, s in state.snapshots.items():
+            s.active = k == n
+        state.record(reason, n, state.snapshots.get(n))
+        write_state(self.state, state)
