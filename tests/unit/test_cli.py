@@ -157,3 +157,40 @@ def test_install_refuses_a_regular_file(capsys: pytest.CaptureFixture[str], tmp_
 def test_rollback_once_and_snapshot_number_parse(capsys: pytest.CaptureFixture[str]) -> None:
     rc, _, err = run(capsys, "rollback", "two")
     assert rc == ExitCode.USAGE and "invalid int value" in err
+
+
+def test_no_command(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, _, err = run(capsys, "--quiet")
+    assert rc == ExitCode.USAGE and "no command given" in err and "hint: " in err
+
+
+def test_upgrade_recovery_flag_runs_the_recovery_upgrade(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cos.actions import upgrade_recovery
+
+    seen: list[upgrade_recovery.RecoveryRequest] = []
+    monkeypatch.setattr(upgrade_recovery, "upgrade_recovery", lambda req, cfg: seen.append(req))
+    rc, _, _ = run(
+        capsys,
+        "upgrade",
+        "--recovery",
+        "--system",
+        "x/y:2",
+        "--force",
+        "--state-dir",
+        str(tmp_path),
+    )
+    assert rc == 0 and len(seen) == 1
+    req = seen[0]
+    assert (req.system, req.force) == ("x/y:2", True)
+    assert req.installed is not None and req.installed.state_dir == tmp_path
+
+
+def test_repeatable_flags_start_empty_on_every_parse() -> None:
+    from cos.cli import build_parser
+
+    first = build_parser().parse_args(["build-disk", "oci:/x", "-o", "d"])
+    first.cloud_init.append(Path("leaked.yaml"))
+    again = build_parser().parse_args(["install", "/dev/x"])
+    assert again.cloud_init == [] and first.cloud_init is not again.cloud_init
