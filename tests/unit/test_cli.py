@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -194,3 +195,32 @@ def test_repeatable_flags_start_empty_on_every_parse() -> None:
     first.cloud_init.append(Path("leaked.yaml"))
     again = build_parser().parse_args(["install", "/dev/x"])
     assert again.cloud_init == [] and first.cloud_init is not again.cloud_init
+
+
+def test_debug_log_masks_a_password_on_the_command_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    fake = bindir / "systemd-firstboot"
+    fake.write_text('#!/bin/sh\necho "$@" > "${0%/*}/argv"\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}")
+    doc = tmp_path / "c.yaml"
+    doc.write_text(
+        "stages:\n  boot:\n    - systemd_firstboot:\n"
+        "        keymap: us\n        root-password: hunter2\n"
+    )
+    root = tmp_path / "root"
+    root.mkdir()
+    argv = ["cloud-init", "--root", str(root), "-s", "boot", str(doc)]
+
+    rc, out, err = run(capsys, "--debug", *argv)
+    assert rc == 0, err
+    assert "--root-password=hunter2" in (bindir / "argv").read_text()  # the tool got it
+    assert "$ systemd-firstboot" in err and "--root-password=***" in err
+    assert "hunter2" not in err + out
+
+    rc, out, err = run(capsys, "--debug", *argv, "--dry-run")
+    assert rc == 0 and "would systemd-firstboot --keymap=us --root-password=***" in out
+    assert "hunter2" not in err + out
