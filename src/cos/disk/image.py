@@ -54,10 +54,6 @@ def mkfs_ext4(
     runner.run(argv)
 
 
-def fsck_ext(target: Path) -> None:
-    runner.run(["e2fsck", "-fn", str(target)])
-
-
 def copy_into(disk: Path, src: Path, offset: int, sparse: bool = True) -> None:
     """Copy src into disk at offset. sparse skips zero blocks: a new image file is all
     zeros already; a used device is not, so there every block is written."""
