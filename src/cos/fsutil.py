@@ -1,4 +1,4 @@
-"""Crash-safe file writes and path confinement, shared by every layer."""
+"""Crash-safe file writes, path confinement and tree sizes, shared by every layer."""
 
 from __future__ import annotations
 
@@ -7,6 +7,11 @@ import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+
+def ceil_div(n: int, unit: int) -> int:
+    """How many units hold n (n // unit rounded up); ceil_div(n, u) * u rounds n up to u."""
+    return -(-n // unit)
 
 
 def fsync_dir(path: Path) -> None:
@@ -149,5 +154,5 @@ def tree_usage(path: Path) -> TreeUsage:
             seen.add(key)
             entries += 1
             if stat.S_ISREG(st.st_mode) or (stat.S_ISLNK(st.st_mode) and st.st_size > 59):
-                total += -(-st.st_size // BLOCK) * BLOCK
+                total += ceil_div(st.st_size, BLOCK) * BLOCK
     return TreeUsage(total, entries)

@@ -3,7 +3,13 @@
 Every external command goes through `run()`: argv lists only (never a shell), a
 minimal environment, stdin from /dev/null unless input is given, the command
 logged under --debug, and one typed error (`ToolError`) when it fails. Keeping one
-door makes the commands auditable and keeps secrets out of argv and logs.
+door makes the commands auditable.
+
+Secrets stay off argv where the tool allows: registry credentials reach skopeo
+through its auth files and environment, and a password to hash goes on stdin. The
+one that must be an argument (systemd-firstboot --root-password=…) is marked by its
+caller in `secret_args` and logged as `***`. Errors carry the tool's name and its
+stderr, never its argv.
 """
 
 from __future__ import annotations
@@ -58,6 +64,20 @@ def require(*tools: str) -> None:
         )
 
 
+def shown(argv: Sequence[str], secret_args: frozenset[int] = frozenset()) -> str:
+    """argv as a shell line for the log; a secret `--flag=value` keeps its flag name."""
+    words = []
+    for i, a in enumerate(argv):
+        flag, sep, _ = a.partition("=")
+        if i not in secret_args:
+            words.append(shlex.quote(a))
+        elif sep and flag.startswith("-"):
+            words.append(f"{shlex.quote(flag)}=***")
+        else:
+            words.append("***")
+    return " ".join(words)
+
+
 def run(
     argv: Sequence[str | os.PathLike[str]],
     *,
@@ -71,11 +91,10 @@ def run(
 ) -> Result:
     """Run argv and return its result; raise ToolError when it fails and check is set.
 
-    secret_args lists argv positions masked in logs and errors.
+    secret_args lists argv positions whose value the --debug log shows as ***.
     """
     args = [os.fspath(a) for a in argv]
-    shown = " ".join("***" if i in secret_args else shlex.quote(a) for i, a in enumerate(args))
-    log.debug("$ %s", shown)
+    log.debug("$ %s", shown(args, secret_args))
     data = input.encode() if isinstance(input, str) else input
     try:
         proc = subprocess.run(

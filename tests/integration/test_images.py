@@ -62,7 +62,8 @@ def test_images_carry_their_identity(vanilla: str, tmp_path) -> None:  # type: i
     release = (tree / "usr/lib/os-release").read_text()
     assert "IMAGE_REPO=cos/vanilla" in release and "IMAGE=cos/vanilla:latest" in release
     assert release.count("IMAGE_REPO=") == 1
-    assert (tree / "usr/bin/cos").is_file() and (tree / "usr/lib/cos/site/cos/cli.py").is_file()
+    assert (tree / "usr/bin/cos").is_file()
+    assert (tree / "usr/lib/cos/site/cos/__main__.py").is_file()
     assert (tree / "usr/lib/dracut/modules.d/90cos/cos-mount.sh").is_file()
     assert (tree / "boot/initrd").is_symlink() and (tree / "boot/vmlinuz").is_symlink()
     shadow = (tree / "etc/shadow").read_text().splitlines()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -157,3 +158,69 @@ def test_install_refuses_a_regular_file(capsys: pytest.CaptureFixture[str], tmp_
 def test_rollback_once_and_snapshot_number_parse(capsys: pytest.CaptureFixture[str]) -> None:
     rc, _, err = run(capsys, "rollback", "two")
     assert rc == ExitCode.USAGE and "invalid int value" in err
+
+
+def test_no_command(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, _, err = run(capsys, "--quiet")
+    assert rc == ExitCode.USAGE and "no command given" in err and "hint: " in err
+
+
+def test_upgrade_recovery_flag_runs_the_recovery_upgrade(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cos.actions import upgrade_recovery
+
+    seen: list[upgrade_recovery.RecoveryRequest] = []
+    monkeypatch.setattr(upgrade_recovery, "upgrade_recovery", lambda req, cfg: seen.append(req))
+    rc, _, _ = run(
+        capsys,
+        "upgrade",
+        "--recovery",
+        "--system",
+        "x/y:2",
+        "--force",
+        "--state-dir",
+        str(tmp_path),
+    )
+    assert rc == 0 and len(seen) == 1
+    req = seen[0]
+    assert (req.system, req.force) == ("x/y:2", True)
+    assert req.installed is not None and req.installed.state_dir == tmp_path
+
+
+def test_repeatable_flags_start_empty_on_every_parse() -> None:
+    from cos.cli import build_parser
+
+    first = build_parser().parse_args(["build-disk", "oci:/x", "-o", "d"])
+    first.cloud_init.append(Path("leaked.yaml"))
+    again = build_parser().parse_args(["install", "/dev/x"])
+    assert again.cloud_init == [] and first.cloud_init is not again.cloud_init
+
+
+def test_debug_log_masks_a_password_on_the_command_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    fake = bindir / "systemd-firstboot"
+    fake.write_text('#!/bin/sh\necho "$@" > "${0%/*}/argv"\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}")
+    doc = tmp_path / "c.yaml"
+    doc.write_text(
+        "stages:\n  boot:\n    - systemd_firstboot:\n"
+        "        keymap: us\n        root-password: hunter2\n"
+    )
+    root = tmp_path / "root"
+    root.mkdir()
+    argv = ["cloud-init", "--root", str(root), "-s", "boot", str(doc)]
+
+    rc, out, err = run(capsys, "--debug", *argv)
+    assert rc == 0, err
+    assert "--root-password=hunter2" in (bindir / "argv").read_text()  # the tool got it
+    assert "$ systemd-firstboot" in err and "--root-password=***" in err
+    assert "hunter2" not in err + out
+
+    rc, out, err = run(capsys, "--debug", *argv, "--dry-run")
+    assert rc == 0 and "would systemd-firstboot --keymap=us --root-password=***" in out
+    assert "hunter2" not in err + out

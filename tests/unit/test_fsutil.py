@@ -3,7 +3,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from cos.fsutil import atomic_write, regular_file_in_tree, resolve_in_tree, tree_usage
+from cos.fsutil import (
+    atomic_write,
+    ceil_div,
+    regular_file_in_tree,
+    resolve_in_tree,
+    tree_usage,
+)
 
 
 def _tree(tmp_path: Path) -> Path:
@@ -59,3 +65,9 @@ def test_atomic_write_replaces_whole(tmp_path: Path) -> None:
     atomic_write(p, "two", mode=0o600)
     assert p.read_text() == "two" and (p.stat().st_mode & 0o777) == 0o600
     assert [x.name for x in tmp_path.iterdir()] == ["f"]
+
+
+def test_ceil_div() -> None:
+    mib = 1024 * 1024
+    assert [ceil_div(n, mib) for n in (0, 1, mib - 1, mib, mib + 1)] == [0, 1, 1, 1, 2]
+    assert ceil_div(4097, 4096) * 4096 == 8192

@@ -34,7 +34,7 @@ from cos.disk.expandable import DEFAULT_DEPLOY_COMMAND, EXPAND_CONFIG, expand_co
 from cos.disk.formats import DiskType
 from cos.disk.plan import MIB, DiskPlan, plan_disk
 from cos.errors import DiskError, StateError
-from cos.fsutil import fsync_dir
+from cos.fsutil import ceil_div, fsync_dir
 from cos.log import log, step
 from cos.oci.image import LocalImage, unpack
 from cos.oci.reference import ImageRef, parse_ref
@@ -104,7 +104,7 @@ def _check_output(out: Path) -> None:
 def _fits(what: str, need: int, have: int, hint: str) -> None:
     if need > have:
         raise DiskError(
-            f"{what} needs {-(-need // MIB)} MiB but the partition has {have // MIB} MiB",
+            f"{what} needs {ceil_div(need, MIB)} MiB but the partition has {have // MIB} MiB",
             hint=hint,
         )
 

@@ -30,7 +30,7 @@ from cos.disk.mount import writable
 from cos.disk.mounts import is_mountpoint
 from cos.disk.plan import MIB, read_plan
 from cos.errors import CosError, DiskError, StateError
-from cos.fsutil import free_bytes
+from cos.fsutil import ceil_div, free_bytes
 from cos.log import log, step
 from cos.oci.image import unpack
 from cos.oci.reference import require_registry
@@ -69,7 +69,7 @@ class Upgrade:
 
 
 def _mib(n: int) -> str:
-    return f"{-(-n // MIB)} MiB"
+    return f"{ceil_div(n, MIB)} MiB"
 
 
 def _check_space(state_dir: Path, need: int, reclaim: int, what: str) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from cos import run as runner
 from cos.disk.plan import MIB, DiskPlan, sgdisk_args
-from cos.fsutil import tree_usage
+from cos.fsutil import ceil_div, tree_usage
 
 _ZERO = bytes(MIB)
 
@@ -53,10 +53,6 @@ def mkfs_ext4(
         argv += ["-d", str(source)]
     argv += [str(target), f"{size // 1024}k"]
     runner.run(argv)
-
-
-def fsck_ext(target: Path) -> None:
-    runner.run(["e2fsck", "-fn", str(target)])
 
 
 def copy_into(disk: Path, src: Path, offset: int, sparse: bool = True) -> None:
@@ -123,7 +119,7 @@ def ext_image_size(tree: Path) -> tuple[int, int]:
     usage = tree_usage(tree)
     inodes = int(usage.entries * 1.2) + 4096
     size = int(usage.bytes * 1.05) + inodes * 256 + EXT_IMAGE_HEADROOM
-    return -(-size // MIB) * MIB, inodes
+    return ceil_div(size, MIB) * MIB, inodes
 
 
 def make_ext_image(tree: Path, image: Path, label: str, fs: str = "ext4") -> int:

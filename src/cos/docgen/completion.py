@@ -13,7 +13,7 @@ from pathlib import Path
 
 BASH_FILE = "cos.bash"
 ZSH_FILE = "_cos"
-HEADER = "Generated from the argument parser (src/cos/cli.py) by `make docs`; do not edit."
+HEADER = "Generated from the argument parser (src/cos/cli/verbs.py) by `make docs`; do not edit."
 
 
 @dataclass(frozen=True)

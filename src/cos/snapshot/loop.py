@@ -20,7 +20,7 @@ from cos.disk.image import create_sparse, make_ext_image, mkfs_ext4
 from cos.disk.mount import mounted
 from cos.disk.plan import MIB
 from cos.errors import StateError
-from cos.fsutil import atomic_symlink, fsync_dir
+from cos.fsutil import atomic_symlink, ceil_div, fsync_dir
 from cos.snapshot.base import (
     ACTIVE_LINK,
     SNAPSHOTS_DIR,
@@ -41,13 +41,13 @@ def estimate_image_bytes(tar_bytes: int) -> int:
     Block rounding of small files and inode tables cost about a fifth on a typical OS
     tree; the rest is fixed metadata.
     """
-    return -(-(int(tar_bytes * 1.25) + 64 * MIB) // MIB) * MIB
+    return ceil_div(int(tar_bytes * 1.25) + 64 * MIB, MIB) * MIB
 
 
 @contextmanager
 def image_tree(image: Path, size: int, label: str, fs: str, where: Path) -> Iterator[Path]:
     """A fresh sparse ext image of size bytes, mounted at where for the block."""
-    create_sparse(image, -(-size // MIB) * MIB)
+    create_sparse(image, ceil_div(size, MIB) * MIB)
     mkfs_ext4(image, label, size=size, journal=False, fs=fs)
     with mounted(image, where, "loop") as tree:
         yield tree

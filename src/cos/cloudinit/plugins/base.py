@@ -66,8 +66,14 @@ class Context:
             argv = ["chroot", str(self.root), *argv]
         return runner.run(argv, check=check, timeout=3600)
 
-    def tool(self, argv: list[str], check: bool = True, input: str | None = None) -> runner.Result:
-        return runner.run(argv, check=check, input=input)
+    def tool(
+        self,
+        argv: list[str],
+        check: bool = True,
+        input: str | None = None,
+        secret_args: frozenset[int] = frozenset(),
+    ) -> runner.Result:
+        return runner.run(argv, check=check, input=input, secret_args=secret_args)
 
 
 class Errors:

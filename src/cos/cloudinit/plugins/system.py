@@ -148,15 +148,25 @@ def environment(step: dict[str, Any], ctx: Context) -> None:
     write_file(target, text.encode(), 0o644)
 
 
+def _passwords(argv: list[str]) -> frozenset[int]:
+    """Where --root-password=… or --root-password-hashed=… is: shown as *** in plan and log."""
+    return frozenset(
+        i for i, a in enumerate(argv) if "=" in a and "password" in a.partition("=")[0]
+    )
+
+
 def systemd_firstboot(step: dict[str, Any], ctx: Context) -> None:
     args = []
     for k, v in sorted(step["systemd_firstboot"].items()):
         args.append(f"--{k.lower()}" if v == "true" else f"--{k.lower()}={v}")
-    if not ctx.act("systemd-firstboot " + " ".join(args)):
+    hidden = _passwords(args)
+    plan = [f"{a.partition('=')[0]}=***" if i in hidden else a for i, a in enumerate(args)]
+    if not ctx.act("systemd-firstboot " + " ".join(plan)):
         return
     root = [] if ctx.live else [f"--root={ctx.root}"]
+    argv = ["systemd-firstboot", *root, *args]
     try:
-        ctx.tool(["systemd-firstboot", *root, *args])
+        ctx.tool(argv, secret_args=_passwords(argv))
     except ToolError as exc:
         raise PluginError(f"systemd-firstboot: {exc}") from exc
 

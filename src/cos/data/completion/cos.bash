@@ -1,4 +1,4 @@
-# bash completion for cos. Generated from the argument parser (src/cos/cli.py) by `make docs`; do not edit.
+# bash completion for cos. Generated from the argument parser (src/cos/cli/verbs.py) by `make docs`; do not edit.
 # shellcheck shell=bash
 
 _cos() {
