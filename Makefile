@@ -52,7 +52,7 @@ docs: setup
 
 # Side-by-side benchmarks (ratios against the bare tools); root, after `make vanilla`.
 bench: vanilla
-	$(VENV)/bin/python bench/run.py
+	$(VENV)/bin/python -m bench.run
 
 clean:
 	rm -rf build
