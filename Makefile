@@ -32,8 +32,13 @@ lint: setup
 test: setup lint
 	$(VENV)/bin/pytest tests
 
-test-unit: setup
+# The fast tier (what a bare `pytest` runs): no root, no Debian packages, only the venv.
+test-unit: | $(VENV)/bin/pytest
 	$(VENV)/bin/pytest tests/unit
+
+$(VENV)/bin/pytest:
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q -e '.[dev]'
 
 test-integration: setup
 	$(VENV)/bin/pytest tests/integration
@@ -47,7 +52,7 @@ docs: setup
 
 # Side-by-side benchmarks (ratios against the bare tools); root, after `make vanilla`.
 bench: vanilla
-	$(VENV)/bin/python bench/run.py
+	$(VENV)/bin/python -m bench.run
 
 clean:
 	rm -rf build

@@ -1,5 +1,5 @@
 """Boot benchmark: time to multi-user of a cos disk vs the same root filesystem booted
-plainly, under the same qemu settings (tests/e2e/vm.py: q35, -accel tcg -cpu max,
+plainly, under the same qemu settings (tests/support/vm.py: q35, -accel tcg -cpu max,
 2 CPUs, 1.5 GiB), and the time each cos unit (the cloud-init stages) took.
 
 The cos disk is the e2e disk (`cos build-disk` of the e2e image: vanilla + the test
@@ -14,7 +14,7 @@ guest's own clock splits the boot into kernel, initrd and userspace.
 Each boot holds /tmp/cos-vm.lock (the e2e suites on this machine take the same lock)
 and runs on a fresh qcow2 overlay of its disk.
 
-    python bench/boot.py [--runs 3] [--workdir /var/tmp]
+    python -m bench.run --only boot [--runs 3] [--workdir /var/tmp]
 """
 
 from __future__ import annotations
@@ -22,17 +22,15 @@ from __future__ import annotations
 import argparse
 import fcntl
 import shutil
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from common import VM_LOCK, Metrics, Row, interleave, print_table, rows_of, scratch, sh
-from tests.e2e.conftest import cached_disk
-from tests.e2e.vm import VM, overlay
-from tests.support.images import BUILD, LAYOUT, ensure_e2e_image
+from tests.support.images import BUILD, LAYOUT, cached_disk, ensure_e2e_image
+from tests.support.vm import VM, overlay
 
+from bench.common import VM_LOCK, Metrics, Row, interleave, rows_of, scratch, sh
 from cos.disk.image import ext_image_size as image_size_for
 from cos.oci.unpack import unpack_image
 
@@ -171,16 +169,3 @@ def bench(args: argparse.Namespace) -> list[Row]:
             spec.append((f"cos: {u}", "cos", u, None))
     spec.append(("cos: all cos units", "cos", "cos units", None))
     return rows_of("boot", samples, spec, unit="s")
-
-
-def main() -> int:
-    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--workdir", default="/var/tmp")
-    args = ap.parse_args()
-    print_table("boot", bench(args))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """build-disk benchmark: `cos build-disk` of an OCI image vs its own steps run bare.
 
-cos's phases come from its --debug transcript ("done in Xs" of each step). The floor
+cos's phases are its own step times (the step-end events of `--json`). The floor
 runs the tools build-disk is made of, bare, on the same image: tar -x of the layers,
 truncate + mkfs.ext4 -d of the tree (snapshot 1), skopeo copy into the layer store,
 mksquashfs of the tree (recovery, zstd level 3 as cos does), sgdisk, and
@@ -8,7 +8,7 @@ removing the tree, mkfs.ext4 -d of the oem, recovery and state directories (+ an
 empty persistent) at their offsets in one sparse disk file. GRUB (grub-mkimage, the
 ESP) has no floor row: it is listed as it is.
 
-    python bench/build_disk.py [--image build/oci:vanilla] [--runs 3] [--workdir /var/tmp]
+    python -m bench.run --only build-disk [--image build/oci:vanilla] [--runs 3]
 """
 
 from __future__ import annotations
@@ -16,32 +16,28 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 from pathlib import Path
 
-from common import (
+from bench.common import (
     MIB,
-    REPO,
     Metrics,
     Row,
     cos_cli,
     interleave,
     phase_sum,
-    print_table,
     rows_of,
     scratch,
     sh,
     step_times,
     timed,
 )
-from unpack import layers, tar_x
-
+from bench.unpack import layers, tar_x
 from cos.config import Labels, Partitions
 from cos.disk.image import ext_image_size as image_size_for
 from cos.disk.plan import plan_disk, sgdisk_args
 from cos.oci.transport import layout_digest
 
-# (phase, step titles of cos's transcript at depth 0)
+# (phase, titles of the top-level steps (depth 0) of cos that make it up)
 PHASES: list[tuple[str, tuple[str, ...]]] = [
     ("unpack", ("Pulling", "Unpacking")),
     ("snapshot (mkfs.ext4 -d)", ("Building snapshot",)),
@@ -55,8 +51,8 @@ _EXT = ["-F", "-q", "-m", "0"]
 _EXT_OPTS = "lazy_itable_init=1,nodiscard,root_owner=0:0"
 
 
-def cos_phases(wall: float, transcript: str) -> Metrics:
-    steps = step_times(transcript)
+def cos_phases(wall: float, events: str) -> Metrics:
+    steps = step_times(events)
     m = {name: phase_sum(steps, *titles, depth=0) for name, titles in PHASES}
     m["other"] = wall - sum(m.values())
     m["total"] = wall
@@ -134,10 +130,10 @@ def bench(args: argparse.Namespace) -> list[Row]:
                 "COS_CONFIG_DIR": str(tmp / "etc-cos"),
                 "COS_CACHE_DIR": str(tmp / "cache"),
             }
-            wall, transcript = cos_cli(
+            wall, events = cos_cli(
                 "build-disk", f"oci:{args.image}", "-o", str(tmp / "disk.raw"), env=env
             )
-            return cos_phases(wall, transcript)
+            return cos_phases(wall, events)
 
     def floor() -> Metrics:
         with scratch(workdir, "cos-bench-build-disk-floor") as tmp:
@@ -156,21 +152,3 @@ def bench(args: argparse.Namespace) -> list[Row]:
         spec.append((f"cos build-disk: {p}", "cos build-disk", p, f"bare tools: {p}"))
     spec.append(("cos build-disk: other (startup, checks, state)", "cos build-disk", "other", None))
     return rows_of("build-disk", samples, spec, unit="s")
-
-
-def add_args(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--image", default=str(REPO / "build/oci:vanilla"), help="LAYOUT:TAG")
-
-
-def main() -> int:
-    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    add_args(ap)
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--workdir", default="/var/tmp")
-    args = ap.parse_args()
-    print_table("build-disk", bench(args))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmarks: interleaved runs, cos transcripts, the table.
+"""Shared pieces of the benchmarks: interleaved runs, cos's step times, the table.
 
 Every benchmark compares cos with a floor (the bare tools doing the same work). The
 contenders run interleaved, run by run, with the order rotated each run, so a burst
@@ -10,9 +10,8 @@ figures (min/median/max over the runs) with the ratio of the median to the floor
 
 from __future__ import annotations
 
-import argparse
+import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -23,10 +22,10 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.support.images import derive, ensure_vanilla, push
+from tests.support.registry import registry
+
 REPO = Path(__file__).resolve().parents[1]
-for _p in (REPO / "src", REPO):
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
 
 MIB = 1 << 20
 # Machines under qemu are started only while holding this lock: the e2e suites and
@@ -104,50 +103,37 @@ def rows_of(
     return rows
 
 
-_STEP = re.compile(r"^(?P<indent> *)==> (?P<title>.*)$")
-_DONE = re.compile(r"^(?P<indent> *)    (?:done|failed) (?:in|after) (?P<secs>[\d.]+)s$")
+Step = tuple[int, str, float]  # (depth, title, seconds) of one finished step
 
 
-def step_times(transcript: str) -> list[tuple[int, str, float]]:
-    """(depth, title, seconds) of each step of a `cos --debug` transcript, in order.
-
-    cos's log.step() writes "==> Title" when a step starts and, under --debug,
-    "    done in 1.23s" at the same indent when it ends; steps nest by two spaces.
-    """
-    out: list[tuple[int, str, float]] = []
-    open_: list[tuple[int, str, int]] = []  # (indent, title, index in out)
-    for line in transcript.splitlines():
-        if m := _STEP.match(line):
-            indent = len(m["indent"])
-            open_.append((indent, m["title"], len(out)))
-            out.append((indent // 2, m["title"], 0.0))
-        elif (m := _DONE.match(line)) and open_:
-            indent = len(m["indent"])
-            while open_ and open_[-1][0] > indent:
-                open_.pop()
-            if open_ and open_[-1][0] == indent:
-                _, title, i = open_.pop()
-                out[i] = (out[i][0], title, float(m["secs"]))
+def step_times(events: str) -> list[Step]:
+    """(depth, title, seconds) of each step of a `cos --json` event stream, in the
+    order the steps ended (docs/json-events.md: the `step-end` events)."""
+    out: list[Step] = []
+    for line in events.splitlines():
+        if not line.strip():
+            continue
+        ev = json.loads(line)
+        if ev.get("event") == "step-end":
+            out.append((int(ev["depth"]), str(ev["step"]), float(ev["seconds"])))
     return out
 
 
-def phase_sum(
-    steps: list[tuple[int, str, float]], *prefixes: str, depth: int | None = None
-) -> float:
+def phase_sum(steps: Sequence[Step], *prefixes: str, depth: int | None = None) -> float:
     """Seconds of the steps whose title starts with one of prefixes."""
     return sum(s for d, t, s in steps if t.startswith(prefixes) and (depth is None or d == depth))
 
 
 def cos_cli(*args: str, env: dict[str, str] | None = None) -> tuple[float, str]:
-    """Run `python -m cos --debug ARGS`; returns (wall seconds, stderr transcript)."""
-    argv = [sys.executable, "-m", "cos", "--debug", *args]
+    """Run `python -m cos ARGS --json`; returns (wall seconds, the event stream)."""
+    argv = [sys.executable, "-m", "cos", *args, "--json"]
     settle()
     start = time.monotonic()
     r = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
     wall = time.monotonic() - start
     if r.returncode != 0:
         raise RuntimeError(f"cos {' '.join(args)}: exit {r.returncode}\n{r.stderr[-4000:]}")
-    return wall, r.stderr
+    return wall, r.stdout
 
 
 def tree_bytes(path: Path) -> int:
@@ -214,9 +200,6 @@ class Images:
 
     def refs(self) -> tuple[str, str]:
         if self._refs is None:
-            from tests.support.images import derive, ensure_vanilla, push
-            from tests.support.registry import registry
-
             ensure_vanilla()
             derive("vanilla", "bench-v2", {"/etc/cos-bench-version": "v2\n"})
             reg = self.workdir / "cos-bench-registry"
@@ -232,19 +215,3 @@ class Images:
 
     def close(self) -> None:
         self._stack.close()
-
-
-def run_with_images(
-    title: str, doc: str | None, bench: Callable[[argparse.Namespace, Images], Sequence[Row]]
-) -> int:
-    """Standalone entry point of a benchmark that needs the registry images."""
-    ap = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--workdir", default="/var/tmp")
-    args = ap.parse_args()
-    images = Images(Path(args.workdir))
-    try:
-        print_table(title, bench(args, images))
-    finally:
-        images.close()
-    return 0

@@ -7,16 +7,15 @@ for the upgrade case; skopeo copies into an OCI layout seeded the same way, whic
 the floor: it too fetches only the blobs the layout lacks. Bytes are those of the
 blobs that appeared in the store.
 
-    python bench/pull.py [--runs 3] [--workdir /var/tmp]
+    python -m bench.run --only pull [--runs 3] [--workdir /var/tmp]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from common import (
+from bench.common import (
     MIB,
     Images,
     Metrics,
@@ -24,12 +23,10 @@ from common import (
     interleave,
     new_bytes,
     rows_of,
-    run_with_images,
     scratch,
     sh,
     timed,
 )
-
 from cos.oci.progress import PullProgress
 from cos.oci.reference import parse_ref
 from cos.oci.store import LayerStore, inspect_remote
@@ -99,11 +96,3 @@ def bench(args: argparse.Namespace, images: Images) -> list[Row]:
             ("cos bytes full v2", "cos full", "MiB", "skopeo bytes full v2"),
         ],
     )
-
-
-def main() -> int:
-    return run_with_images("pull", __doc__, bench)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

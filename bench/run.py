@@ -1,7 +1,10 @@
 """All benchmarks in one run (`make bench`): each prints its table as it finishes, then
 one table of them all and the wall time of the suite.
 
-    python bench/run.py [--runs 3] [--workdir /var/tmp] [--only pull,upgrade,...]
+    python -m bench.run [--runs 3] [--workdir /var/tmp] [--only pull,upgrade,...]
+
+Run from the repository root (it imports cos and tests.support), as root, after
+`make vanilla`.
 """
 
 from __future__ import annotations
@@ -12,12 +15,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import boot
-import build_disk
-import pull
-import unpack
-import upgrade
-from common import Images, Row, print_table
+from bench import boot, build_disk, pull, unpack, upgrade
+from bench.common import Images, Row, print_table
 
 BENCHES = ("unpack", "pull", "upgrade", "build-disk", "boot")
 

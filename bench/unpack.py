@@ -4,19 +4,27 @@ Runs each contender side by side (interleaved, so cache and load affect all alik
 on the same OCI image and prints min/median/max wall time and the ratio to tar,
 the floor: tar applies the layers without whiteouts, verification or containment.
 
-    python bench/unpack.py [--image build/oci:vanilla] [--runs 3] [--workdir /var/tmp]
+    python -m bench.run --only unpack [--image build/oci:vanilla] [--runs 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from common import MIB, REPO, Metrics, Row, interleave, print_table, rows_of, scratch, sh, timed
-
+from bench.common import (
+    MIB,
+    REPO,
+    Metrics,
+    Row,
+    interleave,
+    rows_of,
+    scratch,
+    sh,
+    timed,
+)
 from cos.oci.transport import layout_digest
 from cos.oci.unpack import unpack_image
 
@@ -71,17 +79,3 @@ def bench(args: argparse.Namespace) -> list[Row]:
 
 def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--image", default=str(REPO / "build/oci:vanilla"), help="LAYOUT:TAG")
-
-
-def main() -> int:
-    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    add_args(ap)
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--workdir", default="/var/tmp")
-    args = ap.parse_args()
-    print_table("unpack", bench(args))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

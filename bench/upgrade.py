@@ -2,28 +2,30 @@
 vs the same work done by bare tools.
 
 The device is a disk file made by `cos build-disk` from v1 (registry on 127.0.0.1),
-its state and OEM partitions loop-mounted the way tests/integration/test_upgrade.py
-does it (hidden --state-dir/--oem-dir/--run-dir flags, /run/cos facts written as the
-initrd would). Each run upgrades a fresh copy of that disk. cos's phases come from its
---debug transcript (the "done in Xs" of each step): pull (reading the manifest and
-fetching the new blobs), unpack, image build (format, mount, fsck, shrink: the
-snapshot step less the unpack) and switch (state, boot env, the active link).
+mounted as a device the way the upgrade tests do it (tests/support/device.py: hidden
+--state-dir/--oem-dir/--run-dir flags, /run/cos facts written as the initrd would).
+Each run upgrades a fresh copy of that disk. cos's phases are its own step times (the
+step-end events of `--json`): pull (reading the manifest and fetching the new blobs),
+unpack, image build (format, mount, fsck, shrink: the snapshot step less the unpack)
+and switch (state, boot env, the active link).
 
 The floor: skopeo copy of v2 into an OCI layout holding v1 (only the new layer
 travels), tar -x of v2's layers, truncate + mkfs.ext4 -d of that tree + fsync, and one
 symlink rename + fsync.
 
-    python bench/upgrade.py [--runs 3] [--workdir /var/tmp]
+    python -m bench.run --only upgrade [--runs 3] [--workdir /var/tmp]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
-from common import (
+from tests.support.device import booted_copy, cos_env
+from tests.support.images import LAYOUT, layout_digest
+
+from bench.common import (
     Images,
     Metrics,
     Row,
@@ -31,25 +33,21 @@ from common import (
     interleave,
     phase_sum,
     rows_of,
-    run_with_images,
     scratch,
     sh,
     step_times,
     timed,
 )
-from pull import skopeo_copy
-from tests.integration.test_upgrade import Device, _env, _mount
-from tests.support.images import LAYOUT, layout_digest
-from unpack import layers, tar_x
-
+from bench.pull import skopeo_copy
+from bench.unpack import layers, tar_x
 from cos.disk.image import ext_image_size as image_size_for
 from cos.fsutil import fsync_dir
 
 PHASES = ("pull", "unpack", "image build", "switch")
 
 
-def cos_phases(wall: float, transcript: str) -> Metrics:
-    steps = step_times(transcript)
+def cos_phases(wall: float, events: str) -> Metrics:
+    steps = step_times(events)
     unpack = phase_sum(steps, "Unpacking")
     hook = phase_sum(steps, "Running the after-upgrade-chroot hook")
     m = {
@@ -74,29 +72,18 @@ def bench(args: argparse.Namespace, images: Images) -> list[Row]:
         conf.mkdir()
         pristine = seed / "v1.raw"
         print("building the v1 disk", flush=True)
-        cos_cli("build-disk", v1, "-o", str(pristine), "--tls-verify=false", env=_env(conf))
+        cos_cli("build-disk", v1, "-o", str(pristine), "--tls-verify=false", env=cos_env(conf))
         skopeo_copy(v1, seed / "layout", "v1")
 
         def cos() -> Metrics:
-            with scratch(workdir, "cos-bench-upgrade") as tmp:
-                disk = tmp / "disk.raw"
-                sh(["cp", "--sparse=always", pristine, disk])
-                with (
-                    _mount(disk, "state", tmp / "state") as state,
-                    _mount(disk, "oem", tmp / "oem") as oem,
-                ):
-                    dev = Device(disk, state, oem, tmp / "run", conf)
-                    dev.run.mkdir()
-                    dev.boot("active", 1)
-                    wall, transcript = cos_cli(
-                        "upgrade",
-                        "--system",
-                        v2,
-                        "--tls-verify=false",
-                        *dev.flags(),
-                        env=_env(conf),
-                    )
-                return cos_phases(wall, transcript)
+            with (
+                scratch(workdir, "cos-bench-upgrade") as tmp,
+                booted_copy(pristine, tmp, conf) as dev,
+            ):
+                wall, events = cos_cli(
+                    "upgrade", "--system", v2, "--tls-verify=false", *dev.flags(), env=cos_env(conf)
+                )
+            return cos_phases(wall, events)
 
         def floor() -> Metrics:
             with scratch(workdir, "cos-bench-upgrade-floor") as tmp:
@@ -156,11 +143,3 @@ def bench(args: argparse.Namespace, images: Images) -> list[Row]:
         spec.append((f"cos upgrade: {p}", "cos upgrade", p, f"bare tools: {p}"))
     spec.append(("cos upgrade: other (startup, checks, cleanup)", "cos upgrade", "other", None))
     return rows_of("upgrade", samples, spec, unit="s")
-
-
-def main() -> int:
-    return run_with_images("upgrade", __doc__, bench)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,34 +11,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import need
-from tests.e2e.vm import VM, overlay
-from tests.support.images import BUILD, LAYOUT, REPO, derive, ensure_e2e_image, push, tree_hash
+from tests.support.images import BUILD, cached_disk, derive, push
 from tests.support.registry import registry
+from tests.support.vm import VM, overlay
 
 LOGS = BUILD / "e2e-logs"
-
-
-def cached_disk(name: str, cloud_config: str | None = None, args: tuple[str, ...] = ()) -> Path:
-    """An e2e disk (optionally built with --cloud-init and more build-disk args), cached
-    by image digest, toolkit, cloud-config and args, so the suite builds each once."""
-    digest = ensure_e2e_image()
-    key = hashlib.sha256(
-        (digest + tree_hash(REPO / "src/cos") + (cloud_config or "") + repr(args)).encode()
-    ).hexdigest()[:16]
-    suffix = "qcow2" if "qcow2" in args else "raw"
-    disk = BUILD / "e2e" / f"{name}-{key}.{suffix}"
-    if not disk.exists():
-        disk.parent.mkdir(parents=True, exist_ok=True)
-        for old in disk.parent.glob(f"{name}-*"):
-            old.unlink()
-        argv = [sys.executable, "-m", "cos", "build-disk", f"oci:{LAYOUT}:e2e", "-o", str(disk)]
-        argv += list(args)
-        if cloud_config is not None:
-            cfg = disk.with_suffix(".yaml")
-            cfg.write_text(cloud_config)
-            argv += ["--cloud-init", str(cfg)]
-        subprocess.run(argv, check=True, env={**os.environ, "COS_CACHE_DIR": str(BUILD / "cache")})
-    return disk
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import cached_disk
-from tests.e2e.vm import overlay
+from tests.support.images import cached_disk
+from tests.support.vm import overlay
 
 pytestmark = pytest.mark.e2e
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.e2e.conftest import cached_disk
+from tests.support.images import cached_disk
 
 pytestmark = pytest.mark.e2e
 

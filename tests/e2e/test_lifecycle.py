@@ -11,9 +11,9 @@ import time
 import pytest
 
 from tests.e2e.conftest import GuestRegistry
-from tests.e2e.vm import VMError
 from tests.support.images import LAYOUT
 from tests.support.signing import key_pair, sign
+from tests.support.vm import VMError
 
 pytestmark = pytest.mark.e2e
 

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,13 +24,11 @@ import pytest
 import yaml
 
 from cos.boot import grubenv
-from cos.config import Labels, Partitions
-from cos.disk.plan import plan_disk
 from tests.support import events
+from tests.support.device import Device, booted_copy, cos_env, mount_partition, partition
 from tests.support.images import LAYOUT, derive, push
 from tests.support.signing import key_pair, sign
 
-SMALL = {"COS_PARTITIONS__RECOVERY": "1024", "COS_PARTITIONS__STATE": "4096"}
 V2_FILES = {"/etc/cos-upgrade-test": "v2\n"}
 
 
@@ -57,15 +54,6 @@ def images(vanilla: str, local_registry: str) -> Images:
     )
 
 
-def _env(conf: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        "COS_CONFIG_DIR": str(conf),
-        **SMALL,
-        "COS_CACHE_DIR": str(LAYOUT.parent / "cache"),
-    }
-
-
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory: pytest.TempPathFactory, images: Images) -> Path:
     out = tmp_path_factory.mktemp("upgrade-disk")
@@ -84,90 +72,16 @@ def pristine(tmp_path_factory: pytest.TempPathFactory, images: Images) -> Path:
             "--tls-verify=false",
         ],
         check=True,
-        env=_env(conf),
+        env=cos_env(conf),
     )
     return disk
 
 
-@dataclass
-class Device:
-    disk: Path
-    state: Path
-    oem: Path
-    run: Path
-    conf: Path
-
-    def cos(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        r = subprocess.run(
-            [sys.executable, "-m", "cos", *args, *self.flags()],
-            capture_output=True,
-            text=True,
-            env=_env(self.conf),
-            check=False,
-        )
-        assert not check or r.returncode == 0, f"cos {' '.join(args)}: {r.returncode}\n{r.stderr}"
-        return r
-
-    def flags(self) -> list[str]:
-        return [
-            "--state-dir",
-            str(self.state),
-            "--oem-dir",
-            str(self.oem),
-            "--run-dir",
-            str(self.run),
-        ]
-
-    def boot(self, mode: str, snapshot: int | None) -> None:
-        """Write what the initrd leaves in /run/cos for a boot of snapshot in mode."""
-        for f in self.run.glob("*_mode"):
-            f.unlink()
-        (self.run / f"{mode}_mode").touch()
-        (self.run / "upgrade_failure").unlink(missing_ok=True)
-        (self.run / "image").write_text(f".snapshots/{snapshot}/snapshot.img\n" if snapshot else "")
-
-    def active(self) -> int:
-        return int(os.readlink(self.state / ".snapshots/active").split("/")[0])
-
-    def env(self) -> dict[str, str]:
-        return grubenv.read(self.oem / "grubenv")
-
-    def status(self) -> dict:  # type: ignore[type-arg]
-        return json.loads(self.cos("status", "--json").stdout)
-
-
-def _part(name: str) -> tuple[int, int]:
-    plan = plan_disk(Partitions(recovery=1024, state=4096), Labels())
-    p = plan.part(name)
-    return p.offset, p.size
-
-
-@contextmanager
-def _mount(disk: Path, name: str, where: Path) -> Iterator[Path]:
-    offset, size = _part(name)
-    where.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        ["mount", "-o", f"loop,offset={offset},sizelimit={size}", str(disk), str(where)], check=True
-    )
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-d", str(where)], check=True)
-
-
 @pytest.fixture
 def device(pristine: Path, tmp_path: Path) -> Iterator[Device]:
-    disk = tmp_path / "disk.raw"
-    subprocess.run(["cp", "--sparse=always", str(pristine), str(disk)], check=True)
     conf = tmp_path / "etc-cos"
     conf.mkdir()
-    with (
-        _mount(disk, "state", tmp_path / "state") as state,
-        _mount(disk, "oem", tmp_path / "oem") as oem,
-    ):
-        dev = Device(disk, state, oem, tmp_path / "run", conf)
-        dev.run.mkdir()
-        dev.boot("active", 1)
+    with booted_copy(pristine, tmp_path, conf) as dev:
         yield dev
         _release(dev)
 
@@ -430,7 +344,7 @@ def test_killed_at_random_points_always_leaves_a_bootable_selection(
                 "--force",
                 *device.flags(),
             ],
-            env=_env(device.conf),
+            env=cos_env(device.conf),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
@@ -468,7 +382,7 @@ def test_killed_at_random_points_always_leaves_a_bootable_selection(
 def test_upgrade_recovery_switches_generations(
     device: Device, images: Images, tmp_path: Path
 ) -> None:
-    with _mount(device.disk, "recovery", tmp_path / "rec") as rec:
+    with mount_partition(device.disk, "recovery", tmp_path / "rec") as rec:
         assert os.readlink(rec / "boot") == "boot.1"
         r = device.cos(
             "upgrade-recovery",
@@ -508,7 +422,7 @@ def test_upgrade_recovery_switches_generations(
 
 
 def _esp(device: Device, *argv: str) -> str:
-    offset, _ = _part("efi")
+    offset, _ = partition("efi")
     return subprocess.run(
         [*argv[:1], "-i", f"{device.disk}@@{offset}", *argv[1:]],
         capture_output=True,
@@ -537,7 +451,7 @@ def test_upgrade_with_bootloader_rewrites_grub(device: Device, images: Images) -
     after = serial()
     assert after != before  # a new ESP filesystem …
     efi = subprocess.run(
-        ["mtype", "-i", f"{device.disk}@@{_part('efi')[0]}", "::/EFI/BOOT/BOOTX64.EFI"],
+        ["mtype", "-i", f"{device.disk}@@{partition('efi')[0]}", "::/EFI/BOOT/BOOTX64.EFI"],
         capture_output=True,
         check=True,
         env={**os.environ, "MTOOLS_SKIP_CHECK": "1"},
@@ -563,7 +477,7 @@ def test_upgrade_verifies_the_signature_when_configured(
     )
     events.check_failed(r.stdout, 4, "not signed")
 
-    sign(ref, key_file, _env(device.conf))
+    sign(ref, key_file, cos_env(device.conf))
     r = device.cos("upgrade", "--system", ref, "--tls-verify=false")
     assert "Signature of" in r.stderr and "verified" in r.stderr
     assert device.active() == 2

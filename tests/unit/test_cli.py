@@ -9,6 +9,7 @@ import pytest
 
 from cos.cli import main
 from cos.errors import ExitCode
+from tests.conftest import need
 
 
 @pytest.fixture(autouse=True)
@@ -40,6 +41,7 @@ def test_build_disk_bad_reference(capsys: pytest.CaptureFixture[str], tmp_path: 
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.root
 def test_build_disk_missing_cloud_init(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     rc, _, err = run(
         capsys,
@@ -53,6 +55,7 @@ def test_build_disk_missing_cloud_init(capsys: pytest.CaptureFixture[str], tmp_p
     assert rc == ExitCode.CONFIG and "nope.yaml does not exist" in err
 
 
+@pytest.mark.root
 def test_build_disk_broken_cloud_init_yaml(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -148,6 +151,7 @@ def test_upgrade_in_recovery_mode_is_refused(
 
 
 def test_install_refuses_a_regular_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    need("sgdisk", "mkfs.ext4", "mkfs.vfat", "blockdev", "e2fsck", "resize2fs")  # checked first
     target = tmp_path / "disk.raw"
     target.write_bytes(b"\0" * 4096)
     rc, _, err = run(capsys, "install", str(target), "--system", "x/y:1")

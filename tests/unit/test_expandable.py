@@ -32,6 +32,7 @@ def test_expand_config_is_a_valid_document_that_adds_partitions_then_deploys() -
     )
 
 
+@pytest.mark.root
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

@@ -1,7 +1,9 @@
 """The layer unpacker: changeset semantics, digest checks, and containment.
 
-Runs as root (ownership, device nodes and trusted.* xattrs are part of what is
-checked); every tree is built from small tars made here.
+The tests that unpack trees need root (ownership, device nodes and trusted.* xattrs
+are part of what is checked) and carry the `root` marker; the checks that refuse a
+layout or a blob before anything is written run as any user. Every tree is built
+from small tars made here.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from hypothesis import strategies as st
 from cos.errors import ImageError
 from cos.oci import unpack as unpack_mod
 from cos.oci.unpack import unpack_image, unpack_layers
+from tests.conftest import need
 from tests.support.malicious_layers import (
     GZIP,
     MTIME,
@@ -38,9 +41,6 @@ from tests.support.malicious_layers import (
     snapshot_diff,
     write_layers,
 )
-
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chown, mknod, xattrs)")
-
 
 ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
 DOCKER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
@@ -66,6 +66,7 @@ def lst(path: Path) -> os.stat_result:
 # --- containment: the corpus -----------------------------------------------------------
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("shape", SHAPES, ids=[s.id for s in SHAPES])
 def test_hostile_layer_changes_nothing_outside(shape: Shape, tmp_path: Path) -> None:
     box = make_sandbox(tmp_path)
@@ -142,6 +143,7 @@ def test_corpus_is_broad() -> None:
 # --- changeset semantics ----------------------------------------------------------------
 
 
+@pytest.mark.root
 def test_types_modes_owners_and_times(tmp_path: Path) -> None:
     layer = (
         Layer()
@@ -186,12 +188,14 @@ def test_types_modes_owners_and_times(tmp_path: Path) -> None:
     assert stat.S_IMODE(lst(root).st_mode) == 0o755 and lst(root).st_uid == 0
 
 
+@pytest.mark.root
 def test_root_entry_sets_the_root_attributes(tmp_path: Path) -> None:
     root = unpack(tmp_path, Layer().dir("./", mode=0o750, gid=7, mtime=5).file("f").bytes())
     st = lst(root)
     assert (stat.S_IMODE(st.st_mode), st.st_gid, st.st_mtime_ns) == (0o750, 7, 5 * 10**9)
 
 
+@pytest.mark.root
 def test_xattrs(tmp_path: Path) -> None:
     cap = b"\x01\x00\x00\x02\x00\x20\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"
     pax = {
@@ -220,6 +224,7 @@ def test_xattrs(tmp_path: Path) -> None:
     assert os.getxattr(root / "l", "trusted.l", follow_symlinks=False) == b"2"
 
 
+@pytest.mark.root
 def test_hardlinks(tmp_path: Path) -> None:
     root = unpack(
         tmp_path,
@@ -246,6 +251,7 @@ def test_hardlink_to_a_missing_target_is_refused(tmp_path: Path) -> None:
         unpack(tmp_path, Layer().hardlink("a", "b").bytes())
 
 
+@pytest.mark.root
 def test_whiteouts_remove_lower_entries(tmp_path: Path) -> None:
     lower = (
         Layer()
@@ -269,6 +275,7 @@ def test_whiteouts_remove_lower_entries(tmp_path: Path) -> None:
     assert not any(".wh." in name for _, _, names in os.walk(root) for name in names)
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("where", ["first", "middle", "last"])
 def test_opaque_directory_keeps_same_layer_entries(tmp_path: Path, where: str) -> None:
     lower = Layer().file("d/old").file("d/sub/old").file("keep").bytes()
@@ -285,6 +292,7 @@ def test_opaque_directory_keeps_same_layer_entries(tmp_path: Path, where: str) -
     assert (root / "keep").exists()
 
 
+@pytest.mark.root
 def test_whiteout_does_not_hide_same_layer_entry(tmp_path: Path) -> None:
     lower = Layer().file("x", b"old").file("dir/old").bytes()
     upper = Layer().file("x", b"new").file(".wh.x").file("dir/new").file(".wh.dir").bytes()
@@ -293,6 +301,7 @@ def test_whiteout_does_not_hide_same_layer_entry(tmp_path: Path) -> None:
     assert os.listdir(root / "dir") == ["new"]  # the lower child went, the new one stayed
 
 
+@pytest.mark.root
 def test_replacements(tmp_path: Path) -> None:
     lower = (
         Layer()
@@ -323,6 +332,7 @@ def test_replacements(tmp_path: Path) -> None:
     assert os.listxattr(root / "d") == ["user.new"]  # old xattrs cleared, like umoci
 
 
+@pytest.mark.root
 def test_symlinked_parents_resolve_inside_the_tree(tmp_path: Path) -> None:
     lower = (
         Layer()
@@ -338,6 +348,7 @@ def test_symlinked_parents_resolve_inside_the_tree(tmp_path: Path) -> None:
     assert os.path.islink(root / "lib") and os.path.islink(root / "lib64")
 
 
+@pytest.mark.root
 def test_lower_directory_times_survive_new_children(tmp_path: Path) -> None:
     lower = Layer().dir("etc", mtime=1234).file("etc/a").bytes()
     upper = Layer().file("etc/b").file("etc/.wh.a").bytes()
@@ -346,27 +357,30 @@ def test_lower_directory_times_survive_new_children(tmp_path: Path) -> None:
     assert lst(root / "etc").st_mtime_ns == 1234 * 10**9
 
 
+@pytest.mark.root
 def test_missing_parents_are_created(tmp_path: Path) -> None:
     root = unpack(tmp_path, Layer().file("a/b/c/f", b"x").bytes())
     assert (root / "a/b/c/f").read_bytes() == b"x"
     assert stat.S_IMODE(lst(root / "a/b").st_mode) == 0o755
 
 
+@pytest.mark.root
 def test_names_are_normalized(tmp_path: Path) -> None:
     layer = Layer().file("/abs", b"1").file("./dot", b"2").file("x/../y", b"3").bytes()
     root = unpack(tmp_path, layer)
     assert sorted(os.listdir(root)) == ["abs", "dot", "y"]  # lexical, as umoci and containerd
 
 
+@pytest.mark.root
 def test_non_utf8_names_round_trip(tmp_path: Path) -> None:
     name = b"caf\xe9".decode("utf-8", "surrogateescape")
     root = unpack(tmp_path, Layer().file(name, b"x").bytes())
     assert os.listdir(os.fsencode(root)) == [b"caf\xe9"]
 
 
+@pytest.mark.root
 def test_gnu_sparse_files(tmp_path: Path) -> None:
-    if shutil.which("tar") is None:
-        pytest.skip("no tar")
+    need("tar")
     src = tmp_path / "src"
     src.mkdir()
     with open(src / "sparse", "wb") as f:
@@ -388,6 +402,7 @@ def test_gnu_sparse_files(tmp_path: Path) -> None:
 # --- compression ------------------------------------------------------------------------
 
 
+@pytest.mark.root
 def test_gzip_variants(tmp_path: Path) -> None:
     a = Layer().file("a", b"a" * 100_000).bytes()
     b = Layer().file("b", b"b").bytes()
@@ -402,6 +417,7 @@ def test_gzip_variants(tmp_path: Path) -> None:
     assert (unpack(tmp_path / "3", b, media_type=DOCKER) / "b").exists()
 
 
+@pytest.mark.root
 @pytest.mark.parametrize(
     ("blob", "match"),
     [
@@ -427,6 +443,7 @@ def test_zstd_needs_a_decompressor(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert "zstandard" in err.value.hint
 
 
+@pytest.mark.root
 def test_zstd_through_the_zstandard_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A stand-in module with zstandard's streaming API: frames are magic + raw bytes."""
 
@@ -450,6 +467,7 @@ def test_zstd_through_the_zstandard_api(tmp_path: Path, monkeypatch: pytest.Monk
     assert (unpack(tmp_path, blob, media_type=ZSTD) / "z").read_bytes() == b"zz"
 
 
+@pytest.mark.root
 def test_tree_is_private_while_unpacking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Setuid files and devices are not reachable by other users before the end."""
     dest = tmp_path / "rootfs"
@@ -496,6 +514,7 @@ def test_dest_must_not_exist(tmp_path: Path) -> None:
         unpack(tmp_path, Layer().file("f").bytes())
 
 
+@pytest.mark.root
 def test_a_failed_layer_removes_the_partial_tree(tmp_path: Path) -> None:
     good = Layer().file("usr/bin/su", mode=0o4755).symlink("x", "/").bytes()
     bad = Layer().file("../escape").bytes()
@@ -505,6 +524,7 @@ def test_a_failed_layer_removes_the_partial_tree(tmp_path: Path) -> None:
     assert os.path.exists("/")  # the symlink to / was removed, not followed
 
 
+@pytest.mark.root
 def test_entry_cap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(unpack_mod, "MAX_ENTRIES", 5)
     layer = Layer()
@@ -532,6 +552,7 @@ def test_space_cap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 # --- unpack_image: digests --------------------------------------------------------------
 
 
+@pytest.mark.root
 def test_unpack_image(tmp_path: Path) -> None:
     layout, digest = oci_layout(
         tmp_path, [Layer().file("a", b"1").file("b").bytes(), Layer().file(".wh.b").bytes()]
@@ -540,6 +561,7 @@ def test_unpack_image(tmp_path: Path) -> None:
     assert os.listdir(tmp_path / "root") == ["a"]
 
 
+@pytest.mark.root
 def test_layer_blob_must_match_its_digest(tmp_path: Path) -> None:
     layout, digest = oci_layout(tmp_path, [Layer().file("a", b"payload-1").bytes()], gz=False)
     manifest = json.loads((layout / "blobs/sha256" / digest[7:]).read_bytes())
@@ -560,6 +582,7 @@ def test_layer_size_must_match(tmp_path: Path) -> None:
         unpack_image(layout, digest, tmp_path / "root")
 
 
+@pytest.mark.root
 def test_diff_id_must_match(tmp_path: Path) -> None:
     layout, digest = oci_layout(
         tmp_path, [Layer().file("a").bytes()], diff_ids=["sha256:" + "0" * 64]
@@ -639,6 +662,7 @@ def test_inflater_stops_when_the_reader_gives_up() -> None:
     assert not inflater._thread.is_alive()
 
 
+@pytest.mark.root
 def test_mtimes_use_pax_precision(tmp_path: Path) -> None:
     layer = Layer().file("f", pax={"mtime": "1700000000.123456789"}).bytes()
     root = unpack(tmp_path, layer)
@@ -646,6 +670,7 @@ def test_mtimes_use_pax_precision(tmp_path: Path) -> None:
     assert MTIME  # the default in Layer
 
 
+@pytest.mark.root
 def test_a_fresh_filesystem_mountpoint_is_filled_in_place(tmp_path: Path) -> None:
     """Snapshots are unpacked into a newly made, mounted filesystem: empty but for an
     empty lost+found, which stays; anything else there is refused."""

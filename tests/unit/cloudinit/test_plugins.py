@@ -66,6 +66,7 @@ def run(root: Path, text: str, stage: str = "boot", dry_run: bool = False):  # t
     return run_stage(stage, loaded.documents, ctx), ctx
 
 
+@pytest.mark.root
 def test_files_modes_owners_encodings_templates(root: Path) -> None:
     gz = base64.b64encode(gzip.compress(b"zipped\n")).decode()
     summary, _ = run(
@@ -96,12 +97,14 @@ stages:
     assert (root / "etc/gz").read_text() == "zipped\n"
 
 
+@pytest.mark.root
 def test_paths_cannot_leave_the_root(root: Path, tmp_path: Path) -> None:
     summary, _ = run(root, "stages:\n  boot:\n    - files: [{path: /../../escape, content: x}]\n")
     assert summary.count("ran") == 1
     assert not (tmp_path / "escape").exists() and (root / "escape").exists()
 
 
+@pytest.mark.root
 def test_users_keys_groups_and_passwords(root: Path) -> None:
     summary, _ = run(
         root,
@@ -143,6 +146,7 @@ stages:
     assert not (root / "home/svc").exists()
 
 
+@pytest.mark.root
 def test_keys_are_not_duplicated(root: Path) -> None:
     doc = "stages:\n  boot:\n    - authorized_keys: {root: ['ssh-ed25519 K1']}\n"
     run(root, doc)
@@ -284,6 +288,7 @@ def test_datasource_without_data_fails(root: Path) -> None:
     assert summary.failed and "no user-data" in summary.results[0].detail
 
 
+@pytest.mark.root
 def test_downloads_from_a_local_server(
     root: Path, http_files: Callable[[dict[str, bytes]], str]
 ) -> None:
@@ -304,6 +309,7 @@ stages:
     assert not (root / "tmp/missing").exists()
 
 
+@pytest.mark.root
 def test_symlinks_in_the_target_cannot_lead_outside(root: Path, tmp_path: Path) -> None:
     outside = tmp_path / "host-run"
     outside.mkdir()
@@ -367,6 +373,7 @@ def test_environment_round_trips_spaces_and_quotes(root: Path) -> None:
     assert env == {"EXISTING": "hello world", "Q": 'say "hi" $HOME', "R": "1"}
 
 
+@pytest.mark.root
 def test_unsupported_template_is_used_as_written(root: Path) -> None:
     summary, _ = run(
         root,

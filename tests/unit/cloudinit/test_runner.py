@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from cos.cloudinit.loader import load_text
 from cos.cloudinit.plugins.base import Context
 from cos.cloudinit.runner import run_stage, skip_reason
@@ -53,6 +55,7 @@ def test_conditions(tmp_path: Path) -> None:
     assert skip_reason({"if_files": {"any": ["/missing"]}}, ctx) is not None
 
 
+@pytest.mark.root
 def test_failures_are_recorded_and_later_steps_still_run(tmp_path: Path) -> None:
     docs = _docs(
         "name: f\nstages:\n  boot:\n"

@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks of cos against the bare tools: `python -m bench.run`."""
