@@ -19,6 +19,7 @@ from cos.config import Labels, Partitions
 from cos.disk.plan import plan_disk
 from cos.errors import ExitCode
 from tests.support import events
+from tests.support.device import SMALL
 from tests.support.images import LAYOUT
 
 pytestmark = pytest.mark.integration
@@ -31,7 +32,6 @@ stages:
     - files:
         - {path: /etc/cos-disk-hook, permissions: 0644, content: "made at build-disk"}
 """
-SMALL = {"COS_PARTITIONS__RECOVERY": "1024", "COS_PARTITIONS__STATE": "4096"}
 
 
 @contextmanager

@@ -16,10 +16,8 @@ import yaml
 from cos.config import Labels, Partitions
 from cos.disk.plan import plan_disk
 from tests.support import events
+from tests.support.device import GIB, SMALL
 from tests.support.images import LAYOUT
-
-SMALL = {"COS_PARTITIONS__RECOVERY": "1024", "COS_PARTITIONS__STATE": "4096"}
-GIB = 1024**3
 
 
 def _env(tmp: Path) -> dict[str, str]:

@@ -19,8 +19,8 @@ import yaml
 
 from cos.config import Labels, Partitions
 from cos.disk.plan import plan_disk
-from tests.integration.test_install import GIB, SMALL
 from tests.support import events
+from tests.support.device import GIB, SMALL
 from tests.support.images import LAYOUT
 
 pytestmark = pytest.mark.integration

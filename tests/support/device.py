@@ -24,7 +24,9 @@ from cos.disk.plan import plan_disk
 from tests.support.images import LAYOUT
 
 # Small recovery and state partitions: the disks stay a few GiB.
+# Partition sizes that fit the vanilla image on small test disks.
 SMALL = {"COS_PARTITIONS__RECOVERY": "1024", "COS_PARTITIONS__STATE": "4096"}
+GIB = 1024**3
 
 
 def cos_env(conf: Path) -> dict[str, str]:
