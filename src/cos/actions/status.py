@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cos.boot import assessment
 from cos.config import Config
 from cos.disk.mounts import mount_table
-from cos.errors import StateError
+from cos.errors import CosError, StateError
 from cos.snapshot import open_snapshotter
 from cos.system.installed import FAILURE_FILE, Installed
 from cos.system.release import read_os_release
@@ -40,6 +41,17 @@ def _partition(label: str, mounts: dict[str, str]) -> dict[str, Any]:
     return info
 
 
+T = TypeVar("T")
+
+
+def _read(damage: list[dict[str, str]], read: Callable[[], T]) -> T | None:
+    try:
+        return read()
+    except CosError as exc:  # state.yaml, the snapshots dir, the grubenv
+        damage.append({"message": exc.message, "hint": exc.hint})
+        return None
+
+
 def collect(
     cfg: Config, installed: Installed | None = None, root: Path = Path("/")
 ) -> dict[str, Any]:
@@ -50,11 +62,18 @@ def collect(
             "this system was not booted by cos (no /run/cos/*_mode)",
             hint="cos status describes a running cos system",
         )
-    state = read_state(inst.state_dir)
-    snaps = open_snapshotter(inst.state_dir, state, cfg.snapshot_fs)
+    # Damage is reported, not fatal: status is where a user learns how to repair it.
+    damage: list[dict[str, str]] = []
+    state = _read(damage, lambda: read_state(inst.state_dir))
+    snaps = open_snapshotter(inst.state_dir, state, cfg.snapshot_fs, check=False)
+    _read(damage, snaps.check)
     active_n = snaps.active()
     booted_n = inst.booted_snapshot()
-    trial = assessment.read_trial(inst.oem_dir) if (inst.oem_dir / "grubenv").exists() else None
+    trial = (
+        _read(damage, lambda: assessment.read_trial(inst.oem_dir))
+        if assessment.env_path(inst.oem_dir).exists()
+        else None
+    )
     failure = None
     fail_file = inst.run_dir / FAILURE_FILE
     if fail_file.exists():
@@ -79,6 +98,7 @@ def collect(
             else None
         ),
         "upgrade_failure": failure,
+        "damage": damage,
         "recovery": None,
         "partitions": [
             _partition(lbl, mounts)
@@ -135,6 +155,10 @@ def render(data: dict[str, Any]) -> str:
             f"Trial:     snapshot {t['snapshot']} not confirmed yet "
             f"({t['tries_left']} boot(s) left, then snapshot {t['fallback']})"
         )
+    for d in data.get("damage") or []:
+        lines.append(f"DAMAGED:   {d['message']}")
+        if d.get("hint"):
+            lines.append(f"           repair: {d['hint']}")
     if data.get("upgrade_failure"):
         f = data["upgrade_failure"]
         lines.append(

@@ -44,7 +44,8 @@ def env_path(oem_dir: Path) -> Path:
 
 
 def _int(text: str | None) -> int | None:
-    return int(text) if text is not None and text.strip().isdigit() else None
+    t = text.strip() if text is not None else ""
+    return int(t) if t.isascii() and t.isdecimal() else None
 
 
 def read_trial(oem_dir: Path) -> Trial | None:
@@ -59,7 +60,7 @@ def read_trial(oem_dir: Path) -> Trial | None:
 def passive_list(oem_dir: Path) -> list[int]:
     p = env_path(oem_dir)
     env = grubenv.read(p) if p.exists() else {}
-    return [int(x) for x in env.get(PASSIVE, "").split() if x.isdigit()]
+    return [int(x) for x in env.get(PASSIVE, "").split() if x.isascii() and x.isdecimal()]
 
 
 def _passive(passive: Sequence[int]) -> str:

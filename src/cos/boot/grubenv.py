@@ -77,7 +77,29 @@ def render(env: Mapping[str, str], size: int = BLOCK_SIZE) -> bytes:
 
 
 def read(path: Path) -> dict[str, str]:
-    return parse(Path(path).read_bytes())
+    try:
+        block = read_block(Path(path))
+    except OSError as exc:
+        raise GrubenvError(
+            f"cannot read the boot environment {path}: {exc.strerror or exc}",
+            hint=f"move {path} aside; cos writes a fresh one (then check `cos status`)",
+        ) from exc
+    try:
+        return parse(block)
+    except GrubenvError as exc:
+        raise GrubenvError(
+            f"{path}: {exc.message}",
+            hint=f"move {path} aside; cos writes a fresh one (then check `cos status`)",
+        ) from exc
+
+
+def read_block(path: Path) -> bytes:
+    if not path.is_file():
+        raise GrubenvError(
+            f"the boot environment {path} is not a regular file",
+            hint=f"move {path} aside; cos writes a fresh one (then check `cos status`)",
+        )
+    return path.read_bytes()
 
 
 def write(path: Path, env: Mapping[str, str]) -> None:
@@ -85,7 +107,7 @@ def write(path: Path, env: Mapping[str, str]) -> None:
     path = Path(path)
     size = BLOCK_SIZE
     if path.exists():
-        size = max(len(path.read_bytes()), BLOCK_SIZE)
+        size = max(len(read_block(path)), BLOCK_SIZE)
     atomic_write(path, render(env, size))
 
 

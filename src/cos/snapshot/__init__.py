@@ -27,8 +27,14 @@ def new_snapshotter(
     return BACKENDS[kind](state_dir, fs)
 
 
-def open_snapshotter(state_dir: Path, state: InstallState | None, fs: Filesystem) -> Snapshotter:
+def open_snapshotter(
+    state_dir: Path, state: InstallState | None, fs: Filesystem, *, check: bool = True
+) -> Snapshotter:
     """The backend state.yaml records for this installation (loop when there is
-    none); new snapshots get the config's filesystem fs."""
+    none), checked for damage unless the caller reports it itself (status); new
+    snapshots get the config's filesystem fs."""
     kind = state.snapshotter.type if state is not None else SnapshotterKind.LOOP
-    return BACKENDS[kind](state_dir, fs)
+    snaps = BACKENDS[kind](state_dir, fs)
+    if check:
+        snaps.check()
+    return snaps

@@ -46,6 +46,11 @@ def snapshot_label(n: int) -> str:
     return f"COS_SNAP{n}"
 
 
+def is_number(name: str) -> bool:
+    """A snapshot number as cos writes it: ASCII digits only (int() takes others)."""
+    return name.isascii() and name.isdecimal()
+
+
 @dataclass(frozen=True)
 class Pending:
     """A snapshot being built: its number and the mounted tree to fill."""
@@ -83,6 +88,11 @@ class Snapshotter(ABC):
         self.fs = fs
 
     # -- what is there -----------------------------------------------------------
+    @abstractmethod
+    def check(self) -> None:
+        """Refuse (StateError with a repair hint) a snapshots dir cos did not write, before
+        an action reads or writes anything there."""
+
     @abstractmethod
     def numbers(self) -> list[int]:
         """Numbers of complete snapshots, oldest first."""

@@ -27,6 +27,7 @@ from cos.snapshot.base import (
     BootLocation,
     Pending,
     Snapshotter,
+    is_number,
     snapshot_label,
 )
 from cos.system.state import SnapshotterKind
@@ -73,12 +74,41 @@ class LoopSnapshotter(Snapshotter):
     def image(self, n: int) -> Path:
         return self.root / str(n) / IMAGE_NAME
 
+    def check(self) -> None:
+        def damaged(what: str, fix: str) -> StateError:
+            return StateError(
+                f"{self.root}: {what}", hint=f"{fix}; `cos status` shows the snapshots left"
+            )
+
+        if self.root.is_symlink() or (self.root.exists() and not self.root.is_dir()):
+            raise damaged("not a directory", f"move {self.root} aside and reinstall or reset")
+        link = self.root / ACTIVE_LINK
+        if link.exists() or link.is_symlink():
+            if not link.is_symlink():
+                raise damaged(
+                    f"{ACTIVE_LINK} is not a link",
+                    f"move {link} aside; `cos rollback N` makes a snapshot active again",
+                )
+            head = os.readlink(link).split("/")[0]
+            if not is_number(head):
+                raise damaged(
+                    f"{ACTIVE_LINK} points to {os.readlink(link)!r}",
+                    f"remove {link}; `cos rollback N` makes a snapshot active again",
+                )
+        for d in self.root.iterdir() if self.root.is_dir() else []:
+            if is_number(d.name) and (d.is_symlink() or not d.is_dir()):
+                raise damaged(
+                    f"snapshot {d.name} is not a directory", f"move {d} out of {self.root}"
+                )
+            if is_number(d.name) and (d / IMAGE_NAME).is_symlink():
+                raise damaged(f"snapshot {d.name}'s image is a link", f"remove {d}")
+
     def numbers(self) -> list[int]:
         if not self.root.is_dir():
             return []
         out = []
         for d in self.root.iterdir():
-            if d.name.isdigit() and (d / IMAGE_NAME).is_file() and not (d / PARTIAL).exists():
+            if is_number(d.name) and (d / IMAGE_NAME).is_file() and not (d / PARTIAL).exists():
                 out.append(int(d.name))
         return sorted(out)
 
@@ -87,7 +117,7 @@ class LoopSnapshotter(Snapshotter):
         if not link.is_symlink():
             return None
         head = os.readlink(link).split("/")[0]
-        return int(head) if head.isdigit() else None
+        return int(head) if is_number(head) else None
 
     def size(self, n: int) -> int:
         return self.image(n).stat().st_blocks * 512
@@ -101,7 +131,7 @@ class LoopSnapshotter(Snapshotter):
     def next_number(self) -> int:
         if not self.root.is_dir():
             return 1
-        used = [int(d.name) for d in self.root.iterdir() if d.name.isdigit()]
+        used = [int(d.name) for d in self.root.iterdir() if is_number(d.name)]
         return max(used, default=0) + 1
 
     def estimate(self, tar_bytes: int) -> int:
@@ -110,7 +140,7 @@ class LoopSnapshotter(Snapshotter):
     def clean_debris(self) -> list[int]:
         removed = []
         for d in self.root.iterdir() if self.root.is_dir() else []:
-            if d.name.isdigit() and ((d / PARTIAL).exists() or not (d / IMAGE_NAME).is_file()):
+            if is_number(d.name) and ((d / PARTIAL).exists() or not (d / IMAGE_NAME).is_file()):
                 if int(d.name) == self.active():
                     continue
                 shutil.rmtree(d)

@@ -61,7 +61,7 @@ class Installed:
         if self.mode() not in INSTALLED_MODES or not image:
             return None
         parts = Path(image).parts
-        if len(parts) >= 2 and parts[-2].isdigit():
+        if len(parts) >= 2 and parts[-2].isascii() and parts[-2].isdecimal():
             return int(parts[-2])
         return None
 

@@ -23,6 +23,7 @@ from cos.system.release import read_os_release
 
 STATE_FILE = "state.yaml"
 HISTORY_LIMIT = 50
+MAX_STATE_BYTES = 1 << 20  # far above what 50 history entries and a few snapshots take
 # os-release fields a snapshot's record keeps: enough to tell images apart in status.
 RELEASE_KEYS = ("NAME", "VERSION_ID", "IMAGE_REPO", "IMAGE_TAG", "IMAGE")
 
@@ -158,7 +159,12 @@ class InstallState:
     @classmethod
     def from_yaml(cls, text: str, where: str = STATE_FILE) -> InstallState:
         try:
-            data = yaml.safe_load(text) or {}
+            data = yaml.safe_load(text)
+            if not isinstance(data, dict):
+                raise ValueError("not a mapping" if data is not None else "empty")
+            missing = [k for k in ("date", "labels", "snapshots") if k not in data]
+            if missing:
+                raise ValueError(f"no {', '.join(missing)}")
             return cls(
                 date=str(data.get("date", "")),
                 snapshotter=_snapshotter(data.get("snapshotter") or {}),
@@ -167,8 +173,13 @@ class InstallState:
                 recovery=_image(data["recovery"]) if data.get("recovery") else None,
                 history=[_history(h) for h in data.get("history") or []],
             )
-        except (yaml.YAMLError, TypeError, ValueError, AttributeError) as exc:
-            raise StateError(f"{where} is not a valid cos state file: {exc}") from exc
+        except (yaml.YAMLError, TypeError, ValueError, AttributeError, RecursionError) as exc:
+            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise StateError(
+                f"{where} is not a valid cos state file: {detail}",
+                hint=f"restore it from the copy on COS_RECOVERY ({STATE_FILE}), or boot"
+                " recovery and run `cos reset`",
+            ) from exc
 
     def active(self) -> int | None:
         for n, s in self.snapshots.items():
@@ -217,6 +228,16 @@ def write_state(directory: Path, state: InstallState) -> None:
 
 def read_state(directory: Path) -> InstallState | None:
     p = Path(directory) / STATE_FILE
-    if not p.is_file():
+    if not p.exists() and not p.is_symlink():
         return None
-    return InstallState.from_yaml(p.read_text(), str(p))
+    try:
+        if not p.is_file() or p.stat().st_size > MAX_STATE_BYTES:
+            raise ValueError("not a regular file of a sane size")
+        text = p.read_bytes().decode()
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        raise StateError(
+            f"{p} is not a valid cos state file: {exc}",
+            hint=f"restore it from the copy on COS_RECOVERY ({STATE_FILE}), or boot"
+            " recovery and run `cos reset`",
+        ) from exc
+    return InstallState.from_yaml(text, str(p))
