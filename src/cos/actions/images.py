@@ -16,9 +16,9 @@ from cos import events
 from cos.config import Config
 from cos.errors import ImageError, UsageError
 from cos.log import step
+from cos.oci.digest import blob_path
 from cos.oci.image import LocalImage, unpack
 from cos.oci.reference import parse_ref
-from cos.oci.registry import check_digest
 from cos.oci.store import fetch
 
 log = logging.getLogger("cos")
@@ -26,7 +26,7 @@ _OS_RELEASE = ("usr/lib/os-release", "etc/os-release")
 
 
 def _blob(image: LocalImage, digest: str) -> Path:
-    return image.layout / "blobs" / "sha256" / check_digest(digest)[7:]
+    return blob_path(image.layout, digest)
 
 
 def _json_blob(image: LocalImage, digest: str) -> dict[str, Any]:

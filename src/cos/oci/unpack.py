@@ -77,42 +77,21 @@ import contextlib
 import errno
 import hashlib
 import importlib
-import json
 import os
 import queue
-import re
 import stat
 import tarfile
 import threading
 import urllib.parse
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, BinaryIO, Self
 
 from cos.errors import ImageError
 from cos.log import log
-
-DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
-
-LAYER_MEDIA_TYPES = frozenset(
-    {
-        "application/vnd.oci.image.layer.v1.tar",
-        "application/vnd.oci.image.layer.v1.tar+gzip",
-        "application/vnd.oci.image.layer.v1.tar+zstd",
-        "application/vnd.oci.image.layer.nondistributable.v1.tar",
-        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
-        "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
-        "application/vnd.docker.image.rootfs.diff.tar.gzip",
-        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
-    }
-)
-_MANIFEST_TYPES = (
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-)
+from cos.oci.layout import LAYER_MEDIA_TYPES, LayerBlob, OciLayout
 
 MAX_NAME = 4096  # PATH_MAX
 MAX_COMPONENT = 255  # NAME_MAX
@@ -121,7 +100,6 @@ MAX_SYMLINK_HOPS = 40  # the kernel's MAXSYMLINKS
 MAX_EXT_HEADER = 1 << 20  # a PAX or GNU long-name header larger than this is not a real one
 MAX_ENTRIES = 10_000_000  # per unpack, on top of the inode check
 MAX_TRAILING = 256 << 20  # decompressed bytes after the end-of-archive marker
-MAX_JSON = 4 << 20  # manifest and config
 _IN = 1 << 20  # compressed bytes per read
 _OUT = 4 << 20  # decompressed bytes per chunk at most (a bomb cannot fill memory)
 _COPY = 1 << 20
@@ -151,22 +129,12 @@ _EXT_TYPES = frozenset(
 )
 
 
-@dataclass(frozen=True)
-class _Layer:
-    path: Path
-    media_type: str
-    label: str  # how errors name the layer
-    digest: str | None = None  # the checks unpack_image adds
-    size: int | None = None
-    diff_id: str | None = None
-
-
 def unpack_layers(layers: Sequence[tuple[Path, str]], dest: Path) -> None:
     """Apply layer blobs (base first, as (blob file, media type)) to a new directory dest."""
     n = len(layers)
     _unpack(
         [
-            _Layer(Path(p), mt, f"layer {i}/{n} ({Path(p).name[:12]})")
+            LayerBlob(Path(p), mt, f"layer {i}/{n} ({Path(p).name[:12]})")
             for i, (p, mt) in enumerate(layers, 1)
         ],
         Path(dest),
@@ -183,118 +151,7 @@ def unpack_image(layout: Path, manifest_digest: str, dest: Path) -> None:
     layout = Path(layout)
     if os.path.lexists(dest) and not _fresh_mountpoint(Path(dest)):
         raise _exists(Path(dest))
-    _unpack(_image_layers(layout, manifest_digest), Path(dest))
-
-
-# --- reading an OCI layout -------------------------------------------------------------
-
-
-def _check_digest(digest: object, what: str) -> str:
-    if not isinstance(digest, str) or not DIGEST_RE.fullmatch(digest):
-        raise ImageError(
-            f"{what}: invalid digest {str(digest)[:80]!r}",
-            hint="only sha256 digests (sha256:<64 hex digits>) are supported",
-        )
-    return digest
-
-
-def _blob_path(layout: Path, digest: str) -> Path:
-    return layout / "blobs" / "sha256" / digest.removeprefix("sha256:")
-
-
-def _read_json_blob(layout: Path, digest: str, size: int | None, what: str) -> Any:
-    path = _blob_path(layout, digest)
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_JSON + 1)
-    except OSError as exc:
-        raise ImageError(
-            f"{what} {digest} is not in {layout}: {exc.strerror}",
-            hint="re-copy the image into the layout",
-        ) from exc
-    if len(raw) > MAX_JSON:
-        raise ImageError(f"{what} {digest} is larger than {MAX_JSON} bytes")
-    if size is not None and len(raw) != size:
-        raise ImageError(f"{what} {digest} is {len(raw)} bytes, its descriptor says {size}")
-    if "sha256:" + hashlib.sha256(raw).hexdigest() != digest:
-        raise ImageError(
-            f"{what} {digest} does not match its digest", hint="the layout is corrupt; re-copy it"
-        )
-    try:
-        return json.loads(raw)
-    except ValueError as exc:
-        raise ImageError(f"{what} {digest} is not valid JSON: {exc}") from exc
-
-
-def _descriptor(doc: object, what: str) -> tuple[str, int, str]:
-    if not isinstance(doc, dict):
-        raise ImageError(f"{what}: descriptor is not an object")
-    digest = _check_digest(doc.get("digest"), what)
-    size = doc.get("size")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise ImageError(f"{what}: descriptor has no valid size")
-    media_type = doc.get("mediaType")
-    return digest, size, media_type if isinstance(media_type, str) else ""
-
-
-def _image_layers(layout: Path, manifest_digest: str) -> list[_Layer]:
-    manifest_digest = _check_digest(manifest_digest, "manifest")
-    if not (layout / "index.json").is_file():
-        raise ImageError(
-            f"{layout} is not an OCI layout (no index.json)",
-            hint="point at a directory written by skopeo, buildah or umoci",
-        )
-    manifest = _read_json_blob(layout, manifest_digest, None, "manifest")
-    if not isinstance(manifest, dict):
-        raise ImageError(f"manifest {manifest_digest} is not a JSON object")
-    if "manifests" in manifest:
-        raise ImageError(
-            f"{manifest_digest} is an image index, not a manifest",
-            hint="pass the digest of the platform manifest",
-        )
-    media_type = manifest.get("mediaType", _MANIFEST_TYPES[0])
-    if media_type not in _MANIFEST_TYPES or manifest.get("schemaVersion") != 2:
-        raise ImageError(
-            f"manifest {manifest_digest}: unsupported type {media_type!r}",
-            hint="only OCI and Docker schema 2 image manifests can be unpacked",
-        )
-    cdigest, csize, _ = _descriptor(manifest.get("config"), "config")
-    config = _read_json_blob(layout, cdigest, csize, "config")
-    rootfs = config.get("rootfs") if isinstance(config, dict) else None
-    if not isinstance(rootfs, dict):
-        rootfs = {}
-    diff_ids = rootfs.get("diff_ids")
-    if not isinstance(diff_ids, list) or rootfs.get("type") != "layers":
-        raise ImageError(f"config {cdigest} has no rootfs.diff_ids", hint="rebuild the image")
-    layers = manifest.get("layers")
-    if not isinstance(layers, list):
-        raise ImageError(f"manifest {manifest_digest} has no layer list")
-    if len(layers) != len(diff_ids):
-        raise ImageError(
-            f"manifest {manifest_digest} has {len(layers)} layers, "
-            f"its config lists {len(diff_ids)} diff_ids",
-            hint="the image is inconsistent; rebuild it",
-        )
-    out = []
-    for i, (desc, diff_id) in enumerate(zip(layers, diff_ids, strict=True), 1):
-        what = f"layer {i}/{len(layers)}"
-        digest, size, mt = _descriptor(desc, what)
-        if mt not in LAYER_MEDIA_TYPES:
-            raise ImageError(
-                f"{what} ({digest[:19]}): unsupported media type {mt!r}",
-                hint="layers must be tar, tar+gzip or tar+zstd",
-            )
-        out.append(
-            _Layer(
-                _blob_path(layout, digest),
-                mt,
-                f"{what} ({digest[:19]})",
-                digest,
-                size,
-                _check_digest(diff_id, f"{what} diff_id"),
-            )
-        )
-    return out
+    _unpack(OciLayout(layout).image_layers(manifest_digest), Path(dest))
 
 
 # --- decompression ------------------------------------------------------------------------
@@ -649,7 +506,7 @@ def _fresh_mountpoint(dest: Path) -> bool:
         return False
 
 
-def _unpack(layers: Sequence[_Layer], dest: Path) -> None:
+def _unpack(layers: Sequence[LayerBlob], dest: Path) -> None:
     created = True
     try:
         os.mkdir(dest, 0o700)
@@ -748,7 +605,7 @@ class _Unpacker:
         self.inodes = vfs.f_favail if vfs.f_files else None
         self.warned_xattr = False
 
-    def run(self, layers: Sequence[_Layer]) -> None:
+    def run(self, layers: Sequence[LayerBlob]) -> None:
         for layer in layers:
             self.label = layer.label
             self.upper = set()
@@ -760,7 +617,7 @@ class _Unpacker:
 
     # -- one layer
 
-    def _layer(self, layer: _Layer) -> None:
+    def _layer(self, layer: LayerBlob) -> None:
         if layer.media_type not in LAYER_MEDIA_TYPES:
             raise ImageError(
                 f"{layer.label}: unsupported media type {layer.media_type!r}",
@@ -810,15 +667,15 @@ class _Unpacker:
                 inflater.close()
         self._verify(layer, src, inflater)
 
-    def _verify(self, layer: _Layer, src: _Source, inflater: _Inflater) -> None:
+    def _verify(self, layer: LayerBlob, src: _Source, inflater: _Inflater) -> None:
         if layer.size is not None and src.size != layer.size:
             raise ImageError(
                 f"{layer.label}: read {src.size} bytes, the descriptor says {layer.size}",
                 hint=_RECOPY,
             )
-        if layer.digest is not None and "sha256:" + src.hash.hexdigest() != layer.digest:
+        if layer.digest is not None and f"sha256:{src.hash.hexdigest()}" != layer.digest:
             raise ImageError(f"{layer.label}: blob does not match its digest", hint=_RECOPY)
-        if layer.diff_id is not None and "sha256:" + inflater.hash.hexdigest() != layer.diff_id:
+        if layer.diff_id is not None and f"sha256:{inflater.hash.hexdigest()}" != layer.diff_id:
             raise ImageError(
                 f"{layer.label}: uncompressed content does not match the config's diff_id",
                 hint="the image is inconsistent; rebuild or re-pull it",
