@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from enum import StrEnum
 
 from cos.errors import ImageError
 
@@ -15,18 +16,27 @@ _NAME = re.compile(
 )
 
 
+class Transport(StrEnum):
+    """Where an image comes from, spelled as skopeo spells the prefix."""
+
+    DOCKER = "docker"  # a registry
+    OCI = "oci"  # an OCI layout directory
+    OCI_ARCHIVE = "oci-archive"  # a tar of an OCI layout
+    DIR = "dir"  # an unpacked root filesystem
+
+
 @dataclass(frozen=True)
 class ImageRef:
-    transport: str  # "docker", "oci", "oci-archive" or "dir"
+    transport: Transport
     name: str  # host/repo for docker, directory for oci and dir, file for oci-archive
     tag: str | None = None
     digest: str | None = None
 
     @property
     def skopeo(self) -> str:
-        if self.transport in ("oci", "oci-archive"):
+        if self.transport in (Transport.OCI, Transport.OCI_ARCHIVE):
             return f"{self.transport}:{self.name}" + (f":{self.tag}" if self.tag else "")
-        if self.transport == "dir":
+        if self.transport == Transport.DIR:
             return f"dir:{self.name}"
         ref = f"docker://{self.name}"
         if self.tag:
@@ -36,9 +46,9 @@ class ImageRef:
         return ref
 
     def __str__(self) -> str:
-        if self.transport == "oci":
+        if self.transport == Transport.OCI:
             return f"oci:{self.name}:{self.tag or 'latest'}"
-        if self.transport in ("oci-archive", "dir"):
+        if self.transport in (Transport.OCI_ARCHIVE, Transport.DIR):
             return self.skopeo
         s = (
             self.name
@@ -62,7 +72,7 @@ def parse_ref(text: str) -> ImageRef:
                 hint="use oci:DIR[:tag], e.g. oci:build/oci:vanilla",
             )
         path, _, tag = rest.partition(":")
-        return ImageRef("oci", path, tag or "latest")
+        return ImageRef(Transport.OCI, path, tag or "latest")
     if t.startswith("oci-archive:"):
         path, _, tag = t[len("oci-archive:") :].partition(":")
         if not path:
@@ -70,14 +80,14 @@ def parse_ref(text: str) -> ImageRef:
                 f"invalid image reference {text!r}: no file after oci-archive:",
                 hint="use oci-archive:FILE[:tag], e.g. oci-archive:image.tar:v1",
             )
-        return ImageRef("oci-archive", path, tag or None)
+        return ImageRef(Transport.OCI_ARCHIVE, path, tag or None)
     if t.startswith("dir:"):
         if not t[4:]:
             raise ImageError(
                 f"invalid image reference {text!r}: no directory after dir:",
                 hint="use dir:PATH, an unpacked root filesystem",
             )
-        return ImageRef("dir", t[4:])
+        return ImageRef(Transport.DIR, t[4:])
     if t.startswith("docker://"):
         t = t[len("docker://") :]
     elif "://" in t or t.split(":", 1)[0] in ("docker-archive", "containers-storage"):
@@ -93,4 +103,4 @@ def parse_ref(text: str) -> ImageRef:
             hint="give the registry host explicitly: host[:port]/repo[:tag][@sha256:…]",
         )
     rtag: str | None = m["tag"] or (None if m["digest"] else "latest")
-    return ImageRef("docker", f"{m['host']}/{m['repo']}", rtag, m["digest"])
+    return ImageRef(Transport.DOCKER, f"{m['host']}/{m['repo']}", rtag, m["digest"])

@@ -20,7 +20,7 @@ from cos.fsutil import atomic_write
 from cos.oci import cosign
 from cos.oci.digest import blob_path, sha256_digest
 from cos.oci.layout import REF_NAME, OciLayout
-from cos.oci.reference import ImageRef
+from cos.oci.reference import ImageRef, Transport
 from cos.oci.transport import registry_env
 
 log = logging.getLogger("cos")
@@ -75,7 +75,7 @@ def fetch_signatures(ref: ImageRef, digest: str, tls_verify: bool = True) -> lis
     """Every signature stored for digest in ref's repository ([] when unsigned)."""
     sig = _sig_ref(ref, digest)
     with tempfile.TemporaryDirectory(prefix="cos-sig-") as tmp:
-        if ref.transport == "oci":
+        if ref.transport == Transport.OCI:
             found = _read_layout(Path(ref.name), sig.tag or "")
         else:
             try:

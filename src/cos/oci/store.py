@@ -23,7 +23,7 @@ from cos.oci.digest import check_digest, sha256_digest
 from cos.oci.image import LocalImage
 from cos.oci.layout import INDEX_TYPES, MANIFEST_TYPES, REF_NAME, OciLayout
 from cos.oci.progress import PullProgress
-from cos.oci.reference import ImageRef
+from cos.oci.reference import ImageRef, Transport
 from cos.oci.registry import Client, RegistryError, split_name
 from cos.oci.signatures import require_signed
 
@@ -296,7 +296,7 @@ def fetch(
     With key, a cosign signature by it must vouch for the image before anything is
     copied (for an `oci:` layout, its `.sig` tag in the same layout).
     """
-    if ref.transport == "oci":
+    if ref.transport == Transport.OCI:
         layout = OciLayout(Path(ref.name))
         tag = ref.tag or "latest"
         if not layout.exists():
@@ -310,7 +310,7 @@ def fetch(
         if key is not None:
             require_signed(ref, {digest}, key, tls_verify)
         return LocalImage(ref, layout.root, tag, digest)
-    if ref.transport in ("oci-archive", "dir"):
+    if ref.transport in (Transport.OCI_ARCHIVE, Transport.DIR):
         if key is not None:
             raise ImageError(
                 f"{ref}: signatures can only be checked for registry and oci: sources",
@@ -318,12 +318,12 @@ def fetch(
             )
         if not Path(ref.name).exists():
             raise ImageError(f"{ref}: {ref.name} does not exist", hint="check the path")
-        if ref.transport == "dir":
+        if ref.transport == Transport.DIR:
             if not Path(ref.name).is_dir():
                 raise ImageError(f"{ref}: {ref.name} is not a directory", hint="check the path")
             return LocalImage(ref, Path(ref.name), "", "")
     store = LayerStore(cache / "oci")
-    if ref.transport == "oci-archive":
+    if ref.transport == Transport.OCI_ARCHIVE:
         store.path.mkdir(parents=True, exist_ok=True)
         tag = _cache_tag(ref)
         try:
