@@ -7,12 +7,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from cos.errors import ImageError
+from cos.oci.digest import DIGEST_RE
 
 _NAME = re.compile(
     r"^(?P<host>[a-zA-Z0-9.-]+(?::[0-9]+)?|\[[0-9a-fA-F:]+\](?::[0-9]+)?)/"
     r"(?P<repo>[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*)"
     r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?"
-    r"(?:@(?P<digest>sha256:[0-9a-f]{64}))?$"
+    rf"(?:@(?P<digest>{DIGEST_RE.pattern}))?$"
 )
 
 
