@@ -121,11 +121,13 @@ def test_a_damaged_snapshots_dir_or_grubenv_stops_rollback_before_any_write(
 
 def test_non_ascii_digits_are_not_snapshot_numbers(tmp_path: Path) -> None:
     inst = _installed(tmp_path)
-    (inst.state_dir / f"{SNAPSHOTS_DIR}/١٢").mkdir()  # Arabic-Indic digits: isdigit() is true
+    (
+        inst.state_dir / f"{SNAPSHOTS_DIR}/\u0661\u0662"
+    ).mkdir()  # Arabic-Indic digits: isdigit() is true
     (inst.run_dir / "image").write_text(f"{SNAPSHOTS_DIR}/²/snapshot.img")
     grubenv.write(
         assessment.env_path(inst.oem_dir),
-        {assessment.PASSIVE: "2 ³", assessment.TRIAL: "١", assessment.TRIES: "2"},
+        {assessment.PASSIVE: "2 \u00b3", assessment.TRIAL: "\u0661", assessment.TRIES: "2"},
     )
     assert inst.booted_snapshot() is None
     assert assessment.read_trial(inst.oem_dir) is None

@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cos.errors import ImageError
+from cos.oci import streams
 from cos.oci import unpack as unpack_mod
 from cos.oci.unpack import unpack_image, unpack_layers
 from tests.conftest import need
@@ -630,7 +631,7 @@ def test_missing_blob_and_missing_layout(tmp_path: Path) -> None:
 
 
 def test_tar_stream_reads_across_chunks() -> None:
-    stream = unpack_mod._TarStream(iter([b"abc", b"", b"defgh", b"ij"]))
+    stream = streams.TarStream(iter([b"abc", b"", b"defgh", b"ij"]))
     assert stream.read(2) == b"ab"
     assert stream.read(4) == b"cdef"
     assert stream.tell() == 6
@@ -643,7 +644,7 @@ def test_inflater_hands_errors_to_the_reader() -> None:
         yield b"x"
         raise ImageError("boom")
 
-    inflater = unpack_mod._Inflater(chunks())
+    inflater = streams.Inflater(chunks())
     it = iter(inflater)
     assert next(it) == b"x"
     with pytest.raises(ImageError, match="boom"):
@@ -656,7 +657,7 @@ def test_inflater_stops_when_the_reader_gives_up() -> None:
         while True:
             yield b"x" * 1024
 
-    inflater = unpack_mod._Inflater(endless())
+    inflater = streams.Inflater(endless())
     assert next(iter(inflater)) == b"x" * 1024
     inflater.close()  # must not hang on the full queue
     assert not inflater._thread.is_alive()

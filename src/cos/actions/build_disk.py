@@ -36,6 +36,7 @@ from cos.disk.plan import MIB, DiskPlan, plan_disk
 from cos.errors import DiskError, StateError
 from cos.fsutil import ceil_div, fsync_dir
 from cos.log import log, step
+from cos.oci.digest import short_digest
 from cos.oci.image import LocalImage, unpack
 from cos.oci.reference import ImageRef, parse_ref
 from cos.oci.store import LayerStore, fetch, snapshot_tag
@@ -211,7 +212,7 @@ def _unpack(b: _Build, ref: ImageRef, tree: Path, pulling: str, unpacking: str) 
     cfg = b.cfg
     with step(f"{pulling} {ref}"):
         img = fetch(ref, Path(cfg.cache_dir), cfg.tls_verify, cfg.signature_key(), cfg.arch())
-    with step(f"{unpacking} {ref} ({img.digest[:19]})"):
+    with step(f"{unpacking} {ref} ({short_digest(img.digest)})"):
         unpack(img, tree)
     return _Tree(img, tree, check_bootable(tree, ref))
 

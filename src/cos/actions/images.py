@@ -16,9 +16,9 @@ from cos import events
 from cos.config import Config
 from cos.errors import ImageError, UsageError
 from cos.log import step
+from cos.oci.digest import blob_path, short_digest
 from cos.oci.image import LocalImage, unpack
 from cos.oci.reference import parse_ref
-from cos.oci.registry import check_digest
 from cos.oci.store import fetch
 
 log = logging.getLogger("cos")
@@ -26,16 +26,16 @@ _OS_RELEASE = ("usr/lib/os-release", "etc/os-release")
 
 
 def _blob(image: LocalImage, digest: str) -> Path:
-    return image.layout / "blobs" / "sha256" / check_digest(digest)[7:]
+    return blob_path(image.layout, digest)
 
 
 def _json_blob(image: LocalImage, digest: str) -> dict[str, Any]:
     try:
         data = json.loads(_blob(image, digest).read_bytes())
     except (OSError, ValueError) as exc:
-        raise ImageError(f"{image.ref}: unreadable blob {digest[:19]} ({exc})") from exc
+        raise ImageError(f"{image.ref}: unreadable blob {short_digest(digest)} ({exc})") from exc
     if not isinstance(data, dict):
-        raise ImageError(f"{image.ref}: blob {digest[:19]} is not a JSON object")
+        raise ImageError(f"{image.ref}: blob {short_digest(digest)} is not a JSON object")
     return data
 
 
@@ -85,7 +85,9 @@ def os_release(image: LocalImage, layers: list[str]) -> dict[str, str]:
                         if fileobj is not None:
                             return _parse_os_release(fileobj.read(65536).decode("utf-8", "replace"))
         except (OSError, tarfile.TarError, EOFError) as exc:
-            raise ImageError(f"{image.ref}: layer {digest[:19]} is unreadable ({exc})") from exc
+            raise ImageError(
+                f"{image.ref}: layer {short_digest(digest)} is unreadable ({exc})"
+            ) from exc
     return {}
 
 

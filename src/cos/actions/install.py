@@ -39,6 +39,7 @@ from cos.disk.mounts import mount_table
 from cos.disk.plan import MIB, DiskPlan, PartSpec, plan_disk
 from cos.errors import DiskError, StateError, UsageError
 from cos.log import log, step
+from cos.oci.digest import short_digest
 from cos.oci.image import LocalImage, unpack
 from cos.oci.reference import ImageRef, parse_ref
 from cos.oci.store import LayerStore, fetch, inspect_remote, snapshot_tag
@@ -221,7 +222,7 @@ def _deploy(run: _Install) -> None:
         events.summary(digest=image.digest, snapshot=1)
         size = snaps.estimate(store.unpacked_size(snapshot_tag(1)))
         with step("Building snapshot 1"), snaps.start(size, work / "snap") as p:
-            with step(f"Unpacking {run.ref} ({image.digest[:19]})"):
+            with step(f"Unpacking {run.ref} ({short_digest(image.digest)})"):
                 unpack(image, p.tree)
             boot = check_bootable(p.tree, run.ref)
             with step("Running the after-install-chroot hook"):

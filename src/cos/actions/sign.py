@@ -21,6 +21,7 @@ from cos.errors import ConfigError, ImageError, UsageError
 from cos.fsutil import atomic_write
 from cos.log import step
 from cos.oci import cosign
+from cos.oci.digest import short_digest
 from cos.oci.reference import ImageRef, parse_ref
 from cos.oci.registry import Client, RegistryError, split_name
 from cos.oci.signatures import push_signature
@@ -77,7 +78,7 @@ def sign_image(req: SignRequest, cfg: Config) -> str:
         digest = resolve_digest(ref, cfg.tls_verify)
     data = cosign.payload(ref.name, digest, req.annotations or None)
     signature = base64.b64encode(cosign.sign(key, data)).decode()
-    with step(f"Storing the signature of {digest[:19]}"):
+    with step(f"Storing the signature of {short_digest(digest)}"):
         where = push_signature(ref, digest, data, signature, cfg.tls_verify)
     log.info("Signed %s (%s) → %s", ref, digest, where)
     return where

@@ -12,6 +12,7 @@ from cos.boot import assessment
 from cos.config import Config
 from cos.disk.mounts import mount_table
 from cos.errors import CosError, StateError
+from cos.oci.digest import short_digest
 from cos.snapshot import open_snapshotter
 from cos.system.installed import FAILURE_FILE, Installed
 from cos.system.release import read_os_release
@@ -144,7 +145,8 @@ def render(data: dict[str, Any]) -> str:
         flags = ",".join(f for f, on in (("active", s["active"]), ("booted", s["booted"])) if on)
         assessed = f", {s['boot_assessment']}" if s.get("boot_assessment") else ""
         lines.append(
-            f"  {s['number']:>3}  {flags or 'passive':14} {s['source']}  {s['digest'][:19]}  "
+            f"  {s['number']:>3}  {flags or 'passive':14} {s['source']}  "
+            f"{short_digest(s['digest'])}  "
             f"{s['date']}  ({s['from_action']}{assessed})"
         )
     if not data["snapshots"]:
@@ -167,7 +169,7 @@ def render(data: dict[str, Any]) -> str:
         )
     if data["recovery"]:
         r = data["recovery"]
-        lines.append(f"Recovery:  {r['source']}  {r['digest'][:19]}  {r['date']}")
+        lines.append(f"Recovery:  {r['source']}  {short_digest(r['digest'])}  {r['date']}")
     lines.append("Partitions:")
     for p in data["partitions"]:
         where = p["mountpoint"] or "not mounted"

@@ -32,6 +32,7 @@ from cos.disk.plan import MIB, read_plan
 from cos.errors import CosError, DiskError, StateError
 from cos.fsutil import ceil_div, free_bytes
 from cos.log import log, step
+from cos.oci.digest import short_digest
 from cos.oci.image import unpack
 from cos.oci.reference import require_registry
 from cos.oci.store import LayerStore, RemoteImage, inspect_remote, snapshot_tag
@@ -124,13 +125,15 @@ def upgrade(req: UpgradeRequest, cfg: Config) -> int | None:
     with step(f"Reading {ref}"):
         remote = inspect_remote(ref, cfg.tls_verify, cfg.arch(), cfg.signature_key())
     if current is not None and current.digest == remote.digest and not req.force:
-        log.info("Already up to date: snapshot %s is %s (%s)", active, ref, remote.digest[:19])
+        log.info(
+            "Already up to date: snapshot %s is %s (%s)", active, ref, short_digest(remote.digest)
+        )
         events.summary(image=str(ref), digest=remote.digest, snapshot=active, changed=False)
         return None
     failed = _failed_before(state, remote.digest)
     if failed and not req.force:
         raise StateError(
-            f"{ref} ({remote.digest[:19]}) failed its trial boot on {failed};"
+            f"{ref} ({short_digest(remote.digest)}) failed its trial boot on {failed};"
             " it is not installed again",
             hint="push a fixed image, or pass --force to give it one more trial",
         )
@@ -142,7 +145,7 @@ def upgrade(req: UpgradeRequest, cfg: Config) -> int | None:
     if req.bootloader:
         _update_bootloader(up, n)
     run_hook("after-upgrade", up.hooks)
-    log.info("Upgraded: snapshot %d is %s (%s); it boots next", n, ref, remote.digest[:19])
+    log.info("Upgraded: snapshot %d is %s (%s); it boots next", n, ref, short_digest(remote.digest))
     events.summary(image=str(ref), digest=remote.digest, snapshot=n, changed=True)
     if req.reboot:
         runner.run(["systemctl", "reboot"], check=False)
@@ -184,7 +187,7 @@ def _build_and_switch(up: Upgrade) -> int:
         with step(f"Building snapshot {n}"), snaps.start(size, inst.run_dir / "upgrade") as p:
             if p.number != n:
                 raise StateError(f"snapshot {n} was taken while this upgrade ran")
-            with step(f"Unpacking {remote.ref} ({remote.digest[:19]})"):
+            with step(f"Unpacking {remote.ref} ({short_digest(remote.digest)})"):
                 unpack(image, p.tree)
             check_bootable(p.tree, remote.ref)
             record = ImageState.from_tree(

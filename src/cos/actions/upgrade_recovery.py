@@ -24,6 +24,7 @@ from cos.disk.plan import MIB
 from cos.errors import DiskError, StateError
 from cos.fsutil import atomic_symlink, free_bytes
 from cos.log import log, step
+from cos.oci.digest import short_digest
 from cos.oci.image import unpack
 from cos.oci.reference import require_registry
 from cos.oci.store import LayerStore, inspect_remote, snapshot_tag
@@ -62,7 +63,7 @@ def upgrade_recovery(req: RecoveryRequest, cfg: Config) -> None:
     with step(f"Reading {ref}"):
         remote = inspect_remote(ref, cfg.tls_verify, cfg.arch(), cfg.signature_key())
     if state.recovery and state.recovery.digest == remote.digest and not req.force:
-        log.info("Recovery is up to date: %s (%s)", ref, remote.digest[:19])
+        log.info("Recovery is up to date: %s (%s)", ref, short_digest(remote.digest))
         events.summary(image=str(ref), digest=remote.digest, changed=False)
         return
 
@@ -127,5 +128,5 @@ def upgrade_recovery(req: RecoveryRequest, cfg: Config) -> None:
         write_state(rec_dir, state)
         for old in gens:
             shutil.rmtree(rec_dir / f"boot.{old}", ignore_errors=True)
-    log.info("Recovery system replaced by %s (%s)", ref, remote.digest[:19])
+    log.info("Recovery system replaced by %s (%s)", ref, short_digest(remote.digest))
     events.summary(image=str(ref), digest=remote.digest, changed=True)

@@ -34,13 +34,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
 from cos.errors import ImageError
+from cos.oci.digest import check_digest, sha256_digest
 
 PAYLOAD_TYPE = "application/vnd.dev.cosign.simplesigning.v1+json"
 SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
 SIGNATURE_TYPE = "cosign container image signature"
 _PEM_TYPES = ("ENCRYPTED SIGSTORE PRIVATE KEY", "ENCRYPTED COSIGN PRIVATE KEY")
 _PEM = re.compile(r"-----BEGIN ([A-Z ]+)-----\s*(.*?)\s*-----END \1-----", re.S)
-_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 # cosign's accepted scrypt cost parameters (legacy, default, stronger).
 _SCRYPT_N = (32768, 65536, 131072)
 SCRYPT_N_DEFAULT = 65536
@@ -56,9 +56,7 @@ class KeyFileError(ImageError):
 
 def sig_tag(digest: str) -> str:
     """The tag cosign stores the signatures of `digest` under."""
-    if not _DIGEST.fullmatch(digest):
-        raise ImageError(f"not a sha256 manifest digest: {digest!r}")
-    return digest.replace(":", "-") + ".sig"
+    return check_digest(digest, "manifest").replace(":", "-") + ".sig"
 
 
 # -- keys -------------------------------------------------------------------------------
@@ -192,8 +190,7 @@ def generate_key() -> ec.EllipticCurvePrivateKey:
 
 def payload(repository: str, digest: str, annotations: Mapping[str, str] | None = None) -> bytes:
     """The simple-signing payload, byte for byte as cosign writes it (Go field order)."""
-    if not _DIGEST.fullmatch(digest):
-        raise ImageError(f"not a sha256 manifest digest: {digest!r}")
+    check_digest(digest, "manifest")
     doc = {
         "critical": {
             "identity": {"docker-reference": repository},
@@ -279,10 +276,7 @@ def verify(key: PublicKey, digests: set[str], signatures: list[Signature]) -> st
     """
     reason = "the image is not signed"
     for s in signatures:
-        if (
-            "sha256:" + hashlib.sha256(s.payload).hexdigest() != s.payload_digest
-            or len(s.payload) != s.payload_size
-        ):
+        if sha256_digest(s.payload) != s.payload_digest or len(s.payload) != s.payload_size:
             reason = "a signature payload does not match its digest"
             continue
         try:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from cos import run as runner
 from cos.errors import ImageError, ToolError
-from cos.oci.reference import ImageRef
+from cos.oci.reference import ImageRef, Transport
 from cos.oci.unpack import unpack_image
 
 
@@ -26,7 +26,7 @@ class LocalImage:
 
 def unpack(image: LocalImage, dest: Path) -> None:
     """Apply the layers of image to an empty directory dest (must not exist)."""
-    if image.ref.transport == "dir":
+    if image.ref.transport == Transport.DIR:
         # Already a tree: copied with owners, modes, links, xattrs and hardlinks.
         dest.mkdir(mode=0o755)
         try:

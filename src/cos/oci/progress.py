@@ -11,6 +11,7 @@ from typing import Any
 
 from cos import events
 from cos.log import stderr_console
+from cos.oci.digest import short_digest
 
 log = logging.getLogger("cos")
 MIB = 1024 * 1024
@@ -51,7 +52,7 @@ class PullProgress:
                 secs = max(time.monotonic() - start, 1e-3)
                 log.info(
                     "  %s  %.1f MiB in %.1fs (%.1f MiB/s)",
-                    digest[:19],
+                    short_digest(digest),
                     size / MIB,
                     secs,
                     size / MIB / secs,
@@ -95,6 +96,6 @@ class BarProgress(PullProgress):
     def layer(self, digest: str, size: int) -> Callable[[int], None]:
         if self._bar is None:
             return super().layer(digest, size)
-        task = self._bar.add_task(digest[:19], total=size)
+        task = self._bar.add_task(short_digest(digest), total=size)
         bar = self._bar
         return lambda held: bar.update(task, completed=held)

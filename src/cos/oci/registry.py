@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from cos.errors import ImageError
+from cos.oci.digest import check_digest, sha256_digest, short_digest
 
 log = logging.getLogger("cos")
 
@@ -50,7 +51,6 @@ MAX_MANIFEST = 4 * 1024 * 1024
 CHUNK = 1024 * 1024
 ATTEMPTS = 5
 TIMEOUT = 30.0
-_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _CHALLENGE = re.compile(r'(\w+)="([^"]*)"')
 
 T = TypeVar("T")
@@ -71,13 +71,6 @@ class _Retry(Exception):
     def __init__(self, reason: str, wait: float = 0.0) -> None:
         super().__init__(reason)
         self.wait = wait
-
-
-def check_digest(digest: str) -> str:
-    """Digests become URL and file path parts: only well-formed sha256 ones pass."""
-    if not _DIGEST.fullmatch(digest):
-        raise ImageError(f"invalid digest {digest!r}", hint="digests look like sha256:<64 hex>")
-    return digest
 
 
 def _auth_files() -> list[Path]:
@@ -282,7 +275,7 @@ class Client:
 
         data, media = self._retrying(what, once)
         if reference.startswith("sha256:"):
-            got = "sha256:" + hashlib.sha256(data).hexdigest()
+            got = sha256_digest(data)
             if got != reference:
                 raise RegistryError(f"{what}: the registry sent a manifest with digest {got}")
         return data, media
@@ -294,7 +287,7 @@ class Client:
         check_digest(digest)
         partial = dest.with_name(f".{dest.name}.partial")
         scope = f"repository:{repo}:pull"
-        what = f"blob {digest[:19]} of {self.host}/{repo}"
+        what = f"blob {short_digest(digest)} of {self.host}/{repo}"
 
         def once() -> None:
             have = partial.stat().st_size if partial.exists() else 0

@@ -8,7 +8,6 @@ signatures under the same tag name as a registry does.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import tempfile
@@ -19,9 +18,10 @@ from cos import run as runner
 from cos.errors import ImageError, ToolError
 from cos.fsutil import atomic_write
 from cos.oci import cosign
-from cos.oci.reference import ImageRef
-from cos.oci.registry import check_digest
-from cos.oci.transport import layout_digest, registry_env
+from cos.oci.digest import blob_path, sha256_digest
+from cos.oci.layout import REF_NAME, OciLayout
+from cos.oci.reference import ImageRef, Transport
+from cos.oci.transport import registry_env
 
 log = logging.getLogger("cos")
 
@@ -45,28 +45,19 @@ def _tls(flag: str, tls_verify: bool) -> str:
 
 def _read_layout(layout: Path, tag: str) -> tuple[dict[str, Any], dict[str, bytes]] | None:
     """The signature manifest and its payload blobs from an OCI layout (None: no tag)."""
-    digest = layout_digest(layout, tag)
+    oci = OciLayout(layout)
+    digest = oci.resolve(tag)
     if digest is None:
         return None
-    blobs = layout / "blobs" / "sha256"
-
-    def blob(d: str, cap: int) -> bytes:
-        with open(blobs / check_digest(d)[7:], "rb") as f:
-            data = f.read(cap + 1)
-        if len(data) > cap:
-            raise ImageError(f"signature blob {d} is larger than {cap} bytes")
-        return data
-
     try:
-        raw = blob(digest, 4 * 1024 * 1024)
-        if "sha256:" + hashlib.sha256(raw).hexdigest() != digest:
-            raise ImageError(f"signature manifest {digest} does not match its digest")
-        manifest = json.loads(raw)
+        manifest = oci.read_json(digest, "signature manifest")
         payloads = {}
         for layer in manifest.get("layers", [])[:MAX_SIGNATURES]:
             if layer.get("mediaType") == cosign.PAYLOAD_TYPE:
                 d = str(layer.get("digest"))
-                payloads[d] = blob(d, cosign.MAX_PAYLOAD)
+                # cosign.verify checks each payload against its digest and names a mismatch.
+                cap = cosign.MAX_PAYLOAD
+                payloads[d] = oci.read_blob(d, "signature payload", cap, verify=False)
     except (OSError, ValueError, AttributeError) as exc:
         raise ImageError(f"unreadable signature manifest in {layout}: {exc}") from exc
     return manifest, payloads
@@ -84,7 +75,7 @@ def fetch_signatures(ref: ImageRef, digest: str, tls_verify: bool = True) -> lis
     """Every signature stored for digest in ref's repository ([] when unsigned)."""
     sig = _sig_ref(ref, digest)
     with tempfile.TemporaryDirectory(prefix="cos-sig-") as tmp:
-        if ref.transport == "oci":
+        if ref.transport == Transport.OCI:
             found = _read_layout(Path(ref.name), sig.tag or "")
         else:
             try:
@@ -159,13 +150,12 @@ def store_signatures(
     sig = _sig_ref(ref, digest)
     with tempfile.TemporaryDirectory(prefix="cos-sign-") as tmp:
         layout = Path(tmp)
-        blobs = layout / "blobs" / "sha256"
-        blobs.mkdir(parents=True)
+        OciLayout(layout).blobs.mkdir(parents=True)
 
         def put(data: bytes) -> str:
-            h = hashlib.sha256(data).hexdigest()
-            (blobs / h).write_bytes(data)
-            return f"sha256:{h}"
+            d = sha256_digest(data)
+            blob_path(layout, d).write_bytes(data)
+            return d
 
         descs = [
             {
@@ -205,7 +195,7 @@ def store_signatures(
                     "mediaType": MANIFEST_TYPE,
                     "digest": mdigest,
                     "size": len(manifest),
-                    "annotations": {"org.opencontainers.image.ref.name": "sig"},
+                    "annotations": {REF_NAME: "sig"},
                 }
             ],
         }

@@ -19,21 +19,17 @@ from typing import Any
 from cos import run as runner
 from cos.errors import ImageError, ToolError
 from cos.fsutil import atomic_write, fsync_dir
+from cos.oci.digest import check_digest, sha256_digest
 from cos.oci.image import LocalImage
+from cos.oci.layout import INDEX_TYPES, MANIFEST_TYPES, REF_NAME, OciLayout
 from cos.oci.progress import PullProgress
-from cos.oci.reference import ImageRef
-from cos.oci.registry import Client, RegistryError, check_digest, split_name
+from cos.oci.reference import ImageRef, Transport
+from cos.oci.registry import Client, RegistryError, split_name
 from cos.oci.signatures import require_signed
-from cos.oci.transport import layout_digest
 
 STORE_DIR = ".store"
 # Assumed for layers whose uncompressed size is not known yet (OS trees: 2.5-3x).
 COMPRESSION_RATIO = 3
-REF_NAME = "org.opencontainers.image.ref.name"
-_INDEX_TYPES = (
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-)
 
 
 def snapshot_tag(n: int) -> str:
@@ -49,7 +45,7 @@ class RemoteImage:
     layers: tuple[tuple[str, int], ...]  # (digest, compressed size)
     config: tuple[str, int]
     manifest: bytes = b""  # the raw manifest (stored as read, so the digest stays)
-    media_type: str = "application/vnd.oci.image.manifest.v1+json"
+    media_type: str = MANIFEST_TYPES[0]
 
 
 def inspect_remote(
@@ -70,7 +66,7 @@ def inspect_remote(
             raise ValueError("not a JSON object")
         if "manifests" in doc and "layers" in doc:
             raise ValueError("both 'manifests' and 'layers' (ambiguous document)")
-        if doc.get("mediaType") in _INDEX_TYPES or "manifests" in doc:
+        if doc.get("mediaType") in INDEX_TYPES or "manifests" in doc:
             pick = [
                 m
                 for m in doc.get("manifests", [])
@@ -82,7 +78,7 @@ def inspect_remote(
                     f"image {ref} has no linux/{arch} variant",
                     hint="build or push the image for this architecture, or pass --platform",
                 )
-            signed.add("sha256:" + hashlib.sha256(raw).hexdigest())
+            signed.add(sha256_digest(raw))
             raw, media = client.manifest(repo, check_digest(str(pick[0]["digest"])))
             doc = json.loads(raw)
     except RegistryError as exc:
@@ -92,7 +88,7 @@ def inspect_remote(
         ) from exc
     except (ValueError, AttributeError, KeyError, TypeError) as exc:
         raise ImageError(f"image {ref} has an unreadable manifest: {exc}") from exc
-    digest = "sha256:" + hashlib.sha256(raw).hexdigest()
+    digest = sha256_digest(raw)
     try:
         layers = tuple((check_digest(str(x["digest"])), int(x["size"])) for x in doc["layers"])
         config = (check_digest(str(doc["config"]["digest"])), int(doc["config"]["size"]))
@@ -100,50 +96,38 @@ def inspect_remote(
         raise ImageError(f"image {ref}: manifest without layers or config ({exc})") from exc
     if key is not None:
         require_signed(ref, {digest, *signed}, key, tls_verify)
-    media = str(doc.get("mediaType") or media or "application/vnd.oci.image.manifest.v1+json")
+    media = str(doc.get("mediaType") or media or MANIFEST_TYPES[0])
     return RemoteImage(ref, digest, layers, config, raw, media)
 
 
 class LayerStore:
     def __init__(self, path: Path):
         self.path = Path(path)
+        self.layout = OciLayout(
+            self.path, "the layer store", "remove it; the next upgrade pulls every layer again"
+        )
 
     @classmethod
     def on(cls, state_dir: Path) -> LayerStore:
         return cls(Path(state_dir) / STORE_DIR)
 
     # -- reading ------------------------------------------------------------------
-    def _blob(self, digest: str) -> Path:
-        return self.path / "blobs" / "sha256" / check_digest(digest)[7:]
-
     def has(self, digest: str) -> bool:
-        return self._blob(digest).is_file()
+        return self.layout.blob(digest).is_file()
 
     def missing(self, remote: RemoteImage) -> list[tuple[str, int]]:
         return [(d, s) for d, s in (*remote.layers, remote.config) if not self.has(d)]
 
     def _index(self) -> dict[str, Any]:
-        p = self.path / "index.json"
-        if not p.is_file():
+        if not self.layout.exists():
             return {"schemaVersion": 2, "manifests": []}
-        try:
-            data = json.loads(p.read_text())
-            assert isinstance(data, dict)
-            return data
-        except (ValueError, AssertionError, OSError) as exc:
-            raise ImageError(
-                f"the layer store {self.path} is damaged (index.json: {exc})",
-                hint="remove it; the next upgrade pulls every layer again",
-            ) from exc
+        return self.layout.index()
 
     def tags(self) -> dict[str, str]:
-        return {
-            m.get("annotations", {}).get(REF_NAME, ""): str(m.get("digest"))
-            for m in self._index().get("manifests", [])
-        }
+        return self.layout.tags() if self.layout.exists() else {}
 
     def image(self, ref: ImageRef, tag: str) -> LocalImage:
-        digest = layout_digest(self.path, tag)
+        digest = self.tags().get(tag)
         if digest is None:
             raise ImageError(f"the layer store has no {tag}")
         return LocalImage(ref, self.path, tag, digest)
@@ -153,7 +137,7 @@ class LayerStore:
         digest = self.tags().get(tag)
         if digest is None:
             return []
-        manifest = json.loads(self._blob(digest).read_text())
+        manifest = self.layout.read_json(digest, "manifest")
         return [str(x["digest"]) for x in manifest.get("layers", [])]
 
     def tar_size(self, digest: str) -> int:
@@ -164,7 +148,7 @@ class LayerStore:
         wrapped is corrected with the compressed size as the lower bound. Other
         compressions are estimated.
         """
-        blob = self._blob(digest)
+        blob = self.layout.blob(digest)
         size = blob.stat().st_size
         with open(blob, "rb") as f:
             magic = f.read(4)
@@ -201,19 +185,19 @@ class LayerStore:
         """
         host, repo = split_name(remote.ref.name)
         client = Client(host, tls_verify)
-        blobs = self.path / "blobs" / "sha256"
-        blobs.mkdir(parents=True, exist_ok=True)
+        self.layout.blobs.mkdir(parents=True, exist_ok=True)
         missing = self.missing(remote)
         report = progress or PullProgress.for_terminal()
         with report.running(sum(s for _, s in missing)):
             for digest, size in missing:
                 try:
-                    client.blob(repo, digest, size, self._blob(digest), report.track(digest, size))
+                    dest = self.layout.blob(digest)
+                    client.blob(repo, digest, size, dest, report.track(digest, size))
                 except RegistryError as exc:
                     raise ImageError(f"pulling {remote.ref}: {exc.message}", hint=exc.hint) from exc
         if not (self.path / "oci-layout").exists():
             atomic_write(self.path / "oci-layout", '{"imageLayoutVersion":"1.0.0"}')
-        atomic_write(self._blob(remote.digest), remote.manifest)
+        atomic_write(self.layout.blob(remote.digest), remote.manifest)
         self.sync()
         self._tag(remote.digest, len(remote.manifest), remote.media_type, tag)
         return LocalImage(remote.ref, self.path, tag, remote.digest)
@@ -248,17 +232,9 @@ class LayerStore:
             ]
         )
 
-    def retag(self, old: str, new: str) -> None:
-        index = self._index()
-        for m in index.get("manifests", []):
-            ann = m.setdefault("annotations", {})
-            if ann.get(REF_NAME) == old:
-                ann[REF_NAME] = new
-        atomic_write(self.path / "index.json", json.dumps(index, separators=(",", ":")))
-
     def keep_only(self, tags: set[str]) -> int:
         """Drop other tags and every blob no kept tag references; returns bytes freed."""
-        if not (self.path / "index.json").is_file():
+        if not self.layout.exists():
             return 0
         index = self._index()
         kept = [
@@ -272,13 +248,13 @@ class LayerStore:
             d = str(m["digest"])
             live.add(d)
             try:
-                manifest = json.loads(self._blob(d).read_text())
-            except (OSError, ValueError):
+                manifest = self.layout.read_json(d, "manifest")
+            except ImageError:  # unreadable: what it referenced is not protected
                 continue
             live.add(str(manifest.get("config", {}).get("digest")))
             live.update(str(x.get("digest")) for x in manifest.get("layers", []))
         freed = 0
-        blobs = self.path / "blobs" / "sha256"
+        blobs = self.layout.blobs
         if blobs.is_dir():
             for b in blobs.iterdir():
                 if f"sha256:{b.name}" not in live:
@@ -289,7 +265,7 @@ class LayerStore:
 
     def sync(self) -> None:
         """Make the pulled blobs durable before a snapshot refers to them."""
-        blobs = self.path / "blobs" / "sha256"
+        blobs = self.layout.blobs
         for b in blobs.iterdir() if blobs.is_dir() else []:
             fd = os.open(b, os.O_RDONLY)
             try:
@@ -320,21 +296,21 @@ def fetch(
     With key, a cosign signature by it must vouch for the image before anything is
     copied (for an `oci:` layout, its `.sig` tag in the same layout).
     """
-    if ref.transport == "oci":
-        layout = Path(ref.name)
+    if ref.transport == Transport.OCI:
+        layout = OciLayout(Path(ref.name))
         tag = ref.tag or "latest"
-        if not (layout / "index.json").is_file():
+        if not layout.exists():
             raise ImageError(
-                f"{ref}: {layout} is not an OCI layout (no index.json)",
+                f"{ref}: {layout.root} is not an OCI layout (no index.json)",
                 hint="point oci: at a directory written by skopeo, buildah or umoci",
             )
-        digest = layout_digest(layout, tag)
+        digest = layout.resolve(tag)
         if digest is None:
-            raise ImageError(f"{ref}: tag {tag!r} not found in {layout}", hint="check the tag")
+            raise ImageError(f"{ref}: tag {tag!r} not found in {layout.root}", hint="check the tag")
         if key is not None:
             require_signed(ref, {digest}, key, tls_verify)
-        return LocalImage(ref, layout, tag, digest)
-    if ref.transport in ("oci-archive", "dir"):
+        return LocalImage(ref, layout.root, tag, digest)
+    if ref.transport in (Transport.OCI_ARCHIVE, Transport.DIR):
         if key is not None:
             raise ImageError(
                 f"{ref}: signatures can only be checked for registry and oci: sources",
@@ -342,12 +318,12 @@ def fetch(
             )
         if not Path(ref.name).exists():
             raise ImageError(f"{ref}: {ref.name} does not exist", hint="check the path")
-        if ref.transport == "dir":
+        if ref.transport == Transport.DIR:
             if not Path(ref.name).is_dir():
                 raise ImageError(f"{ref}: {ref.name} is not a directory", hint="check the path")
             return LocalImage(ref, Path(ref.name), "", "")
     store = LayerStore(cache / "oci")
-    if ref.transport == "oci-archive":
+    if ref.transport == Transport.OCI_ARCHIVE:
         store.path.mkdir(parents=True, exist_ok=True)
         tag = _cache_tag(ref)
         try:

@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
-from cos.errors import ImageError
+from cos.oci.layout import OciLayout
 
 
 def layout_digest(layout: Path, tag: str) -> str | None:
     """Manifest digest of tag in an OCI layout (None if the tag is not there)."""
-    try:
-        index = json.loads((layout / "index.json").read_text())
-        for m in index.get("manifests", []):
-            if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag:
-                return str(m["digest"])
-    except (OSError, ValueError, AttributeError, KeyError, TypeError) as exc:
-        raise ImageError(
-            f"{layout} is not a valid OCI layout (index.json: {exc})",
-            hint="rebuild or re-copy the layout",
-        ) from exc
-    return None
+    return OciLayout(layout).resolve(tag)
 
 
 # What skopeo needs to find credentials, proxies and CAs; passed through env (never argv).
