@@ -315,6 +315,48 @@ class TestRefusals:
     def test_rollback_to_a_missing_snapshot(self, device: Device) -> None:
         self.refused(device, 7, "does not exist", "rollback", "7")
 
+    def test_a_damaged_grubenv_is_refused_before_anything_is_built(
+        self, device: Device, images: Images
+    ) -> None:
+        env = device.oem / "grubenv"
+        env.write_bytes(b"garbage" + env.read_bytes()[7:])
+        self.refused(
+            device, 3, "not a GRUB environment block", "upgrade", "--system", images.v2,
+            "--tls-verify=false",
+        )  # fmt: skip
+
+
+# An upgrade whose switch fails at the rename of the `active` link.
+_FAILING_SWITCH = """
+import sys
+from cos.snapshot.loop import LoopSnapshotter
+def fail(self, n):
+    raise OSError(5, "the switch failed")
+LoopSnapshotter._link = fail
+from cos.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_switch_that_fails_takes_its_snapshot_out(device: Device, images: Images) -> None:
+    before = TestRefusals.snapshot_of(device)
+    listed = [s["number"] for s in device.status()["snapshots"]]
+    r = subprocess.run(
+        [sys.executable, "-c", _FAILING_SWITCH, "upgrade", "--system", images.v2,
+         "--tls-verify=false", *device.flags()],
+        env=cos_env(device.conf), capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert r.returncode != 0 and "the switch failed" in r.stderr
+    after = TestRefusals.snapshot_of(device)
+    # The built snapshot, its state.yaml entry, the trial and its blobs are gone again.
+    assert after[0] == before[0] and after[1] == before[1]
+    assert [s["number"] for s in device.status()["snapshots"]] == listed
+    assert "cos_trial" not in device.env()
+    assert after[4] == before[4] and after[5] == before[5]
+    # Nothing is left for a rollback to make active without a trial.
+    r = device.cos("rollback", check=False)
+    assert r.returncode == 7 and "no other snapshot" in r.stderr
+
 
 def test_killed_at_random_points_always_leaves_a_bootable_selection(
     device: Device, images: Images

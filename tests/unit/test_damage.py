@@ -17,7 +17,14 @@ from cos.config import Config
 from cos.errors import CosError, StateError
 from cos.snapshot.base import SNAPSHOTS_DIR
 from cos.system.installed import Installed
-from cos.system.state import InstallState, SnapshotterState, read_state, write_state
+from cos.system.state import (
+    Assessment,
+    ImageState,
+    InstallState,
+    SnapshotterState,
+    read_state,
+    write_state,
+)
 
 
 def _installed(tmp_path: Path, booted: int = 1) -> Installed:
@@ -133,3 +140,23 @@ def test_non_ascii_digits_are_not_snapshot_numbers(tmp_path: Path) -> None:
     assert assessment.read_trial(inst.oem_dir) is None
     assert assessment.passive_list(inst.oem_dir) == [2]
     assert assess(Config(), False, inst) == "none"  # boot assessment runs at every boot
+
+
+def test_rollback_to_a_snapshot_that_never_confirmed_a_boot_puts_it_on_trial(
+    tmp_path: Path,
+) -> None:
+    inst = _installed(tmp_path)
+    state = read_state(inst.state_dir)
+    assert state is not None
+    for n in (1, 2):
+        state.snapshots[n] = ImageState(
+            source="r/e:1", digest=f"sha256:{n}", label=f"COS_SNAP{n}", fs="ext4", date="d",
+            from_action="upgrade", active=n == 1,
+            boot_assessment=Assessment.TRIAL if n == 2 else Assessment.GOOD,
+        )  # fmt: skip
+    write_state(inst.state_dir, state)
+    rollback(RollbackRequest(snapshot=2, installed=inst), Config(boot_attempts=2))
+    assert assessment.read_trial(inst.oem_dir) == assessment.Trial(2, 2, 1)
+    # Back to a confirmed snapshot: no trial.
+    rollback(RollbackRequest(snapshot=1, installed=inst), Config())
+    assert assessment.read_trial(inst.oem_dir) is None

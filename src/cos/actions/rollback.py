@@ -16,7 +16,9 @@ from cos.disk.mount import writable
 from cos.errors import StateError
 from cos.log import log, step
 from cos.snapshot import open_snapshotter
+from cos.snapshot.base import Trial
 from cos.system.installed import INSTALLED_MODES, Installed
+from cos.system.state import Assessment
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,6 +36,7 @@ def rollback(req: RollbackRequest, cfg: Config) -> int:
     )
     state = inst.state()
     snaps = open_snapshotter(inst.state_dir, state, cfg.snapshot_fs)
+    assessment.check_env(inst.oem_dir)
     active = snaps.active()
     kept = snaps.numbers()
     target = req.snapshot
@@ -58,9 +61,19 @@ def rollback(req: RollbackRequest, cfg: Config) -> int:
             entry = "active" if target == active else f"passive{target}"
             assessment.set_next_entry(inst.oem_dir, entry)
     else:
+        # A snapshot that never confirmed a boot (an upgrade's, still on trial) goes on
+        # trial again: GRUB falls back to what runs now if it does not come up.
+        record = state.snapshots.get(target)
+        unproven = record is not None and record.boot_assessment == Assessment.TRIAL
+        trial = Trial(fallback=active, attempts=cfg.boot_attempts) if unproven else None
         with step(f"Making snapshot {target} active"), writable(inst.state_dir):
             snaps.activate(
-                target, state=state, oem_dir=inst.oem_dir, reason="rollback", passive=kept
+                target,
+                state=state,
+                oem_dir=inst.oem_dir,
+                reason="rollback",
+                passive=kept,
+                trial=trial,
             )
     log.info("Snapshot %d boots next", target)
     if req.reboot:

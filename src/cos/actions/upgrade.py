@@ -109,6 +109,7 @@ def upgrade(req: UpgradeRequest, cfg: Config) -> int | None:
     )
     state = inst.state()
     snaps = open_snapshotter(inst.state_dir, state, cfg.snapshot_fs)
+    assessment.check_env(inst.oem_dir)
     active = snaps.active()
     booted = inst.booted_snapshot()
     current = state.snapshots.get(active) if active is not None else None
@@ -205,16 +206,21 @@ def _build_and_switch(up: Upgrade) -> int:
         _forget_pull(store, tags_before)
         raise
 
-    with step(f"Switching to snapshot {n}"):
-        snaps.activate(
-            n,
-            state=up.state,
-            oem_dir=inst.oem_dir,
-            reason="upgrade",
-            passive=plan.keep,
-            image=record,
-            trial=Trial(fallback=plan.fallback, attempts=cfg.boot_attempts),
-        )
+    try:
+        with step(f"Switching to snapshot {n}"):
+            snaps.activate(
+                n,
+                state=up.state,
+                oem_dir=inst.oem_dir,
+                reason="upgrade",
+                passive=plan.keep,
+                image=record,
+                trial=Trial(fallback=plan.fallback, attempts=cfg.boot_attempts),
+            )
+    except BaseException:
+        if snaps.active() != n:
+            _abandon(up, n, store, tags_before)
+        raise
     _cleanup(up, store, plan.drop, n)
     return n
 
@@ -239,6 +245,23 @@ def _update_bootloader(up: Upgrade, n: int) -> None:
     finally:
         if not is_mountpoint(work / "tree"):
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _abandon(up: Upgrade, n: int, store: LayerStore, tags_before: set[str]) -> None:
+    """A switch that failed before the link moved takes its snapshot out again: a
+    snapshot that never booted must not stay behind for a later rollback to pick."""
+    try:
+        up.snaps.delete(n)
+        if up.state.snapshots.pop(n, None) is not None:
+            write_state(up.inst.state_dir, up.state)
+        oem = up.inst.oem_dir
+        trial = assessment.read_trial(oem)
+        if trial is not None and trial.snapshot == n:
+            others = [k for k in up.snaps.numbers() if k != up.snaps.active()]
+            assessment.end_trial(oem, others)
+    except (OSError, CosError) as exc:
+        log.warning("could not remove snapshot %d of the failed switch: %s", n, exc)
+    _forget_pull(store, tags_before)
 
 
 def _forget_pull(store: LayerStore, tags_before: set[str]) -> None:

@@ -57,6 +57,14 @@ def read_trial(oem_dir: Path) -> Trial | None:
     return Trial(n, _int(env.get(TRIES)) or 0, _int(env.get(FALLBACK)))
 
 
+def check_env(oem_dir: Path) -> None:
+    """Before an action writes anything: the grubenv it will update is readable
+    (a damaged one is refused with a repair hint, never half-updated later)."""
+    p = env_path(oem_dir)
+    if p.exists() or p.is_symlink():
+        grubenv.read(p)
+
+
 def passive_list(oem_dir: Path) -> list[int]:
     p = env_path(oem_dir)
     env = grubenv.read(p) if p.exists() else {}
