@@ -115,13 +115,29 @@ class Layout:
             " persistent-mount); not mounted in recovery, in RAM on live media"
         ),
     )
+    persistent_bind: list[str] = field(
+        default_factory=lambda: [
+            "/var/lib/containerd",
+            "/var/lib/containers",
+            "/var/lib/rancher",
+            "/var/lib/kubelet",
+            "/var/lib/longhorn",
+            "/var/lib/cni",
+        ],
+        metadata=doc(
+            "plain directories on COS_PERSISTENT (`.state/<path>.bind`) bind-mounted in"
+            " place: container runtimes can stack their own overlays there, which they"
+            " cannot on an overlay; seeded with the image's content on first boot"
+        ),
+    )
     oem_mount: str = field(default="/oem", metadata=doc("where COS_OEM is mounted"))
     persistent_mount: str = field(
         default="/usr/local", metadata=doc("where COS_PERSISTENT is mounted")
     )
 
     def validate(self, where: str) -> None:
-        for p in [*self.ephemeral, *self.persistent, self.oem_mount, self.persistent_mount]:
+        paths = [*self.ephemeral, *self.persistent, *self.persistent_bind]
+        for p in [*paths, self.oem_mount, self.persistent_mount]:
             if not p.startswith("/") or ".." in Path(p).parts or p == "/":
                 raise ConfigError(
                     f"{where}: layout path {p!r} must be an absolute path below /",

@@ -63,8 +63,12 @@ def test_active_layout_persists_only_persistent_paths(sysroot: tuple[Path, Label
     done = apply_layout("active", layout, labels, root=root, device_timeout=5)
     assert done[:2] == ["/oem", "/usr/local"]
     assert done[2:5] == ["/etc", "/srv", "/var"]  # ephemeral, sorted by depth
-    assert set(done[5:]) == {"/etc/ssh", "/etc/systemd", "/home", "/opt", "/root", "/var/log"}
+    assert set(done[5:]) == {"/etc/ssh", "/etc/systemd", "/home", "/opt", "/root", "/var/log"} | {
+        "/var/lib/containerd", "/var/lib/containers", "/var/lib/rancher", "/var/lib/kubelet",
+        "/var/lib/longhorn", "/var/lib/cni",
+    }  # fmt: skip
     assert done.index("/etc/ssh") > done.index("/home")  # deeper paths after shallower ones
+    assert done.index("/var/lib/kubelet") > done.index("/var")
 
     (root / "etc/ephemeral").write_text("x")
     (root / "root/kept").write_text("x")
@@ -80,6 +84,42 @@ def test_active_layout_persists_only_persistent_paths(sysroot: tuple[Path, Label
     assert (root / "etc/hostname").read_text() == "image\n"
     assert (root / "root/kept").is_file() and (root / "var/log/kept.log").is_file()
     assert (root / "oem/kept").is_file()
+
+
+def test_container_state_paths_are_plain_binds_an_overlay_can_stack_on(
+    sysroot: tuple[Path, Labels],
+) -> None:
+    root, labels = sysroot
+    (root / "var/lib/containers").mkdir(parents=True, exist_ok=True)
+    (root / "var/lib/containers/from-image").write_text("seed")
+    layout = Layout(persistent_bind=["/var/lib/containers"])
+    apply_layout("active", layout, labels, root=root, device_timeout=5)
+    store = root / "usr/local/.state/var-lib-containers.bind"
+    assert (store / "from-image").read_text() == "seed"  # seeded from the image once
+    line = next(
+        ln for ln in Path("/proc/self/mountinfo").read_text().splitlines()
+        if f" {root}/var/lib/containers " in ln
+    )  # fmt: skip
+    assert " - overlay " not in line  # a bind of an ext4 directory, not an overlay
+    # What a container runtime does there: an overlay with upper and work on the path.
+    base = root / "var/lib/containers/o"
+    for d in ("lower", "upper", "work", "merged"):
+        (base / d).mkdir(parents=True)
+    (base / "lower/f").write_text("lower")
+    opts = f"lowerdir={base}/lower,upperdir={base}/upper,workdir={base}/work"
+    subprocess.run(
+        ["mount", "-t", "overlay", "overlay", "-o", opts, str(base / "merged")], check=True
+    )
+    try:
+        (base / "merged/f").write_text("changed")
+        assert (base / "upper/f").read_text() == "changed"
+    finally:
+        subprocess.run(["umount", str(base / "merged")], check=True)
+    (root / "var/lib/containers/kept").write_text("x")
+    _umount_all(root)  # a reboot: the bind dir is not seeded again, and what was written stays
+    apply_layout("active", layout, labels, root=root, device_timeout=5)
+    assert (root / "var/lib/containers/kept").is_file()
+    assert (root / "var/lib/containers/from-image").read_text() == "seed"
 
 
 def test_recovery_layout_never_mounts_persistent(sysroot: tuple[Path, Labels]) -> None:

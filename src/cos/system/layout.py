@@ -3,8 +3,10 @@
 Runs inside the new root from the initrd (chroot /sysroot), after the dracut module
 has mounted the snapshot as / and a tmpfs at /run/cos/overlay. Order matters:
 volumes first (/oem, then COS_PERSISTENT at /usr/local), then the ephemeral tmpfs
-overlays, then the persistent overlays whose upper dirs live on COS_PERSISTENT;
-each group sorted by depth so a parent is mounted before its children.
+overlays, then the persistent paths: overlays whose upper dirs live on
+COS_PERSISTENT and plain directories there bind-mounted in place (a container
+runtime's own overlays need a lower filesystem that is not itself an overlay); each
+group sorted by depth so a parent is mounted before its children.
 """
 
 from __future__ import annotations
@@ -27,6 +29,11 @@ PERSISTENT_STATE_DIR = ".state"
 def overlay_name(path: str) -> str:
     """/var/log → var-log.overlay (the naming Elemental uses for upper dirs)."""
     return path.strip("/").replace("/", "-") + ".overlay"
+
+
+def bind_name(path: str) -> str:
+    """/var/lib/kubelet → var-lib-kubelet.bind (Elemental names bind dirs this way)."""
+    return path.strip("/").replace("/", "-") + ".bind"
 
 
 def _depth(path: str) -> tuple[int, str]:
@@ -73,9 +80,13 @@ def apply_layout(
         # Booted from installation media: nothing on local disks is touched, and the
         # paths that persist on an installed system are writable in RAM instead.
         layout = Layout(
-            ephemeral=sorted({*layout.ephemeral, *layout.persistent, layout.persistent_mount}),
+            ephemeral=sorted(
+                {*layout.ephemeral, *layout.persistent, *layout.persistent_bind}
+                | {layout.persistent_mount}
+            ),
             ephemeral_size=layout.ephemeral_size,
             persistent=[],
+            persistent_bind=[],
             oem_mount=layout.oem_mount,
             persistent_mount=layout.persistent_mount,
         )
@@ -129,9 +140,10 @@ def apply_layout(
             done.append(path)
 
     if persistent_mounted:
-        with step("Mounting persistent overlays"):
+        with step("Mounting persistent paths"):
             state = inside(root, layout.persistent_mount) / PERSISTENT_STATE_DIR
-            for path in sorted(set(layout.persistent), key=_depth):
+            binds = set(layout.persistent_bind)
+            for path in sorted(set(layout.persistent) | binds, key=_depth):
                 target = inside(root, path)
                 if not target.is_dir():
                     try:
@@ -141,6 +153,23 @@ def apply_layout(
                             "persistent path %s cannot be created on the read-only root", path
                         )
                         continue
-                _overlay(target, state / overlay_name(path))
+                if path in binds:
+                    _bind(target, state / bind_name(path))
+                else:
+                    _overlay(target, state / overlay_name(path))
                 done.append(path)
     return done
+
+
+def _bind(target: Path, source: Path) -> None:
+    """A plain directory on COS_PERSISTENT in place of target; the first time, it starts
+    as a copy of what the image has there (owners, modes, xattrs kept)."""
+    if not source.is_dir():
+        partial = source.with_name(source.name + ".partial")
+        runner.run(["rm", "-rf", "--one-file-system", str(partial)])
+        copied = runner.run(["cp", "-a", f"{target}/.", str(partial)], check=False)
+        if copied.returncode != 0:
+            log.warning("%s: the image's content was not copied: %s", target, copied.stderr)
+        partial.mkdir(parents=True, exist_ok=True)
+        partial.rename(source)  # a power loss while copying leaves no half-seeded dir
+    _mount(["--bind", str(source), str(target)])
