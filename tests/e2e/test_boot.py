@@ -42,6 +42,14 @@ def test_bios_boot_immutable_layout_and_persistence(vm_factory) -> None:  # type
         assert vm.ok(f"findmnt -no FSTYPE --mountpoint {path}").strip() == "overlay", path
     assert vm.ok("findmnt -no FSTYPE /tmp").strip() == "tmpfs"
 
+    # Container state is a plain bind from COS_PERSISTENT, so a runtime's overlay works there.
+    assert vm.ok("findmnt -no FSTYPE --mountpoint /var/lib/containers").strip() == "ext4"
+    vm.ok(
+        "d=/var/lib/containers/e2e && mkdir -p $d/l $d/u $d/w $d/m && echo low > $d/l/f"
+        " && mount -t overlay overlay -o lowerdir=$d/l,upperdir=$d/u,workdir=$d/w $d/m"
+        ' && echo up > $d/m/f && test "$(cat $d/u/f)" = up && umount $d/m'
+    )
+
     # cos status tells what is booted.
     status = json.loads(vm.ok("cos status --json"))
     assert status["mode"] == "active" and status["booted_snapshot"] == 1
