@@ -204,6 +204,14 @@ class Config:
             " falls back to the previous one"
         ),
     )
+    trial_timeout: int = field(
+        default=600,
+        metadata=doc(
+            "seconds a trial boot has to confirm itself (mark-good after multi-user); a"
+            " boot that hangs or fails its checks is then rebooted, so GRUB counts its"
+            " tries down and falls back; 0: wait forever"
+        ),
+    )
     cloud_init_paths: list[str] = field(
         default_factory=list,
         metadata=doc(
@@ -244,6 +252,11 @@ class Config:
         if not 1 <= self.boot_attempts <= 9:
             raise ConfigError(
                 f"{where}: boot-attempts must be between 1 and 9 (got {self.boot_attempts})"
+            )
+        if self.trial_timeout and not 30 <= self.trial_timeout <= 86400:
+            raise ConfigError(
+                f"{where}: trial-timeout must be 0 or between 30 and 86400 seconds"
+                f" (got {self.trial_timeout})"
             )
         if not 0 <= self.grub_timeout <= 600:
             raise ConfigError(f"{where}: grub-timeout must be between 0 and 600 seconds")

@@ -38,6 +38,29 @@ stages:
         - rm -f /sbin/init && printf '#!/bin/sh\\nexit 1\\n' > /sbin/init && chmod 755 /sbin/init
 """
 
+HANG = """
+name: an upgrade hook that leaves a boot hanging before multi-user
+stages:
+  after-upgrade-chroot:
+    - files:
+        - path: /etc/systemd/system/e2e-hang.service
+          permissions: 0644
+          content: |
+            [Unit]
+            Description=e2e: a start that never finishes
+            Before=multi-user.target
+            [Service]
+            Type=oneshot
+            TimeoutStartSec=infinity
+            ExecStart=/bin/sleep infinity
+        - path: /etc/cos/config.d/90-e2e-trial.yaml
+          permissions: 0644
+          content: "trial-timeout: 30\\n"
+      commands:
+        - mkdir -p /etc/systemd/system/multi-user.target.wants
+        - ln -sf ../e2e-hang.service /etc/systemd/system/multi-user.target.wants/
+"""
+
 
 def _status(vm) -> dict:  # type: ignore[no-untyped-def,type-arg]
     return json.loads(vm.ok("cos status --json"))
@@ -168,6 +191,26 @@ def test_upgrade_that_cannot_boot_falls_back(vm_factory, guest_registry: GuestRe
     # The failure was rolled back for good: the next boot is snapshot 1 as active.
     vm.reboot()
     assert _booted(vm)[:2] == ("active", 1)
+
+
+def test_a_hanging_trial_boot_falls_back(vm_factory, guest_registry: GuestRegistry) -> None:  # type: ignore[no-untyped-def]
+    vm = vm_factory("bios", net=True)
+    vm.start()
+    vm.wait_multi_user()
+    _wait_network(vm)
+    vm.ok(f"cat > /oem/95_e2e_hang.yaml <<'EOF'\n{HANG}\nEOF")
+    vm.ok("mkdir -p /etc/cos/config.d && echo 'boot-attempts: 1' > /etc/cos/config.d/90-e2e.yaml")
+    vm.ok(f"cos upgrade --system {guest_registry.v2} --tls-verify=false", timeout=1200)
+
+    # Snapshot 2 never reaches multi-user and panics nowhere: its deadline reboots it,
+    # its one try is spent, and GRUB boots snapshot 1 with nobody at the machine.
+    vm.reboot(timeout=1500)
+    console = vm.console()
+    assert "snapshot 2 did not confirm a good boot within 30 s; rebooting" in console
+    st = _status(vm)
+    assert (st["mode"], st["booted_snapshot"]) == ("passive", 1)
+    assert st["upgrade_failure"]["snapshot"] == 2
+    assert _snap(st, 2)["boot_assessment"] == "failed"
 
 
 def test_recovery_reset_keeps_or_wipes_persistent(

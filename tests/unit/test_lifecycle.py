@@ -124,6 +124,50 @@ class TestAssess:
         assert assess(Config(), False, inst) == "pending"
 
 
+class TestTrialDeadline:
+    def test_an_unconfirmed_trial_is_rebooted_when_its_time_is_up(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        inst = _device(tmp_path, "active", 2)
+        os.symlink("2/snapshot.img", inst.state_dir / ".snapshots/active")
+        assessment.start_trial(inst.oem_dir, 2, 1, 3, [1])
+        ran: list[list[str]] = []
+        monkeypatch.setattr("cos.run.run", lambda argv, **kw: ran.append(argv))
+        assert assess(Config(), installed=inst, deadline=True) == "rebooting"
+        assert ran == [["systemctl", "reboot", "--force"]]
+        # The trial stays: GRUB counts the try and falls back when none are left.
+        assert assessment.read_trial(inst.oem_dir) == assessment.Trial(2, 3, 1)
+
+    def test_a_confirmed_trial_is_left_alone_by_the_deadline(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        inst = _device(tmp_path, "active", 2)
+        os.symlink("2/snapshot.img", inst.state_dir / ".snapshots/active")
+        ran: list[list[str]] = []
+        monkeypatch.setattr("cos.run.run", lambda argv, **kw: ran.append(argv))
+        assert assess(Config(), installed=inst, deadline=True) == "none"  # no trial
+        assert ran == []
+
+    def test_the_deadline_is_armed_only_on_the_running_system(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        inst = _device(tmp_path, "active", 2)
+        os.symlink("2/snapshot.img", inst.state_dir / ".snapshots/active")
+        assessment.start_trial(inst.oem_dir, 2, 1, 3, [1])
+        ran: list[list[str]] = []
+        monkeypatch.setattr("cos.run.run", lambda argv, **kw: ran.append(argv))
+        assert assess(Config(), installed=inst) == "pending"
+        assert ran == []  # a device mounted elsewhere is not this boot
+        monkeypatch.setattr("cos.actions.assess.RUN_DIR", inst.run_dir)
+        monkeypatch.setattr("cos.actions.assess.SYSTEMD_RUN_DIR", tmp_path)
+        assert assess(Config(trial_timeout=90), installed=inst) == "pending"
+        assert ran[0][:3] == ["systemd-run", "--on-active=90", "--unit=cos-trial-deadline"]
+        assert ran[0][-3:] == ["/usr/bin/cos", "boot-assessment", "--deadline"]
+        ran.clear()
+        assert assess(Config(trial_timeout=0), installed=inst) == "pending"
+        assert ran == []
+
+
 class TestStore:
     def _blob(self, store: LayerStore, data: bytes) -> str:
         d = "sha256:" + hashlib.sha256(data).hexdigest()

@@ -22,10 +22,12 @@ from cos.fsutil import atomic_write
 from cos.log import log
 from cos.snapshot import open_snapshotter
 from cos.snapshot.base import Snapshotter
-from cos.system.installed import FAILURE_FILE, INSTALLED_MODES, Installed
+from cos.system.installed import FAILURE_FILE, INSTALLED_MODES, RUN_DIR, Installed
 from cos.system.state import Assessment, InstallState, now, read_state, write_state
 
 CHECKS_DIR = Path("/usr/libexec/cos-checks")
+SYSTEMD_RUN_DIR = Path("/run/systemd/system")  # present when systemd is PID 1
+DEADLINE_UNIT = "cos-trial-deadline"
 
 
 def run_checks(checks_dir: Path | None = None) -> list[str]:
@@ -42,8 +44,15 @@ def run_checks(checks_dir: Path | None = None) -> list[str]:
     return failed
 
 
-def assess(cfg: Config, mark_good: bool = False, installed: Installed | None = None) -> str:
-    """Returns what was decided: none, fallback, good, checks-failed, pending."""
+def assess(
+    cfg: Config,
+    mark_good: bool = False,
+    installed: Installed | None = None,
+    *,
+    deadline: bool = False,
+) -> str:
+    """Returns what was decided: none, fallback, good, checks-failed, pending, or
+    (deadline: the trial's time is up) rebooting."""
     inst = installed or Installed.running(cfg.layout.oem_mount)
     mode = inst.mode()
     if mode is None or mode not in INSTALLED_MODES:
@@ -62,7 +71,10 @@ def assess(cfg: Config, mark_good: bool = False, installed: Installed | None = N
             assessment.end_trial(inst.oem_dir, [n for n in snaps.numbers() if n != snaps.active()])
             return "none"
         return "pending"  # a passive boot during a trial: the trial goes on
+    if deadline:
+        return _deadline(cfg, trial)
     if not mark_good:
+        _arm_deadline(cfg, inst, trial)
         return "pending"
     failures = run_checks()
     if failures:
@@ -73,6 +85,44 @@ def assess(cfg: Config, mark_good: bool = False, installed: Installed | None = N
     _set_assessment(inst, trial.snapshot, Assessment.GOOD)
     log.info("snapshot %d confirmed good", trial.snapshot)
     return "good"
+
+
+def _arm_deadline(cfg: Config, inst: Installed, trial: assessment.Trial) -> None:
+    """A trial boot gets trial-timeout seconds to confirm itself. A boot that hangs
+    before multi-user, or whose checks fail, is rebooted then: GRUB counts the tries
+    down and falls back, with nobody at the machine."""
+    if not cfg.trial_timeout or inst.run_dir != RUN_DIR or not SYSTEMD_RUN_DIR.is_dir():
+        return  # not the running system under systemd (maintenance, tests)
+    log.info(
+        "trial boot of snapshot %d: it has %d s to confirm a good boot (%d tries left)",
+        trial.snapshot,
+        cfg.trial_timeout,
+        trial.tries_left,
+    )
+    runner.run(
+        [
+            "systemd-run",
+            f"--on-active={cfg.trial_timeout}",
+            f"--unit={DEADLINE_UNIT}",
+            "--description=cos: reboot a trial boot that did not confirm itself",
+            "/usr/bin/cos",
+            "boot-assessment",
+            "--deadline",
+        ],
+        check=False,
+    )
+
+
+def _deadline(cfg: Config, trial: assessment.Trial) -> str:
+    """The deadline fired and the booted trial snapshot is still unconfirmed."""
+    log.error(
+        "snapshot %d did not confirm a good boot within %d s; rebooting (%d tries left)",
+        trial.snapshot,
+        cfg.trial_timeout,
+        trial.tries_left,
+    )
+    runner.run(["systemctl", "reboot", "--force"], check=False)
+    return "rebooting"
 
 
 def _recorded(inst: Installed) -> InstallState | None:

@@ -338,12 +338,16 @@ def _reset(args: argparse.Namespace, cfg: Config) -> int:
     "boot-assessment",
     "confirm or fail a trial boot (run by systemd)",
     arg("--mark-good", action="store_true", help="run the checks, confirm the trial"),
+    arg("--deadline", action="store_true", help=argparse.SUPPRESS),
     DEVICE,
 )
 def _boot_assessment(args: argparse.Namespace, cfg: Config) -> int:
     from cos.actions.assess import assess
 
-    print(assess(cfg, mark_good=args.mark_good, installed=installed(args, cfg)))
+    decided = assess(
+        cfg, mark_good=args.mark_good, installed=installed(args, cfg), deadline=args.deadline
+    )
+    print(decided)
     return 0
 
 
