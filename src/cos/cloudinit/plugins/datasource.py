@@ -4,14 +4,13 @@ next stages (default /run/config/userdata.yaml).
 Providers: file (needs `path`), cdrom / config-drive (a filesystem labelled cidata or
 config-2, NoCloud and OpenStack layouts), and the metadata services of aws, gcp,
 openstack, digitalocean and hetzner. Disk providers are tried first; the first
-provider that returns data wins.
+provider that returns data wins. Under --root the disk providers are skipped: the
+machine's devices belong to the host, not to the target tree.
 """
 
 from __future__ import annotations
 
 import tempfile
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,10 +38,9 @@ def _http(provider: str) -> Callable[[dict[str, Any], Context], bytes | None]:
     def fetch(spec: dict[str, Any], ctx: Context) -> bytes | None:
         url, headers = ENDPOINTS[provider]
         try:
-            req = urllib.request.Request(url, headers=headers)
-            with urllib.request.urlopen(req, timeout=5) as r:
-                return bytes(r.read())
-        except (urllib.error.URLError, OSError):
+            return ctx.fetch(url, timeout=5, headers=headers)
+        except PluginError as exc:
+            log.debug("datasource %s: %s", provider, exc)
             return None
 
     return fetch
@@ -51,12 +49,15 @@ def _http(provider: str) -> Callable[[dict[str, Any], Context], bytes | None]:
 def _file(spec: dict[str, Any], ctx: Context) -> bytes | None:
     if not spec.get("path"):
         raise PluginError("the file provider needs datasource.path")
-    p = ctx.path(spec["path"])
-    return p.read_bytes() if p.is_file() else None
+    text = ctx.read_text(spec["path"])
+    return text.encode() if text else None
 
 
 def _disk(kind: str) -> Callable[[dict[str, Any], Context], bytes | None]:
     def fetch(spec: dict[str, Any], ctx: Context) -> bytes | None:
+        if not ctx.live:
+            log.warning("datasource %s: only on the running system (not --root); skipped", kind)
+            return None
         for label in DISK_LABELS[kind]:
             r = ctx.tool(["blkid", "-o", "device", "-t", f"LABEL={label}"], check=False)
             dev = r.stdout.split()[0] if r.returncode == 0 and r.stdout.strip() else None
@@ -70,7 +71,7 @@ def _disk(kind: str) -> Callable[[dict[str, Any], Context], bytes | None]:
                 try:
                     for name in DISK_FILES:
                         f = Path(mnt) / name
-                        if f.is_file():
+                        if f.is_file() and not f.is_symlink():
                             return f.read_bytes()
                 finally:
                     ctx.tool(["umount", mnt], check=False)
@@ -87,8 +88,17 @@ PROVIDERS: dict[str, Callable[[dict[str, Any], Context], bytes | None]] = {
 }
 
 
+def _userdata_name(spec: dict[str, Any]) -> str:
+    """A plain file name: the user data goes into the directory, nowhere else."""
+    name = spec.get("userdata_name") or "userdata.yaml"
+    if "/" in name or name in (".", "..") or "\0" in name:
+        raise PluginError(f"userdata_name {name!r} must be a file name, not a path")
+    return str(name)
+
+
 def datasource(step: dict[str, Any], ctx: Context) -> None:
     spec = step["datasource"]
+    name = _userdata_name(spec)
     wanted = list(dict.fromkeys(spec.get("providers") or []))
     if not wanted:
         return
@@ -108,9 +118,10 @@ def datasource(step: dict[str, Any], ctx: Context) -> None:
     for provider in order:
         data = PROVIDERS[provider](spec, ctx)
         if data:
-            target = ctx.path(
+            directory = (
                 spec.get("path") if provider != "file" and spec.get("path") else "/run/config"
-            ) / (spec.get("userdata_name") or "userdata.yaml")
+            )
+            target = ctx.path(f"{directory.rstrip('/')}/{name}")
             target.parent.mkdir(parents=True, exist_ok=True)
             write_file(target, data, 0o600)
             return
