@@ -312,8 +312,9 @@ DATASOURCE = Obj(
     {
         "providers": Doc(
             STRS,
-            "file, cdrom, config-drive, aws, gcp, openstack, digitalocean, hetzner;"
-            " local ones first, the first that returns data wins",
+            "file, cdrom, config-drive, vmware, aws, gcp, openstack, digitalocean, hetzner,"
+            " azure, packet, vultr, scaleway, metaldata; local ones first, the first that"
+            " returns data wins",
         ),
         "path": Doc(
             S,
@@ -434,25 +435,12 @@ INSTALL = Obj(
     },
     doc="Unattended install, acted on by a live system (cos-live-install.service) when"
     " `auto: true`.",
-    foreign={
-        k: _KAIROS
-        for k in (
-            "grub_options",
-            "bundles",
-            "image",
-            "env",
-            "partitions",
-            "extra-partitions",
-            "encrypted_partitions",
-            "no-format",
-            "skip_copy_kairos_image",
-            "bind_mounts",
-            "bind_public_pki_keys",
-            "passive",
-            "recovery",
-            "firmware",
-        )
-    },
+    foreign=dict.fromkeys(
+        "grub_options bundles image env partitions extra-partitions encrypted_partitions"  # noqa: SIM905
+        " no-format skip_copy_kairos_image bind_mounts bind_public_pki_keys passive"
+        " recovery firmware".split(),
+        _KAIROS,
+    ),
 )
 
 DOCUMENT = Obj(

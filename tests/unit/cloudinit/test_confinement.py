@@ -346,3 +346,54 @@ def test_random_steps_never_write_outside_the_root(
         assert argv[0] == "chroot" or argv.count(f"--root={root}") == 1, argv
         opts = argv[: argv.index("--")] if "--" in argv else argv
         assert not any(a.startswith("--root") and a != f"--root={root}" for a in opts), argv
+
+
+@pytest.mark.parametrize(
+    ("provider", "served", "expected"),
+    [
+        ("azure", b"I2Nsb3VkLWNvbmZpZwpob3N0bmFtZTogYXo=", b"#cloud-config\nhostname: az"),
+        ("packet", b"#cloud-config\nhostname: em\n", b"#cloud-config\nhostname: em\n"),
+        ("vultr", b"#cloud-config\nhostname: vu\n", b"#cloud-config\nhostname: vu\n"),
+        ("metaldata", b"#cloud-config\nhostname: md\n", b"#cloud-config\nhostname: md\n"),
+        ("scaleway", b"#cloud-config\nhostname: sw\n", b"#cloud-config\nhostname: sw\n"),
+    ],
+)
+def test_metadata_providers_against_a_local_server(
+    root: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    http_files: Callable[[dict[str, bytes]], str],
+    provider: str,
+    served: bytes,
+    expected: bytes,
+) -> None:
+    from cos.cloudinit.plugins import datasource
+
+    base = http_files({"/ud": served})
+    _, headers = datasource.ENDPOINTS[provider]
+    monkeypatch.setitem(datasource.ENDPOINTS, provider, (f"{base}/ud", headers))
+    summary, _ = apply(root, f"stages:\n  boot:\n    - datasource: {{providers: [{provider}]}}\n")
+    assert not summary.failed, summary.results
+    assert (root / "run/config/userdata.yaml").read_bytes() == expected
+
+
+def test_vmware_guestinfo(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, commands: list[list[str]]
+) -> None:
+    import base64
+    import gzip
+
+    from cos.cloudinit.plugins import datasource
+
+    info = {
+        "info-get guestinfo.userdata": base64.b64encode(gzip.compress(b"#cloud-config\n")),
+        "info-get guestinfo.userdata.encoding": b"gzip+base64",
+    }
+
+    def rpctool(argv: list[str], **kw: Any) -> runner.Result:
+        out = info.get(argv[1], b"").decode()
+        return runner.Result(tuple(argv), 0 if out else 1, out, "")
+
+    monkeypatch.setattr(runner, "run", rpctool)
+    live = Context(root=Path("/"))
+    assert datasource.PROVIDERS["vmware"]({}, live) == b"#cloud-config\n"
+    assert datasource.PROVIDERS["vmware"]({}, Context(root=tmp_path)) is None  # not under --root

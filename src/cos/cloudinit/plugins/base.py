@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
+import http.client
 import logging
 import os
 import stat
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -91,18 +94,23 @@ class Context:
         timeout: float = 30,
         limit: int = MAX_FETCH_BYTES,
         headers: dict[str, str] | None = None,
+        low_port: bool = False,
     ) -> bytes:
         """The one way a plugin reaches the network: http(s) only, size-limited, never
-        in dry-run. Raises PluginError with the reason."""
+        in dry-run. Raises PluginError with the reason. low_port: send from a source
+        port below 1024 (plain http; metadata services that trust only root)."""
         if self.dry_run:
             raise PluginError(f"dry-run: {url} not fetched")
         if not url.startswith(("http://", "https://")):
             raise PluginError(f"unsupported URL {url!r} (http or https only)")
         try:
-            req = urllib.request.Request(url, headers=headers or {})
-            with urllib.request.urlopen(req, timeout=timeout) as r:
-                data = bytes(r.read(limit + 1))
-        except (urllib.error.URLError, OSError, ValueError) as exc:
+            if low_port:
+                data = _fetch_from_low_port(url, timeout, limit, headers or {})
+            else:
+                req = urllib.request.Request(url, headers=headers or {})
+                with urllib.request.urlopen(req, timeout=timeout) as r:
+                    data = bytes(r.read(limit + 1))
+        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
             raise PluginError(f"cannot fetch {url}: {exc}") from exc
         if len(data) > limit:
             raise PluginError(f"{url}: larger than {limit} bytes")
@@ -126,6 +134,31 @@ class Context:
         if self.dry_run:
             raise PluginError(f"dry-run: {argv[0]} not run")
         return runner.run(argv, check=check, input=input, secret_args=secret_args)
+
+
+def _fetch_from_low_port(url: str, timeout: float, limit: int, headers: dict[str, str]) -> bytes:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        raise ValueError("a privileged source port needs a plain http URL")
+    path = parts.path + (f"?{parts.query}" if parts.query else "")
+    last: OSError | None = None
+    for port in range(1023, 511, -1):  # the first free privileged port
+        conn = http.client.HTTPConnection(
+            parts.hostname, parts.port or 80, timeout=timeout, source_address=("", port)
+        )
+        try:
+            conn.request("GET", path or "/", headers=headers)
+            r = conn.getresponse()
+            if r.status != 200:
+                raise OSError(f"HTTP {r.status}")
+            return r.read(limit + 1)
+        except OSError as exc:
+            if exc.errno not in (errno.EADDRINUSE, errno.EACCES):
+                raise
+            last = exc
+        finally:
+            conn.close()
+    raise OSError(f"no privileged source port available ({last})")
 
 
 class Errors:
