@@ -40,7 +40,7 @@ MEANINGS: dict[ExitCode, str] = {
         "the action does not fit this system (e.g. `cos init` outside an image build,"
         " `cos reset` outside recovery, `cos status` outside cos)"
     ),
-    ExitCode.STAGE: "a cloud-init stage failed (only with `--strict`)",
+    ExitCode.STAGE: "a cloud-config was refused or a cloud-init step failed (the rest ran)",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
 }
 

@@ -18,6 +18,7 @@ pytestmark = pytest.mark.e2e
 
 UNATTENDED = """#cloud-config
 install:
+  auto: true
   device: /dev/vda
   poweroff: true
   cloud-init: [/run/cos/state/iso-config/90_custom-1.yaml]

@@ -112,7 +112,7 @@ def test_cloud_init_strict_fails_with_stage_exit_code(
     root = tmp_path / "root"
     root.mkdir()
     rc, _, err = run(capsys, "cloud-init", "--root", str(root), "-s", "boot", str(doc))
-    assert rc == 0 and "1 failed" in err
+    assert rc == ExitCode.STAGE and "1 failed" in err
     rc, _, err = run(capsys, "cloud-init", "--strict", "--root", str(root), "-s", "boot", str(doc))
     assert rc == ExitCode.STAGE and "stage boot failed" in err and "hint:" in err
 

@@ -1,4 +1,10 @@
-"""cos cloud-init / cos run-stage: load cloud-configs and run a stage over them."""
+"""cos cloud-init / cos run-stage: load cloud-configs and run a stage over them.
+
+Every document that loads runs; the exit code then tells whether all was well:
+STAGE when a document was refused or a step failed (the rest ran). At boot the
+setup units run a stage the same way, so a failure marks the unit failed without
+stopping the boot.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +12,13 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cos.cloudinit.hooks import report, run_sources
+from cos.cloudinit.hooks import load_sources, report, run_sources
 from cos.cloudinit.runner import Summary
 from cos.cloudinit.schema import json_schema
 from cos.cloudinit.sources import default_sources, kernel_cmdline
 from cos.config import Config
-from cos.errors import CosError, ExitCode, UsageError
+from cos.errors import ConfigError, CosError, ExitCode, UsageError
+from cos.log import log
 
 
 class StageFailed(CosError):
@@ -24,12 +31,26 @@ class StageRequest:
     sources: list[str] = field(default_factory=list)
     root: Path = Path("/")
     dry_run: bool = False
-    strict: bool = False
+    strict: bool = False  # warnings (unknown keys, skipped files) refuse their document
     cmdline: str | None = None  # kernel cmdline to read dot-notation and cos.setup= from
 
 
 def print_schema() -> None:
     print(json.dumps(json_schema(), indent=2))
+
+
+def validate(sources: list[str]) -> int:
+    """Check cloud-configs without running anything: every warning is an error."""
+    loaded = load_sources(sources, strict=True)
+    for err in loaded.errors:
+        log.error("cloud-config: %s", err)
+    if loaded.errors:
+        raise ConfigError(
+            f"{len(loaded.errors)} problem(s) in the cloud-configs; the first: {loaded.errors[0]}",
+            hint="fix the keys named above; `cos cloud-init --schema` lists the valid ones",
+        )
+    log.info("%d document(s) valid", len(loaded.documents))
+    return len(loaded.documents)
 
 
 def run(req: StageRequest) -> Summary:
@@ -38,18 +59,23 @@ def run(req: StageRequest) -> Summary:
     if not req.root.is_dir():
         raise UsageError(f"--root {req.root} is not a directory")
     summary, loaded, ctx = run_sources(
-        req.stage, req.sources, req.root, dry_run=req.dry_run, cmdline=req.cmdline
+        req.stage,
+        req.sources,
+        req.root,
+        dry_run=req.dry_run,
+        strict=req.strict,
+        cmdline=req.cmdline,
     )
     if req.dry_run:
         for line in ctx.plan:
             print(f"would {line}")
     report(req.stage, loaded, summary)
-    if req.strict and (summary.failed or loaded.errors):
+    if summary.failed or loaded.errors:
         first = next((r for r in summary.results if r.status == "failed"), None)
-        detail = f"{first.op}: {first.detail}" if first else str(loaded.errors[0])
+        detail = f"{first.op}: {first.detail}" if first else f"invalid: {loaded.errors[0]}"
         raise StageFailed(
             f"stage {req.stage} failed: {detail}",
-            hint="see the errors above; without --strict errors are reported and the stage goes on",
+            hint="see the errors above; the other documents and steps ran",
         )
     return summary
 

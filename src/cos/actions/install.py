@@ -276,15 +276,23 @@ def _recovery_from(
 
 
 def install_request_from_cloud_config(cfg: Config) -> tuple[InstallRequest, bool | None] | None:
-    """The last `install:` section of the cloud-configs a live system sees (the media's
-    --cloud-init files, cos.setup= sources, config paths); None when there is none."""
+    """The last `install:` section with `auto: true` among the cloud-configs a live
+    system sees (the media's --cloud-init files, cos.setup= sources, config paths);
+    None when none asks for an install. As with Kairos, a section without `auto: true`
+    (a device alone, or installer settings) never wipes a disk."""
     loaded = LoadResult()
     for src in default_sources(cfg, Path("/"), kernel_cmdline()):
         loaded.extend(load_source(src))
     for err in loaded.errors:
         log.error("cloud-config: %s", err)
-    found = [d for d in loaded.documents if d.install]
+    with_section = [d for d in loaded.documents if d.install]
+    found = [d for d in with_section if d.install and d.install.get("auto") is True]
     if not found:
+        if with_section:
+            log.info(
+                "%s: install: section without `auto: true`; not installing",
+                with_section[-1].source,
+            )
         return None
     spec = found[-1].install or {}
     if not spec.get("device"):

@@ -87,7 +87,7 @@ OUTPUT = arg("-o", "--output", required=True, type=Path, metavar="OUT")
 CLOUD_INIT = arg("--cloud-init", action="append", default=[], type=Path, metavar="FILE")
 REBOOT = arg("--reboot", action="store_true", help="reboot when done")
 DRY_RUN = arg("--dry-run", action="store_true", help="print the plan, change nothing")
-STRICT = arg("--strict", action="store_true", help="fail when any step fails")
+STRICT = arg("--strict", action="store_true", help="warnings are errors: such documents do not run")
 
 TLS_VERIFY = arg(
     "--tls-verify",

@@ -159,6 +159,11 @@ def _mount(args: argparse.Namespace, cfg: Config) -> int:
     DRY_RUN,
     STRICT,
     arg("--schema", action="store_true", help="print the JSON Schema and exit"),
+    arg(
+        "--validate",
+        action="store_true",
+        help="check the cloud-configs, run nothing; warnings are errors",
+    ),
 )
 def _cloud_init(args: argparse.Namespace, cfg: Config) -> int:
     from cos.actions import cloud_init
@@ -168,6 +173,9 @@ def _cloud_init(args: argparse.Namespace, cfg: Config) -> int:
         return 0
     if not args.sources:
         raise UsageError("no cloud-config given", hint="cos cloud-init [-s STAGE] PATH…")
+    if args.validate:
+        cloud_init.validate(args.sources)
+        return 0
     cloud_init.run(
         cloud_init.StageRequest(
             stage=args.stage,

@@ -19,10 +19,10 @@ from cos.disk.mount import mounted
 from cos.log import log
 
 
-def load_sources(sources: list[str]) -> LoadResult:
+def load_sources(sources: list[str], *, strict: bool = False) -> LoadResult:
     loaded = LoadResult()
     for src in sources:
-        loaded.extend(load_source(src))
+        loaded.extend(load_source(src, strict=strict))
     return loaded
 
 
@@ -32,16 +32,18 @@ def run_sources(
     root: Path = Path("/"),
     *,
     dry_run: bool = False,
+    strict: bool = False,
     cmdline: str | None = None,
 ) -> tuple[Summary, LoadResult, Context]:
     """Run one stage over the documents of sources (and, on the running system, the
     kernel command line's dot-notation document, run last). Invalid documents are
-    logged and left out; the rest run."""
-    loaded = load_sources(sources)
+    logged and left out; the rest run. Never raises for a cloud-config problem."""
+    loaded = load_sources(sources, strict=strict)
     late = LoadResult()
     if cmdline and root == Path("/"):
-        late = load_cmdline(cmdline)
+        late = load_cmdline(cmdline, strict=strict)
         loaded.errors += late.errors
+        loaded.warnings += late.warnings
     for err in loaded.errors:
         log.error("cloud-config: %s", err)
     ctx = Context(root=root, dry_run=dry_run, values=template_values(root))
@@ -50,11 +52,12 @@ def run_sources(
 
 def report(stage: str, loaded: LoadResult, summary: Summary) -> None:
     log.info(
-        "stage %s: %d document(s), %s%s",
+        "stage %s: %d document(s), %s%s%s",
         stage,
         len(loaded.documents),
         summary.render(),
         f", {len(loaded.errors)} invalid document(s)" if loaded.errors else "",
+        f", {len(loaded.warnings)} warning(s)" if loaded.warnings else "",
     )
 
 

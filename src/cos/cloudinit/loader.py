@@ -1,14 +1,20 @@
 """Loading cloud-configs from files, directories, URLs, stdin and the kernel cmdline.
 
-Each source becomes one or more validated documents. A broken document is reported
-(file:line:column and key path) and skipped; the others still load.
+Each source becomes one or more validated documents. Each file loads on its own: a
+broken one (bad YAML, a value of the wrong type, too big or too deep) is reported
+with file:line:column and key path and skipped; the others still load. Keys cos does
+not know are warnings and the rest of their document runs, as in yip; `strict`
+makes them errors. Only regular files are read: a FIFO or device in a config
+directory is skipped with a warning, never opened.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shlex
+import stat
 import sys
 import urllib.error
 import urllib.request
@@ -22,6 +28,8 @@ from cos.cloudinit.yamlmarks import Mark, MarkedDict, YamlError, load
 log = logging.getLogger("cos.cloudinit")
 CLOUD_CONFIG_HEADER = "#cloud-config"
 MAX_INDEX = 1000
+MAX_FILE_BYTES = 4 * 1024 * 1024  # a cloud-config larger than this is refused
+MAX_FILES = 1000  # cloud-config files read from one directory
 _SUPPORTED_CLOUD_CONFIG = {
     "users",
     "ssh_authorized_keys",
@@ -47,11 +55,18 @@ class Document:
 @dataclass
 class LoadResult:
     documents: list[Document] = field(default_factory=list)
-    errors: list[SchemaError] = field(default_factory=list)
+    errors: list[SchemaError] = field(default_factory=list)  # each refused a document
+    warnings: list[SchemaError] = field(default_factory=list)  # reported; the rest ran
 
     def extend(self, other: LoadResult) -> None:
         self.documents += other.documents
         self.errors += other.errors
+        self.warnings += other.warnings
+
+    def warn(self, warning: SchemaError) -> None:
+        warning.warning = True
+        self.warnings.append(warning)
+        log.warning("%s (ignored)", warning)
 
 
 def is_cloud_config(text: str) -> bool:
@@ -114,6 +129,7 @@ def transpile_cloud_config(
                     str(k),
                     "cloud-config key not used by cos",
                     "used: " + ", ".join(sorted(_SUPPORTED_CLOUD_CONFIG)),
+                    warning=True,
                 )
             )
     step: dict[str, Any] = {}
@@ -211,34 +227,47 @@ def transpile_cloud_config(
     return out_doc, errs, warns
 
 
-def load_text(text: str, source: str) -> LoadResult:
+def load_text(text: str, source: str, *, strict: bool = False) -> LoadResult:
+    """The document of one file's text; with strict, warnings refuse it too."""
     res = LoadResult()
     try:
         data = load(text, source)
     except YamlError as exc:
         res.errors.append(SchemaError(exc.mark, "", exc.message))
         return res
+    errs: list[SchemaError] = []
+    warns: list[SchemaError] = []
     if is_cloud_config(text):
         try:
-            data, errs, warnings = transpile_cloud_config(data, source)
+            data, errs, warns = transpile_cloud_config(data, source)
         except (TypeError, ValueError, AttributeError, KeyError) as exc:
             mark = data.mark if isinstance(data, MarkedDict) else Mark(source, 1, 1)
             res.errors.append(SchemaError(mark, "", f"malformed cloud-config: {exc}"))
             return res
-        for w in warnings:
-            log.warning("%s (ignored)", w)
-        if errs:
-            res.errors += errs
-            return res
-    if data is None:
+    if data is None and not errs:
+        _report_warnings(res, warns, strict)
         return res
-    doc, errs = validate(data, source)
-    if errs:
+    doc: dict[str, Any] = {}
+    if not errs:
+        doc, more_errs, more_warns = validate(data, source)
+        errs, warns = more_errs, warns + more_warns
+    _report_warnings(res, warns, strict)
+    if errs or (strict and warns):
         res.errors += errs
         return res  # an invalid document does not run at all
     name = doc.get("name") or source
     res.documents.append(Document(source, str(name), doc.get("stages") or {}, doc.get("install")))
     return res
+
+
+def _report_warnings(res: LoadResult, warns: list[SchemaError], strict: bool) -> None:
+    if strict:
+        for w in warns:
+            w.warning = False
+        res.errors += warns
+    else:
+        for w in warns:
+            res.warn(w)
 
 
 def _set_path(obj: dict[str, Any], path: str, value: str) -> bool:
@@ -285,7 +314,9 @@ def parse_dot_notation(cmdline: str) -> dict[str, Any]:
     return out
 
 
-def load_cmdline(cmdline: str, source: str = "/proc/cmdline") -> LoadResult:
+def load_cmdline(
+    cmdline: str, source: str = "/proc/cmdline", *, strict: bool = False
+) -> LoadResult:
     data = parse_dot_notation(cmdline)
     if not data:
         return LoadResult()
@@ -293,52 +324,102 @@ def load_cmdline(cmdline: str, source: str = "/proc/cmdline") -> LoadResult:
     for stage, steps in list((data.get("stages") or {}).items()):
         if isinstance(steps, list):
             data["stages"][stage] = [s for s in steps if s is not None]
-    doc, errs = validate(data, source)
+    doc, errs, warns = validate(data, source)
     res = LoadResult(errors=errs)
-    if not errs:
+    _report_warnings(res, warns, strict)
+    if not res.errors:
         res.documents.append(Document(source, source, doc.get("stages") or {}))
     return res
 
 
 def _files_in(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix in (".yaml", ".yml"))
+    return sorted(p for p in directory.rglob("*") if p.suffix in (".yaml", ".yml"))
 
 
-def load_source(src: str) -> LoadResult:
+def load_source(src: str, *, strict: bool = False) -> LoadResult:
     """One argument: a directory, a file, an http(s) URL, or '-' for stdin."""
     try:
-        return _load_source(src)
+        return _load_source(src, strict)
     except Exception as exc:  # a loader bug must not take the other sources down
         err = SchemaError(None, src, f"cannot load: {type(exc).__name__}: {exc}")
         return LoadResult(errors=[err])
 
 
-def _load_source(src: str) -> LoadResult:
+def _load_source(src: str, strict: bool) -> LoadResult:
     res = LoadResult()
     if src == "-":
-        return load_text(sys.stdin.read(), "<stdin>")
+        return load_text(sys.stdin.read(MAX_FILE_BYTES), "<stdin>", strict=strict)
     if re.match(r"^https?://", src):
         try:
             with urllib.request.urlopen(src, timeout=30) as r:
-                text = r.read().decode()
+                raw = r.read(MAX_FILE_BYTES + 1)
+            if len(raw) > MAX_FILE_BYTES:
+                raise OSError(f"larger than {MAX_FILE_BYTES} bytes")
+            text = raw.decode()
         except (urllib.error.URLError, OSError, UnicodeDecodeError) as exc:
             res.errors.append(SchemaError(None, src, f"cannot fetch: {exc}"))
             return res
-        return load_text(text, src)
+        return load_text(text, src, strict=strict)
     p = Path(src)
     if p.is_dir():
-        for f in _files_in(p):
-            res.extend(load_file(f))
+        files = _files_in(p)
+        if len(files) > MAX_FILES:
+            res.errors.append(
+                SchemaError(
+                    None, src, f"{len(files)} cloud-config files; only the first {MAX_FILES} load"
+                )
+            )
+        for f in files[:MAX_FILES]:
+            res.extend(load_file(f, strict=strict))
         return res
-    if p.is_file():
-        return load_file(p)
+    if p.exists() or p.is_symlink():
+        return load_file(p, strict=strict)
     res.errors.append(SchemaError(None, src, "no such file, directory or URL"))
     return res
 
 
-def load_file(path: Path) -> LoadResult:
+def load_file(path: Path, *, strict: bool = False) -> LoadResult:
+    """One file's document; whatever goes wrong with it stays with it."""
+    res = LoadResult()
     try:
-        text = path.read_text()
+        text = _read_regular(path)
+    except _NotRegular as exc:
+        if stat.S_ISDIR(exc.mode):
+            return res  # a directory named like a config (walked on its own)
+        skipped = SchemaError(Mark(str(path), 1, 1), "", "not a regular file: skipped")
+        if strict:
+            res.errors.append(skipped)
+        else:
+            res.warn(skipped)
+        return res
     except (OSError, UnicodeDecodeError) as exc:
-        return LoadResult(errors=[SchemaError(None, str(path), f"cannot read: {exc}")])
-    return load_text(text, str(path))
+        return LoadResult(errors=[SchemaError(Mark(str(path), 1, 1), "", f"cannot read: {exc}")])
+    try:
+        return load_text(text, str(path), strict=strict)
+    except Exception as exc:  # a loader bug must not take the directory's other files down
+        err = SchemaError(Mark(str(path), 1, 1), "", f"cannot load: {type(exc).__name__}: {exc}")
+        return LoadResult(errors=[err])
+
+
+class _NotRegular(Exception):
+    def __init__(self, mode: int) -> None:
+        super().__init__(stat.filemode(mode))
+        self.mode = mode
+
+
+def _read_regular(path: Path) -> str:
+    """Text of a regular file of at most MAX_FILE_BYTES. Anything else (FIFO, device,
+    socket) is refused before it is opened; O_NONBLOCK guards against a swap between
+    the check and the open."""
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise _NotRegular(st.st_mode)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise _NotRegular(st.st_mode)
+        raw = f.read(MAX_FILE_BYTES + 1)
+    if len(raw) > MAX_FILE_BYTES:
+        raise OSError(f"larger than {MAX_FILE_BYTES} bytes: refused")
+    return raw.decode()

@@ -21,6 +21,7 @@ from cos.cloudinit.loader import Document
 from cos.cloudinit.plugins.base import Context, PluginError
 from cos.cloudinit.plugins.registry import PLUGINS
 from cos.errors import CosError
+from cos.fsutil import regular_file_in_tree, resolve_in_tree
 from cos.system.release import read_os_release
 
 log = logging.getLogger("cos.cloudinit")
@@ -69,14 +70,29 @@ def protected_id(machine_id: str) -> str:
     return hmac.new(machine_id.encode(), b"yip", hashlib.sha256).hexdigest() if machine_id else ""
 
 
+def _target_line(root: Path, path: str) -> str:
+    """First line of a small target file; its symlinks resolve inside the target (a
+    link to /etc/hostname must not put the host's name into a --root tree)."""
+    p = regular_file_in_tree(root, path)
+    try:
+        text = p.read_text(errors="replace")[:256] if p is not None else ""
+    except OSError:
+        return ""
+    return text.strip().split("\n")[0]
+
+
+def _machine_id(root: Path) -> str:
+    return _target_line(root, "/etc/machine-id")
+
+
 def template_values(root: Path) -> dict[str, Any]:
     """Data for templates: .Values (system facts), .MachineID, .UUID, .Random, .ProtectedID."""
     rel = read_os_release(root)
-    mid_file = root / "etc/machine-id"
-    machine_id = mid_file.read_text().strip() if mid_file.is_file() else ""
+    machine_id = _machine_id(root)
     protected = protected_id(machine_id)
     random = "".join(secrets.choice("0123456789abcdefghijklmnopqrstuvwxyz") for _ in range(32))
-    hostname = socket.gethostname()
+    # Under --root the facts are the target's, where it has them.
+    hostname = socket.gethostname() if root == Path("/") else _target_line(root, "/etc/hostname")
     uname = platform.uname()
     values = {
         "node": {"hostname": hostname, "machineid": machine_id},
@@ -107,7 +123,7 @@ def _service_manager(root: Path) -> str | None:
     bins = ("sbin", "bin", "usr/sbin", "usr/bin")
 
     def has(name: str) -> bool:
-        return any((root / b / name).exists() for b in bins)
+        return any(resolve_in_tree(root, f"/{b}/{name}") is not None for b in bins)
 
     sd, rc = has("systemctl"), has("openrc")
     return "systemd" if sd and not rc else "openrc" if rc and not sd else None
@@ -134,7 +150,9 @@ def skip_reason(step: dict[str, Any], ctx: Context) -> str | None:
             cond = ctx.render(step["if"])
         except PluginError as exc:
             return f"if: {exc}"
-        if ctx.sh(cond, check=False).returncode != 0:
+        if ctx.dry_run:
+            ctx.plan.append(f"evaluate if: {cond} (taken as true)")
+        elif ctx.sh(cond, check=False).returncode != 0:
             return f"if {step['if']!r} is false"
     for key, value in (
         ("only_os", rel.get("PRETTY_NAME", "")),
@@ -189,8 +207,7 @@ def _ordered(
 
 def _refresh_machine_id(ctx: Context) -> None:
     """An earlier step may have just written /etc/machine-id: templates see the new one."""
-    p = ctx.root / "etc/machine-id"
-    mid = p.read_text().strip() if p.is_file() else ""
+    mid = _machine_id(ctx.root)
     if ctx.values.get("MachineID", mid) != mid:
         protected = protected_id(mid)
         ctx.values["MachineID"] = mid

@@ -1,9 +1,12 @@
 """The yip document schema: one declarative table that validates documents and
 exports JSON Schema for editors.
 
-Strict but compatible: every key yip knows is accepted with yip's types (including
-its quirks, such as `ownerstring` and octal `permissions`); an unknown key is an
-error with a "did you mean" hint instead of being silently ignored.
+Lenient like yip, loud about it: every key yip knows is accepted with yip's types
+(including its quirks, such as `ownerstring` and octal `permissions`); an unknown key
+is a located warning with a "did you mean" hint and is left out, so a typo in one
+key does not stop the rest of a step (yip ignores such keys silently). A value of
+the wrong type is an error: yip refuses such a document too. `--strict` and
+`--validate` turn the warnings into errors.
 """
 
 from __future__ import annotations
@@ -21,11 +24,13 @@ class SchemaError:
     path: str  # key path, e.g. stages.boot[0].files[1].permissions
     message: str
     hint: str = ""
+    warning: bool = False  # an ignored key: reported, the document still runs
 
     def __str__(self) -> str:
         where = f"{self.mark}: " if self.mark else ""
         hint = f" ({self.hint})" if self.hint else ""
-        return f"{where}{self.path}: {self.message}{hint}"
+        path = f"{self.path}: " if self.path else ""
+        return f"{where}{path}{self.message}{hint}"
 
 
 class T:
@@ -103,7 +108,11 @@ class MapOf(T):
             if self.keys and k not in self.keys:
                 errs.append(
                     SchemaError(
-                        kmark, f"{path}.{k}", "unknown key", _did_you_mean(str(k), self.keys)
+                        kmark,
+                        f"{path}.{k}",
+                        "unknown key",
+                        _did_you_mean(str(k), self.keys),
+                        warning=True,
                     )
                 )
                 continue
@@ -112,8 +121,13 @@ class MapOf(T):
 
 
 class Obj(T):
-    def __init__(self, title: str, fields: dict[str, T], doc: str = "") -> None:
-        self.title, self.fields = title, fields
+    """A mapping with known fields; `foreign` names keys other tools use in the same
+    block (Kairos, Elemental), which get an explanation instead of a spelling hint."""
+
+    def __init__(
+        self, title: str, fields: dict[str, T], doc: str = "", foreign: dict[str, str] | None = None
+    ) -> None:
+        self.title, self.fields, self.foreign = title, fields, foreign or {}
         self.json = {
             "type": "object",
             "title": title,
@@ -122,6 +136,9 @@ class Obj(T):
         }
         if doc:
             self.json["description"] = doc
+
+    def unknown_hint(self, key: str) -> str:
+        return self.foreign.get(key) or _did_you_mean(key, self.fields)
 
     def check(self, v: Any, path: str, mark: Mark | None, errs: list[SchemaError]) -> Any:
         if v is None:
@@ -142,7 +159,8 @@ class Obj(T):
                         kmark,
                         sub,
                         f"unknown key in {self.title}",
-                        _did_you_mean(str(k), self.fields),
+                        self.unknown_hint(str(k)),
+                        warning=True,
                     )
                 )
                 continue
@@ -294,8 +312,9 @@ DATASOURCE = Obj(
     {
         "providers": Doc(
             STRS,
-            "file, cdrom, config-drive, aws, gcp, openstack, digitalocean, hetzner;"
-            " local ones first, the first that returns data wins",
+            "file, cdrom, config-drive, vmware, aws, gcp, openstack, digitalocean, hetzner,"
+            " azure, packet, vultr, scaleway, metaldata; local ones first, the first that"
+            " returns data wins",
         ),
         "path": Doc(
             S,
@@ -396,9 +415,15 @@ STEP = Obj(
     doc="One step of a stage; plugins run in yip's fixed order.",
 )
 
+_KAIROS = "a Kairos installer setting cos does not use"
 INSTALL = Obj(
     "install",
     {
+        "auto": Doc(
+            B,
+            "start the unattended install (as Kairos does); without it the section only"
+            " holds settings and no disk is touched",
+        ),
         "device": Doc(S, "the disk to install to, e.g. /dev/vda"),
         "system": Doc(S, "image to install (default: the image the live media carry)"),
         "recovery-system": Doc(S, "image of the recovery system (default: system)"),
@@ -408,7 +433,14 @@ INSTALL = Obj(
         "poweroff": Doc(B, "power off when done"),
         "tls-verify": Doc(B, "verify the registry's TLS certificate (default true)"),
     },
-    doc="Unattended install, acted on by a live system (cos-live-install.service).",
+    doc="Unattended install, acted on by a live system (cos-live-install.service) when"
+    " `auto: true`.",
+    foreign=dict.fromkeys(
+        "grub_options bundles image env partitions extra-partitions encrypted_partitions"  # noqa: SIM905
+        " no-format skip_copy_kairos_image bind_mounts bind_public_pki_keys passive"
+        " recovery firmware".split(),
+        _KAIROS,
+    ),
 )
 
 DOCUMENT = Obj(
@@ -451,11 +483,12 @@ HOOK_STAGES: dict[str, str] = {
 }
 
 
-def validate(doc: Any, source: str) -> tuple[dict[str, Any], list[SchemaError]]:
-    errs: list[SchemaError] = []
+def validate(doc: Any, source: str) -> tuple[dict[str, Any], list[SchemaError], list[SchemaError]]:
+    """(the checked document, errors, warnings); the document runs when errors is empty."""
+    found: list[SchemaError] = []
     mark = doc.mark if isinstance(doc, MarkedDict) else Mark(source, 1, 1)
-    out = DOCUMENT.check(doc, "", mark, errs)
-    return out, errs
+    out = DOCUMENT.check(doc, "", mark, found)
+    return out, [e for e in found if not e.warning], [e for e in found if e.warning]
 
 
 def json_schema() -> dict[str, Any]:

@@ -83,13 +83,68 @@ class YamlError(Exception):
         self.mark, self.message = mark, message
 
 
+MAX_DEPTH = 64  # nesting levels of mappings and lists
+MAX_NODES = 200_000  # values, counting each use of an alias again
+MAX_NUMBER = 100  # digits of a number (mode, uid, size: none needs more)
+
+
+def _check_size(node: yaml.Node | None, source: str) -> None:
+    """Refuse documents that would make validation slow or deep: aliases re-used to
+    build an exponential tree, or nesting no real config needs."""
+    if node is None:
+        return
+    seen = 0
+    stack: list[tuple[yaml.Node, int]] = [(node, 1)]
+    while stack:
+        n, depth = stack.pop()
+        seen += 1
+        if seen > MAX_NODES:
+            raise YamlError(_node_mark(n, source), f"more than {MAX_NODES} values (aliases?)")
+        if depth > MAX_DEPTH:
+            raise YamlError(_node_mark(n, source), f"nested deeper than {MAX_DEPTH} levels")
+        if isinstance(n, yaml.MappingNode):
+            stack += [(c, depth + 1) for pair in n.value for c in pair]
+        elif isinstance(n, yaml.SequenceNode):
+            stack += [(c, depth + 1) for c in n.value]
+        elif n.tag.endswith((":int", ":float", ":octal")) and len(n.value) > MAX_NUMBER:
+            raise YamlError(_node_mark(n, source), f"a number longer than {MAX_NUMBER} digits")
+
+
+def _check_depth(text: str, source: str) -> None:
+    """Nesting checked on the event stream (which PyYAML parses without recursion), so
+    a deep document gets a located error instead of exhausting the composer's stack."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                m = event.start_mark
+                where = Mark(source, m.line + 1, m.column + 1) if m else Mark(source, 1, 1)
+                raise YamlError(where, f"nested deeper than {MAX_DEPTH} levels")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
+def _node_mark(node: yaml.Node, source: str) -> Mark:
+    return Mark(source, node.start_mark.line + 1, node.start_mark.column + 1)
+
+
 def load(text: str, source: str) -> Any:
     """Parse one YAML document; raise YamlError with the position of the problem."""
     loader: _Loader | None = None
     try:
+        _check_depth(text, source)
         loader = _Loader(text)
         loader.source = source
-        return loader.get_single_data()
+        node = loader.get_single_node()
+        _check_size(node, source)
+        return loader.construct_document(node) if node is not None else None
+    except RecursionError:
+        raise YamlError(
+            Mark(source, 1, 1), f"invalid YAML: nested deeper than {MAX_DEPTH} levels"
+        ) from None
+    except ValueError as exc:  # e.g. an integer longer than Python converts
+        raise YamlError(Mark(source, 1, 1), f"invalid YAML value: {exc}") from exc
     except yaml.MarkedYAMLError as exc:
         m = exc.problem_mark or exc.context_mark
         mark = Mark(source, m.line + 1, m.column + 1) if m else Mark(source, 1, 1)

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from cos.cloudinit.loader import (
+    MAX_FILE_BYTES,
     is_cloud_config,
     load_cmdline,
     load_source,
@@ -22,11 +24,42 @@ def test_yip_document_loads_with_stages() -> None:
 
 
 def test_errors_carry_file_line_column_and_key_path() -> None:
-    r = load_text("stages:\n  boot:\n    - name: a\n      comands: [x]\n", "b.yaml")
+    text = "stages:\n  boot:\n    - name: a\n      comands: [x]\n"
+    r = load_text(text, "b.yaml", strict=True)
     assert not r.documents
     (e,) = r.errors
     assert str(e).startswith("b.yaml:4:7: stages.boot[0].comands: unknown key in step")
     assert "did you mean 'commands'?" in str(e)
+
+
+def test_unknown_key_is_a_located_warning_and_the_rest_runs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    text = (
+        "stages:\n  boot:\n    - name: a\n      files:\n        - path: /x\n"
+        "          permsisions: 0600\n      commands: [y]\n"
+    )
+    r = load_text(text, "k.yaml")
+    assert not r.errors
+    (step,) = r.documents[0].stages["boot"]
+    assert step["commands"] == ["y"] and step["files"] == [{"path": "/x"}]
+    (w,) = r.warnings
+    assert str(w).startswith("k.yaml:6:11: stages.boot[0].files[0].permsisions: unknown key")
+    assert "did you mean 'permissions'?" in str(w) and str(w) in caplog.text
+
+
+def test_wrong_type_still_refuses_the_document() -> None:
+    r = load_text("stages:\n  boot:\n    - commands: {a: b}\n", "t.yaml")
+    assert not r.documents and "expected a list" in str(r.errors[0])
+
+
+def test_kairos_install_keys_are_warnings() -> None:
+    text = "#cloud-config\ninstall:\n  auto: true\n  device: /dev/vda\n  grub_options: {a: b}\n"
+    r = load_text(text, "k.yaml")
+    assert not r.errors and r.documents[0].install == {"auto": True, "device": "/dev/vda"}
+    (w,) = r.warnings
+    assert "k.yaml:5:3: install.grub_options" in str(w) and "Kairos" in str(w)
+    assert load_text(text, "k.yaml", strict=True).errors
 
 
 def test_octal_forms_and_quoted_mode() -> None:
@@ -143,3 +176,39 @@ def test_directory_lexical_and_broken_file_does_not_stop_others(tmp_path: Path) 
 def test_missing_path_is_an_error_not_yaml() -> None:
     r = load_source("/nonexistent/cos.yaml")
     assert not r.documents and "no such file" in str(r.errors[0])
+
+
+def _bad_files(d: Path) -> None:
+    (d / "01-bigint.yaml").write_text(
+        "stages:\n  boot:\n    - files: [{path: /a, owner: " + "9" * 5000 + "}]\n"
+    )
+    (d / "02-deep.yaml").write_text("name: " + "[" * 5000 + "]" * 5000 + "\n")
+    (d / "03-alias.yaml").write_text(
+        "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+        + "".join(
+            f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
+            for p, c in zip("abcdefg", "bcdefgh", strict=True)
+        )
+    )
+    (d / "04-big.yaml").write_text("name: " + "x" * (MAX_FILE_BYTES + 1) + "\n")
+    os.mkfifo(d / "05-fifo.yaml")
+    (d / "06-binary.yaml").write_bytes(b"\xff\xfe\x00")
+
+
+def test_one_bad_file_never_drops_the_others(tmp_path: Path) -> None:
+    d = tmp_path / "oem"
+    d.mkdir()
+    _bad_files(d)
+    (d / "99-good.yaml").write_text("stages:\n  boot:\n    - commands: [x]\n")
+    r = load_source(str(d))  # a FIFO must not hang this
+    assert [doc.source for doc in r.documents] == [str(d / "99-good.yaml")]
+    where = sorted(str(e.mark).rsplit("/", 1)[-1] for e in r.errors)
+    assert where == [
+        "01-bigint.yaml:3:33",
+        "02-deep.yaml:1:70",
+        "03-alias.yaml:1:17",
+        "04-big.yaml:1:1",
+        "06-binary.yaml:1:1",
+    ], r.errors
+    (w,) = r.warnings
+    assert "05-fifo.yaml" in str(w) and "not a regular file" in str(w)

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import base64
 import gzip
-import http.server
 import os
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,33 +28,6 @@ def root(tmp_path: Path) -> Path:
         'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nVERSION_ID="12"\n'
     )
     return r
-
-
-@pytest.fixture
-def http_files() -> Iterator[Callable[[dict[str, bytes]], str]]:
-    """Serve fixed files over HTTP on 127.0.0.1; returns the base URL (404 otherwise)."""
-    servers: list[http.server.HTTPServer] = []
-
-    def serve(files: dict[str, bytes]) -> str:
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                body = files.get(self.path)
-                self.send_response(200 if body is not None else 404)
-                self.end_headers()
-                if body is not None:
-                    self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_port}"
-
-    yield serve
-    for server in servers:
-        server.shutdown()
 
 
 def run(root: Path, text: str, stage: str = "boot", dry_run: bool = False):  # type: ignore[no-untyped-def]

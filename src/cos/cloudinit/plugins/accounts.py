@@ -23,8 +23,9 @@ class Table:
     def read(cls, ctx: Context, name: str, width: int) -> Table:
         p = ctx.path(name)
         rows = []
-        if p.exists():
-            for line in p.read_text(errors="replace").splitlines():
+        text = ctx.read_text(name)
+        if text is not None:
+            for line in text.splitlines():
                 if line.strip() and not line.startswith("#"):
                     f = line.split(":")
                     rows.append(f + [""] * (width - len(f)))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import gzip
 import os
-import urllib.request
 from typing import Any
 
 from cos.cloudinit.plugins.accounts import owner_of
@@ -95,8 +94,7 @@ def downloads(step: dict[str, Any], ctx: Context) -> None:
             path = ctx.path(d.get("path") or "")
             if not ctx.act(f"download {url} → {d['path']}"):
                 continue
-            with urllib.request.urlopen(url, timeout=d.get("timeout") or 60) as r:
-                data = r.read()
+            data = ctx.fetch(url, timeout=d.get("timeout") or 60)
             uid, gid = _owner(d, ctx)
             path.parent.mkdir(parents=True, exist_ok=True)
             write_file(path, data, d.get("permissions") or 0o644, uid, gid)

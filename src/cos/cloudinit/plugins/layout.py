@@ -45,6 +45,14 @@ def _device(spec: dict[str, Any], ctx: Context) -> str:
     raise PluginError(f"no device with label {label!r}")
 
 
+def _describe(spec: dict[str, Any]) -> str:
+    dev = spec.get("device") or {}
+    where = f"label {dev['label']}" if dev.get("label") else str(dev.get("path") or "?")
+    grow = " grow the last partition," if spec.get("expand_partition") is not None else ""
+    adds = len(spec.get("add_partitions") or [])
+    return f"of the disk with {where}:{grow} add {adds} partition(s)"
+
+
 def _parts(ctx: Context, disk: str) -> list[dict[str, Any]]:
     import json
 
@@ -56,6 +64,9 @@ def layout(step: dict[str, Any], ctx: Context) -> None:
     spec = step["layout"]
     if not ctx.live:
         raise PluginError("layout only applies to the running system (not --root)")
+    if ctx.dry_run:  # finding the disk probes devices (or runs a script): not in a dry run
+        ctx.act(f"layout {_describe(spec)}")
+        return
     disk = _device(spec, ctx)
     if not Path(disk).exists():
         raise PluginError(f"device {disk} does not exist")

@@ -22,7 +22,7 @@ def hostname(step: dict[str, Any], ctx: Context) -> None:
         return
     write_file(ctx.path("/etc/hostname"), f"{name}\n".encode(), 0o644)
     hosts = ctx.path("/etc/hosts")
-    lines = hosts.read_text().splitlines() if hosts.exists() else []
+    lines = (ctx.read_text("/etc/hosts") or "").splitlines()
     out, found = [], False
     for line in lines:
         fields = line.split()
@@ -141,7 +141,7 @@ def environment(step: dict[str, Any], ctx: Context) -> None:
     if not ctx.act(f"set {', '.join(values)} in {path}"):
         return
     target = ctx.path(path)
-    current = _parse_dotenv(target.read_text()) if target.exists() else {}
+    current = _parse_dotenv(ctx.read_text(path) or "")
     current.update(values)
     text = "".join(f"{k}={_quote_env(v)}\n" for k, v in sorted(current.items()))
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -155,16 +155,46 @@ def _passwords(argv: list[str]) -> frozenset[int]:
     )
 
 
+# The settings systemd-firstboot takes from a config (yip passes any key as a flag;
+# cos only these, so that a `root` or `image` key cannot retarget the tool and no
+# `copy-*` or `*-file` setting reads the host's files into a --root target).
+FIRSTBOOT_KEYS = {
+    "locale",
+    "locale-messages",
+    "keymap",
+    "timezone",
+    "hostname",
+    "machine-id",
+    "root-password",
+    "root-password-hashed",
+    "root-shell",
+    "kernel-command-line",
+    "setup-machine-id",
+    "delete-root-password",
+    "force",
+    "reset",
+    "welcome",
+}
+
+
 def systemd_firstboot(step: dict[str, Any], ctx: Context) -> None:
     args = []
     for k, v in sorted(step["systemd_firstboot"].items()):
-        args.append(f"--{k.lower()}" if v == "true" else f"--{k.lower()}={v}")
+        key = k.lower().replace("_", "-")
+        if key not in FIRSTBOOT_KEYS:
+            raise PluginError(
+                f"systemd_firstboot: {k!r} is not a setting cos passes on"
+                f" (known: {', '.join(sorted(FIRSTBOOT_KEYS))})"
+            )
+        if "\n" in v or "\0" in v:
+            raise PluginError(f"systemd_firstboot: {k} must not contain a newline")
+        args.append(f"--{key}" if v == "true" else f"--{key}={v}")
     hidden = _passwords(args)
     plan = [f"{a.partition('=')[0]}=***" if i in hidden else a for i, a in enumerate(args)]
     if not ctx.act("systemd-firstboot " + " ".join(plan)):
         return
     root = [] if ctx.live else [f"--root={ctx.root}"]
-    argv = ["systemd-firstboot", *root, *args]
+    argv = ["systemd-firstboot", *args, *root]  # cos's --root last: it wins
     try:
         ctx.tool(argv, secret_args=_passwords(argv))
     except ToolError as exc:
@@ -183,7 +213,8 @@ def systemctl(step: dict[str, Any], ctx: Context) -> None:
             if not ctx.act(f"systemctl {verb} {unit}"):
                 continue
             try:
-                argv = ["systemctl", *root, verb, unit]
+                # `--` ends the options: a unit named --root=/ is a unit name, not a flag.
+                argv = ["systemctl", *root, verb, "--", unit]
                 if verb == "start":
                     argv.insert(1, "--no-block")
                 ctx.tool(argv)

@@ -58,7 +58,7 @@ _cos() {
             esac
             ;;
         cloud-init)
-            opts="-h --help -s --stage --root --dry-run --strict --schema"
+            opts="-h --help -s --stage --root --dry-run --strict --schema --validate"
             case "$prev" in
                 -s|--stage) return 0 ;;
                 --root) files=1 ;;
