@@ -24,6 +24,7 @@ from cos.snapshot import open_snapshotter
 from cos.snapshot.base import Snapshotter
 from cos.system.installed import FAILURE_FILE, INSTALLED_MODES, RUN_DIR, Installed
 from cos.system.state import Assessment, InstallState, now, read_state, write_state
+from cos.system.trail import Trail
 
 CHECKS_DIR = Path("/usr/libexec/cos-checks")
 SYSTEMD_RUN_DIR = Path("/run/systemd/system")  # present when systemd is PID 1
@@ -52,8 +53,17 @@ def assess(
     deadline: bool = False,
 ) -> str:
     """Returns what was decided: none, fallback, good, checks-failed, pending, or
-    (deadline: the trial's time is up) rebooting."""
+    (deadline: the trial's time is up) rebooting. The running system's boot trail
+    records it."""
     inst = installed or Installed.running(cfg.layout.oem_mount)
+    decided = _assess(cfg, inst, mark_good=mark_good, deadline=deadline)
+    if inst.run_dir == RUN_DIR:
+        trail = Trail.of(inst, cfg.layout.persistent_mount)
+        trail.record(**{"deadline" if deadline else "assessment": decided})
+    return decided
+
+
+def _assess(cfg: Config, inst: Installed, *, mark_good: bool, deadline: bool) -> str:
     mode = inst.mode()
     if mode is None or mode not in INSTALLED_MODES:
         return "none"

@@ -9,16 +9,19 @@ stopping the boot.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cos.cloudinit.hooks import load_sources, report, run_sources
+from cos.cloudinit.hooks import load_sources, record_stage, report, run_sources
 from cos.cloudinit.runner import Summary
 from cos.cloudinit.schema import json_schema
 from cos.cloudinit.sources import default_sources, kernel_cmdline
 from cos.config import Config
 from cos.errors import ConfigError, CosError, ExitCode, UsageError
 from cos.log import log
+from cos.system.installed import Installed
+from cos.system.trail import Trail
 
 
 class StageFailed(CosError):
@@ -53,11 +56,13 @@ def validate(sources: list[str]) -> int:
     return len(loaded.documents)
 
 
-def run(req: StageRequest) -> Summary:
+def run(req: StageRequest, trail: Trail | None = None) -> Summary:
+    """Run the stage; with a trail (the running system's boot stages), record it."""
     if not req.stage or any(c.isspace() for c in req.stage):
         raise UsageError(f"invalid stage name {req.stage!r}", hint="e.g. boot, network, rootfs")
     if not req.root.is_dir():
         raise UsageError(f"--root {req.root} is not a directory")
+    started = time.monotonic()
     summary, loaded, ctx = run_sources(
         req.stage,
         req.sources,
@@ -70,6 +75,8 @@ def run(req: StageRequest) -> Summary:
         for line in ctx.plan:
             print(f"would {line}")
     report(req.stage, loaded, summary)
+    if trail is not None:
+        record_stage(trail, req.stage, time.monotonic() - started, loaded, summary)
     if summary.failed or loaded.errors:
         first = next((r for r in summary.results if r.status == "failed"), None)
         detail = f"{first.op}: {first.detail}" if first else f"invalid: {loaded.errors[0]}"
@@ -83,8 +90,12 @@ def run(req: StageRequest) -> Summary:
 def run_system_stage(
     cfg: Config, stage: str, root: Path, *, dry_run: bool = False, strict: bool = False
 ) -> Summary:
-    """cos run-stage: a stage over the system's own cloud-configs and command line."""
+    """cos run-stage: a stage over the system's own cloud-configs and command line.
+    At boot (the running system, for real) the outcome goes into the boot trail."""
     cmdline = kernel_cmdline()
+    trail = None
+    if root == Path("/") and not dry_run:
+        trail = Trail.of(Installed.running(cfg.layout.oem_mount), cfg.layout.persistent_mount)
     return run(
         StageRequest(
             stage=stage,
@@ -93,5 +104,6 @@ def run_system_stage(
             dry_run=dry_run,
             strict=strict,
             cmdline=cmdline,
-        )
+        ),
+        trail,
     )

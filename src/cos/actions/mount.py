@@ -9,22 +9,28 @@ reported on the console and never stops the boot.
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
-from cos.cloudinit.hooks import report, run_sources
+from cos.cloudinit.hooks import record_stage, report, run_sources
 from cos.cloudinit.sources import default_sources, kernel_cmdline
 from cos.config import Config
 from cos.errors import CosError
 from cos.log import log
+from cos.system.installed import Installed
 from cos.system.layout import apply_layout
+from cos.system.trail import Trail
 
 
 def _stage(cfg: Config, name: str) -> None:
     cmdline = kernel_cmdline()
     try:
         sources = default_sources(cfg, Path("/"), cmdline)
+        started = time.monotonic()
         summary, loaded, _ = run_sources(name, sources, cmdline=cmdline)
         report(name, loaded, summary)
+        trail = Trail.of(Installed.running(cfg.layout.oem_mount), cfg.layout.persistent_mount)
+        record_stage(trail, name, time.monotonic() - started, loaded, summary)
         if summary.failed:
             log.error("cos: stage %s: %s", name, summary.render())
     except CosError as exc:

@@ -17,6 +17,7 @@ from cos.snapshot import open_snapshotter
 from cos.system.installed import FAILURE_FILE, Installed
 from cos.system.release import read_os_release
 from cos.system.state import read_state
+from cos.system.trail import last_boot_summary
 
 
 def _mounts() -> dict[str, str]:
@@ -100,6 +101,7 @@ def collect(
         ),
         "upgrade_failure": failure,
         "damage": damage,
+        "last_boot": last_boot_summary(inst, cfg.layout.persistent_mount, cfg.labels.persistent),
         "recovery": None,
         "partitions": [
             _partition(lbl, mounts)
@@ -157,6 +159,8 @@ def render(data: dict[str, Any]) -> str:
             f"Trial:     snapshot {t['snapshot']} not confirmed yet "
             f"({t['tries_left']} boot(s) left, then snapshot {t['fallback']})"
         )
+    if data.get("last_boot"):
+        lines.append(f"Last boot: {data['last_boot']}")
     for d in data.get("damage") or []:
         lines.append(f"DAMAGED:   {d['message']}")
         if d.get("hint"):

@@ -446,6 +446,19 @@ def _status(args: argparse.Namespace, cfg: Config) -> int:
     return show_status(cfg, as_json=args.json, installed=installed(args, cfg))
 
 
+@verb(
+    "logs",
+    "what cos did in the last boot (or boot N of the last 20): stages, steps, failures",
+    arg("--boot", type=int, metavar="N", help="a kept boot's number (cos status names it)"),
+    arg("--json", action="store_true", help="machine-readable output"),
+    DEVICE,
+)
+def _logs(args: argparse.Namespace, cfg: Config) -> int:
+    from cos.actions.logs import show_logs
+
+    return show_logs(cfg, boot=args.boot, as_json=args.json, installed=installed(args, cfg))
+
+
 # Hidden: prints the shell completion script `cos init` installs.
 @verb(
     "completion",

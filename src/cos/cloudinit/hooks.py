@@ -17,6 +17,7 @@ from cos.cloudinit.plugins.base import Context
 from cos.cloudinit.runner import Summary, run_stage, template_values
 from cos.disk.mount import mounted
 from cos.log import log
+from cos.system.trail import StepOutcome, Trail
 
 
 def load_sources(sources: list[str], *, strict: bool = False) -> LoadResult:
@@ -87,3 +88,16 @@ def run_chroot_hook(name: str, sources: list[str], tree: Path) -> None:
         return
     with _chroot_mounts(tree):
         run_hook(name, all_sources, tree)
+
+
+def record_stage(
+    trail: Trail, stage: str, seconds: float, loaded: LoadResult, summary: Summary
+) -> None:
+    """A stage's outcome into the boot trail (cos logs)."""
+    trail.record_stage(
+        stage,
+        seconds=seconds,
+        documents=sorted({d.source for d in loaded.documents}),
+        steps=[StepOutcome(r.op, r.status, r.detail) for r in summary.results],
+        invalid=[str(e) for e in loaded.errors],
+    )

@@ -147,6 +147,12 @@ _cos() {
         status)
             opts="-h --help --json"
             ;;
+        logs)
+            opts="-h --help --boot --json"
+            case "$prev" in
+                --boot) return 0 ;;
+            esac
+            ;;
     esac
     if [[ -n "$values" ]]; then
         mapfile -t COMPREPLY < <(compgen -W "$values" -- "$cur")
@@ -157,7 +163,7 @@ _cos() {
     elif [[ "$cur" == -* ]]; then
         mapfile -t COMPREPLY < <(compgen -W "$opts" -- "$cur")
     elif [[ -z "$cmd" ]]; then
-        mapfile -t COMPREPLY < <(compgen -W "init build-disk build-iso mount cloud-init run-stage install live-install upgrade upgrade-recovery rollback reset boot-assessment pull-image inspect sign generate-key-pair status" -- "$cur")
+        mapfile -t COMPREPLY < <(compgen -W "init build-disk build-iso mount cloud-init run-stage install live-install upgrade upgrade-recovery rollback reset boot-assessment pull-image inspect sign generate-key-pair status logs" -- "$cur")
     fi
     return 0
 }
