@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -68,7 +69,24 @@ def test_bios_boot_immutable_layout_and_persistence(vm_factory) -> None:  # type
         "echo gone > /etc/cos-e2e-ephemeral && echo kept > /root/cos-e2e-persist"
         " && echo kept > /usr/local/cos-e2e-persist && mkdir -p /home/alice && sync"
     )
+    # A boot step that fails: the trail keeps it, status and logs name it after the reboot.
+    vm.ok(
+        "printf 'stages:\\n  boot:\\n    - name: e2e fails\\n      commands: [\"false\"]\\n'"
+        " > /oem/96_e2e_fails.yaml && sync"
+    )
     vm.reboot()
+
+    status_text = vm.ok("cos status")
+    m = re.search(r"Last boot: boot (\d+): 1 step\(s\) failed in stage boot", status_text)
+    assert m, status_text
+    record = json.loads(vm.ok(f"cos logs --boot {m[1]} --json"))
+    boot_stage = next(st for st in record["stages"] if st["stage"] == "boot")
+    failed = [st for st in boot_stage["steps"] if st["status"] == "failed"]
+    assert len(failed) == 1 and "false" in failed[0]["detail"]
+    assert {st["stage"] for st in record["stages"]} >= {"rootfs", "initramfs", "fs", "network"}
+    assert record["mode"] == "active" and record["snapshot"] == 1
+    assert "FAILED" in vm.ok(f"cos logs --boot {m[1]}")
+    vm.ok("rm /oem/96_e2e_fails.yaml")
 
     assert vm.sh("test -e /etc/cos-e2e-ephemeral").rc != 0
     assert vm.ok("cat /root/cos-e2e-persist").strip() == "kept"
