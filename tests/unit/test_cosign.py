@@ -11,7 +11,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from cos.errors import ExitCode, ImageError
-from cos.oci import cosign
+from cos.oci import bundle, cosign
+from tests.support import sigstore
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -192,3 +193,76 @@ def test_sig_tag_validates_the_digest() -> None:
     for bad in ("sha256:../../etc", "sha512:" + "d" * 64, "sha256:" + "D" * 64):
         with pytest.raises(ImageError):
             cosign.sig_tag(bad)
+
+
+# -- Sigstore bundles (cosign v3), made by the independent writer in tests/support -----
+
+D = "sha256:" + "ab" * 32
+
+
+@pytest.mark.parametrize(
+    "shape", ["cosign-3.1", "cosign-3.0", "spaced", "message-signature", "with-tlog"]
+)
+def test_bundle_shapes_cosign_writes_verify(shape: str) -> None:
+    key = cosign.generate_key()
+    w = sigstore.Writer(
+        key,
+        spaced=shape == "spaced",
+        old_statement=shape == "cosign-3.0",
+        message_signature=shape == "message-signature",
+        tlog=shape == "with-tlog",
+    )
+    reason, b = bundle.verify(key.public_key(), {D}, [w.bundle(D)])
+    assert reason is None and b is not None
+    assert bool(b.tlog_entries) == (shape == "with-tlog")
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"tamper": True}, "no signature verifies"),
+        ({"key": "other"}, "no signature verifies"),
+        ({"digest": "sha256:" + "cd" * 32}, "not this image"),
+        ({"predicate_type": "https://slsa.dev/provenance/v1"}, "not a signature"),
+        ({"extra": {"mediaType": "application/vnd.dev.sigstore.bundle+json;version=0.2"}}, "0.2"),
+        ({"extra": {"verificationMaterial": {"certificate": {"rawBytes": "AA=="}}}}, "keyless"),
+        ({"extra": {"dsseEnvelope": None}}, "malformed"),
+    ],
+    ids=["tampered", "other-key", "other-image", "attestation", "v0.2", "keyless", "no-content"],
+)
+def test_bad_bundles_name_the_reason(change: dict[str, object], words: str) -> None:
+    signer, trusted = cosign.generate_key(), cosign.generate_key()
+    if change.pop("key", None) is None:
+        trusted = signer
+    signed = str(change.pop("digest", D))
+    data = sigstore.Writer(signer, **change).bundle(signed)  # type: ignore[arg-type]
+    reason, b = bundle.verify(trusted.public_key(), {D}, [data])
+    assert b is None and reason is not None and words in reason, reason
+
+
+def test_bundle_json_duplicates_and_size_are_refused() -> None:
+    key = cosign.generate_key()
+    good = sigstore.Writer(key).bundle(D)
+    dup = good[:-1] + b',"mediaType":"x"}'
+    assert "duplicate" in str(bundle.verify(key.public_key(), {D}, [dup])[0])
+    big = good[:-1] + b',"x":"' + b"a" * bundle.MAX_BUNDLE + b'"}'
+    assert "too large" in str(bundle.verify(key.public_key(), {D}, [big])[0])
+    assert bundle.verify(key.public_key(), {D}, [])[0] == "the image is not signed"
+    # One good bundle among bad ones is enough.
+    assert bundle.verify(key.public_key(), {D}, [dup, good])[0] is None
+
+
+def test_cos_bundles_read_back_independently() -> None:
+    key = cosign.generate_key()
+    data = bundle.make_bundle(key, D, {"build": "7"})
+    assert sigstore.dsse_verifies(data, key.public_key(), D)
+    doc = json.loads(data)
+    assert list(doc) == ["mediaType", "verificationMaterial", "dsseEnvelope"]
+    assert "keyid" not in doc["dsseEnvelope"]["signatures"][0]
+    st = json.loads(base64.b64decode(doc["dsseEnvelope"]["payload"]))
+    assert list(st) == ["_type", "subject", "predicateType", "predicate"]
+    assert st["subject"][0]["annotations"] == {"build": "7"}
+    assert bundle.statement(D) == sigstore.Writer(key).statement(D)
+    manifest = json.loads(bundle.referrer_manifest(data, {"digest": D}, "2026-12-01T00:00:00Z"))
+    assert list(manifest)[-2:] == ["subject", "artifactType"]
+    assert manifest["config"]["digest"] == "sha256:" + hashlib.sha256(b"{}").hexdigest()

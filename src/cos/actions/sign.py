@@ -1,7 +1,11 @@
 """cos sign and cos generate-key-pair: cosign-compatible key-based signatures.
 
 Keys and signatures use cosign's formats, so a pipeline can sign with either tool
-and machines verify with either. The password comes from COSIGN_PASSWORD (the
+and machines verify with either. Two signature formats: `old` (the default), the
+`.sig` tag every cos and cosign release reads, and `new`, the Sigstore bundle
+stored as an OCI referrer that cosign v3 writes by default; a cos older than the
+bundle reader refuses an image signed only the new way, so a fleet switches once
+its machines read both. The password comes from COSIGN_PASSWORD (the
 variable cosign reads) or a prompt on a terminal; it never appears in argv or logs.
 """
 
@@ -20,9 +24,10 @@ from cos.config import Config
 from cos.errors import ConfigError, ImageError, UsageError
 from cos.fsutil import atomic_write
 from cos.log import step
-from cos.oci import cosign
+from cos.oci import bundle, cosign
 from cos.oci.digest import short_digest
 from cos.oci.reference import ImageRef, parse_ref
+from cos.oci.referrers import push_bundle
 from cos.oci.registry import Client, RegistryError, split_name
 from cos.oci.signatures import push_signature
 from cos.oci.transport import layout_digest
@@ -68,6 +73,7 @@ class SignRequest:
     image: str
     key: Path
     annotations: dict[str, str]
+    bundle_format: str = "old"  # old: the `.sig` tag; new: a Sigstore bundle referrer
 
 
 def sign_image(req: SignRequest, cfg: Config) -> str:
@@ -76,10 +82,14 @@ def sign_image(req: SignRequest, cfg: Config) -> str:
     key = cosign.load_private_key(req.key, _password(confirm=False))
     with step(f"Resolving {ref}"):
         digest = resolve_digest(ref, cfg.tls_verify)
-    data = cosign.payload(ref.name, digest, req.annotations or None)
-    signature = base64.b64encode(cosign.sign(key, data)).decode()
     with step(f"Storing the signature of {short_digest(digest)}"):
-        where = push_signature(ref, digest, data, signature, cfg.tls_verify)
+        if req.bundle_format == "new":
+            blob = bundle.make_bundle(key, digest, req.annotations or None)
+            where = push_bundle(ref, digest, blob, cfg.tls_verify)
+        else:
+            data = cosign.payload(ref.name, digest, req.annotations or None)
+            signature = base64.b64encode(cosign.sign(key, data)).decode()
+            where = push_signature(ref, digest, data, signature, cfg.tls_verify)
     log.info("Signed %s (%s) → %s", ref, digest, where)
     return where
 

@@ -401,6 +401,13 @@ def _inspect(args: argparse.Namespace, cfg: Config) -> int:
         metavar="KEY=VALUE",
         help="extra signed claim (repeatable)",
     ),
+    arg(
+        "--bundle-format",
+        choices=("old", "new"),
+        default="old",
+        help="old: the .sig tag (default; read by every cos and cosign); new: a Sigstore"
+        " bundle stored as an OCI referrer, as cosign v3 writes",
+    ),
     TLS_VERIFY,
 )
 def _sign(args: argparse.Namespace, cfg: Config) -> int:
@@ -412,7 +419,8 @@ def _sign(args: argparse.Namespace, cfg: Config) -> int:
         if not sep or not k:
             raise UsageError(f"annotation {a!r} is not KEY=VALUE", hint="e.g. -a build=42")
         notes[k] = v
-    sign_image(SignRequest(image=args.image, key=args.key, annotations=notes), cfg)
+    req = SignRequest(args.image, args.key, notes, args.bundle_format)
+    sign_image(req, cfg)
     return 0
 
 

@@ -339,6 +339,116 @@ class Client:
 
         self._retrying(what, once)
 
+    # -- small reads and writes (signatures) ---------------------------------------------
+    def _send(
+        self, method: str, url: str, scope: str, headers: dict[str, str], body: bytes = b""
+    ) -> tuple[int, dict[str, str], bytes]:
+        """One small request to this registry with auth; (status, headers, body ≤ 4 MiB)."""
+        auth = self._token.get(scope)
+        for _ in range(2):
+            conn = self._connect(self._base(), self.host)
+            try:
+                hdrs = {**headers, **({"Authorization": auth} if auth else {})}
+                if method in ("PUT", "POST", "PATCH"):
+                    hdrs["Content-Length"] = str(len(body))
+                conn.request(method, url, body=body or None, headers=hdrs)
+                resp = conn.getresponse()
+                data = resp.read(MAX_MANIFEST + 1)
+                got = {k.lower(): v for k, v in resp.getheaders()}
+            except (OSError, http.client.HTTPException) as exc:
+                raise RegistryError(f"registry {self.host}: {method} failed ({exc})") from exc
+            finally:
+                conn.close()
+            if resp.status == 401 and auth is None:
+                auth = self._authorize(got.get("www-authenticate", ""), scope)
+                if auth is None:
+                    raise RegistryError(
+                        f"registry {self.host} asks for credentials",
+                        hint="log in (auth.json or ~/.docker/config.json)",
+                        status=401,
+                    )
+                self._token[scope] = auth
+                continue
+            return resp.status, got, data
+        raise RegistryError(f"registry {self.host}: credentials refused", status=401)
+
+    def referrers(self, repo: str, digest: str) -> bytes | None:
+        """The referrers API's index for digest; None when the registry has no such API."""
+        status, headers, data = self._send(
+            "GET",
+            f"/v2/{repo}/referrers/{check_digest(digest)}",
+            f"repository:{repo}:pull",
+            {"Accept": "application/vnd.oci.image.index.v1+json"},
+        )
+        if status == 200 and headers.get("content-type", "").startswith(
+            "application/vnd.oci.image.index.v1+json"
+        ):
+            return data
+        if status in (200, 400, 404, 405):
+            return None
+        raise RegistryError(
+            f"{self.host}/{repo}: referrers of {digest}: HTTP {status}", status=status
+        )
+
+    def small_blob(self, repo: str, digest: str, cap: int) -> bytes:
+        """A blob of at most cap bytes, in memory, checked against its digest."""
+        what = f"blob {short_digest(digest)} of {self.host}/{repo}"
+
+        def once() -> bytes:
+            with self._get(
+                f"/v2/{repo}/blobs/{check_digest(digest)}", f"repository:{repo}:pull", {}
+            ) as r:
+                if r.status != 200:
+                    raise RegistryError(f"{what}: HTTP {r.status}", status=r.status)
+                return r.read(cap + 1)
+
+        data = self._retrying(what, once)
+        if len(data) > cap or sha256_digest(data) != digest:
+            raise RegistryError(f"{what}: larger than {cap} bytes or not matching its digest")
+        return data
+
+    def put_blob(self, repo: str, data: bytes) -> str:
+        """Upload data as a blob (monolithic: POST, then PUT with the digest); its digest."""
+        digest = sha256_digest(data)
+        scope = f"repository:{repo}:pull,push"
+        status, _, _ = self._send("HEAD", f"/v2/{repo}/blobs/{digest}", scope, {})
+        if status == 200:
+            return digest
+        status, headers, _ = self._send("POST", f"/v2/{repo}/blobs/uploads/", scope, {})
+        if status != 202 or "location" not in headers:
+            raise RegistryError(
+                f"{self.host}/{repo}: blob upload refused (HTTP {status})", status=status
+            )
+        loc = urllib.parse.urlsplit(
+            urllib.parse.urljoin(f"{self._base()}://{self.host}/", headers["location"])
+        )
+        if loc.netloc != self.host:
+            raise RegistryError(f"{self.host}/{repo}: blob upload redirected to {loc.netloc}")
+        query = (loc.query + "&" if loc.query else "") + urllib.parse.urlencode({"digest": digest})
+        status, _, _ = self._send(
+            "PUT", f"{loc.path}?{query}", scope, {"Content-Type": "application/octet-stream"}, data
+        )
+        if status != 201:
+            raise RegistryError(
+                f"{self.host}/{repo}: blob upload failed (HTTP {status})", status=status
+            )
+        return digest
+
+    def put_manifest(self, repo: str, reference: str, data: bytes, media_type: str) -> None:
+        status, _, body = self._send(
+            "PUT",
+            f"/v2/{repo}/manifests/{reference}",
+            f"repository:{repo}:pull,push",
+            {"Content-Type": media_type},
+            data,
+        )
+        if status != 201:
+            raise RegistryError(
+                f"{self.host}/{repo}:{reference}: manifest refused (HTTP {status}: "
+                f"{body[:200].decode(errors='replace')})",
+                status=status,
+            )
+
 
 def split_name(name: str) -> tuple[str, str]:
     """host, repository of an `host/repo` name."""

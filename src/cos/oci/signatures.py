@@ -1,6 +1,10 @@
-"""Reading and writing cosign signatures next to an image (the `.sig` tag).
+"""Reading and writing cosign signatures next to an image.
 
-The signature "image" is tiny (one payload blob per signature and a config), so it
+Two places are read: the `.sig` tag (cosign before v3, and `cos sign` by default) and
+Sigstore bundles stored as OCI referrers (cosign v3, `cos sign --bundle-format new`;
+`cos.oci.referrers`). One valid signature by the key in either place is enough.
+
+The `.sig` "image" is tiny (one payload blob per signature and a config), so it
 travels with the same skopeo copy as every other image: registry credentials, TLS
 settings and proxies behave exactly as for a pull, and an `oci:` layout holds its
 signatures under the same tag name as a registry does.
@@ -17,7 +21,7 @@ from typing import Any
 from cos import run as runner
 from cos.errors import ImageError, ToolError
 from cos.fsutil import atomic_write
-from cos.oci import cosign
+from cos.oci import bundle, cosign, referrers
 from cos.oci.digest import blob_path, sha256_digest
 from cos.oci.layout import REF_NAME, OciLayout
 from cos.oci.reference import ImageRef, Transport
@@ -120,11 +124,39 @@ def require_signed(
         sigs += fetch_signatures(ref, d, tls_verify)
     reason = cosign.verify(key, digests, sigs)
     if reason is not None:
+        blobs: list[bytes] = []
+        for d in sorted(digests):
+            blobs += referrers.fetch_bundles(ref, d, tls_verify)
+        if blobs:
+            why, verified = bundle.verify(key, digests, blobs)
+            if verified is not None:
+                _tlog_unchecked(ref, verified)
+                log.info("Signature bundle of %s verified with %s", ref, key_path)
+                return
+            if not sigs:
+                reason = why
+    if reason is not None:
         raise SignatureError(
             f"refusing {ref}: {reason}",
             hint=f"sign it with `cos sign --key cosign.key {ref}` (public key: {key_path})",
         )
     log.info("Signature of %s verified with %s", ref, key_path)
+
+
+def _tlog_unchecked(ref: ImageRef, verified: bundle.Bundle) -> None:
+    """Say that the transparency log plays no part, as cosign's --insecure-ignore-tlog."""
+    if verified.tlog_entries:
+        log.warning(
+            "%s: the signature bundle carries a transparency-log entry that is not checked"
+            " (no log key is configured); the key alone vouches for the image",
+            ref,
+        )
+    else:
+        log.info(
+            "%s: the signature bundle has no transparency-log entry; the log is not checked"
+            " (the key alone vouches for the image)",
+            ref,
+        )
 
 
 def push_signature(

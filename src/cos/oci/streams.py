@@ -10,8 +10,10 @@ writing the files of the last ones. Output is bounded per chunk, so a decompress
 bomb cannot fill memory, and tar headers are parsed with limits (an extended header
 is read whole into memory by tarfile).
 
-zstd layers need the ``zstandard`` module (or Python 3.14's ``compression.zstd``):
-without one they are refused with a clear error.
+zstd layers need the ``zstandard`` module (python3-zstandard, a dependency; Python
+3.14's ``compression.zstd`` also does): without one they are refused with a clear
+error. A zstd stream is read across frames, and skippable frames (zstd:chunked's
+table of contents) yield nothing, so the decompressed stream is the tar alone.
 """
 
 from __future__ import annotations

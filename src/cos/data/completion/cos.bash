@@ -131,10 +131,11 @@ _cos() {
             esac
             ;;
         sign)
-            opts="-h --help --key -a --annotation --tls-verify"
+            opts="-h --help --key -a --annotation --bundle-format --tls-verify"
             case "$prev" in
                 --key) files=1 ;;
                 -a|--annotation) return 0 ;;
+                --bundle-format) values="old new" ;;
                 --tls-verify) values="true false" ;;
             esac
             ;;
