@@ -15,8 +15,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from cos.oci import cosign
-from tests.integration.test_signatures import cos, push, refused, tiny_layout
 from tests.support import sigstore
+from tests.support.cli import cos, push, refused, tiny_layout
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_signatures import cos, push, refused, tiny_layout
+from tests.support.cli import cos, push, refused, tiny_layout
 from tests.support.faultproxy import Fault, FaultProxy
 
 pytestmark = pytest.mark.integration

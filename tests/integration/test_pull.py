@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_signatures import cos, refused, tiny_layout
 from tests.support import events
+from tests.support.cli import cos, refused, tiny_layout
 
 pytestmark = pytest.mark.integration
 

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import need
-from tests.integration.test_signatures import cos
-from tests.integration.test_unpack_vanilla import differences, tree
+from tests.support.cli import cos
 from tests.support.malicious_layers import Layer, oci_layout
 from tests.support.registry import registry
+from tests.support.trees import differences, tree
 
 pytestmark = pytest.mark.integration
 
