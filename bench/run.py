@@ -15,10 +15,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import boot, build_disk, pull, unpack, upgrade
+from bench import boot, build_disk, pull, startup, unpack, upgrade
 from bench.common import Images, Row, print_table
 
-BENCHES = ("unpack", "pull", "upgrade", "build-disk", "boot")
+BENCHES = ("startup", "unpack", "pull", "upgrade", "build-disk", "boot")
 
 
 def main() -> int:
@@ -34,6 +34,7 @@ def main() -> int:
         ap.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
     images = Images(Path(args.workdir))
     suite: dict[str, Callable[[], list[Row]]] = {
+        "startup": lambda: startup.bench(args),
         "unpack": lambda: unpack.bench(args),
         "pull": lambda: pull.bench(args, images),
         "upgrade": lambda: upgrade.bench(args, images),

@@ -16,8 +16,6 @@ import re
 import shlex
 import stat
 import sys
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -350,6 +348,9 @@ def _load_source(src: str, strict: bool) -> LoadResult:
     if src == "-":
         return load_text(sys.stdin.read(MAX_FILE_BYTES), "<stdin>", strict=strict)
     if re.match(r"^https?://", src):
+        import urllib.error  # only sources given as URLs need the HTTP stack
+        import urllib.request
+
         try:
             with urllib.request.urlopen(src, timeout=30) as r:
                 raw = r.read(MAX_FILE_BYTES + 1)

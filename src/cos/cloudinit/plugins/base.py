@@ -5,13 +5,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
-import http.client
 import logging
 import os
 import stat
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,6 +99,10 @@ class Context:
             raise PluginError(f"dry-run: {url} not fetched")
         if not url.startswith(("http://", "https://")):
             raise PluginError(f"unsupported URL {url!r} (http or https only)")
+        import http.client  # the HTTP stack costs every stage's start; few steps fetch
+        import urllib.error
+        import urllib.request
+
         try:
             if low_port:
                 data = _fetch_from_low_port(url, timeout, limit, headers or {})
@@ -137,6 +137,9 @@ class Context:
 
 
 def _fetch_from_low_port(url: str, timeout: float, limit: int, headers: dict[str, str]) -> bytes:
+    import http.client
+    import urllib.parse
+
     parts = urllib.parse.urlsplit(url)
     if parts.scheme != "http" or not parts.hostname:
         raise ValueError("a privileged source port needs a plain http URL")
