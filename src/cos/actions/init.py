@@ -6,7 +6,13 @@ from pathlib import Path
 
 from cos.errors import StateError, UsageError
 from cos.log import log, step
-from cos.system.features import FEATURES, image_build_reason, rebuild_initrd
+from cos.system.features import (
+    FEATURES,
+    check_prerequisites,
+    image_build_reason,
+    installing,
+    rebuild_initrd,
+)
 
 
 def init_image(names: list[str], force: bool = False, root: Path = Path("/")) -> list[str]:
@@ -28,10 +34,12 @@ def init_image(names: list[str], force: bool = False, root: Path = Path("/")) ->
                 hint="run it in a Containerfile (RUN cos init); --force overrides",
             )
     selected = names or list(FEATURES)
-    for name in selected:
-        with step(f"Installing feature {name}: {FEATURES[name].summary}"):
-            FEATURES[name].install(root)
-    if "immutable-rootfs" in selected:
-        rebuild_initrd(root)
+    check_prerequisites(root, selected)
+    with installing():  # a failure puts back every file it changed
+        for name in selected:
+            with step(f"Installing feature {name}: {FEATURES[name].summary}"):
+                FEATURES[name].install(root)
+        if "immutable-rootfs" in selected:
+            rebuild_initrd(root)
     log.info("cos init: installed %s", ", ".join(selected))
     return selected

@@ -7,14 +7,17 @@ features (cloud-config defaults, boot assessment) slot in without touching the a
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
-import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from cos import run as runner
 from cos.data import data_path
+from cos.errors import ImageError
 from cos.fsutil import inside
 from cos.log import step
 from cos.system.kernel import require_kernel
@@ -38,9 +41,90 @@ def feature(name: str, summary: str) -> Callable[[Callable[[Path], None]], Calla
     return register
 
 
+class Undo:
+    """What an installation changed, to put back when it fails halfway: files and links
+    as they were (or absent), directories it made. A failed `cos init` leaves the tree
+    as it found it."""
+
+    def __init__(self) -> None:
+        self._steps: list[Callable[[], None]] = []
+
+    def path(self, target: Path) -> None:
+        """Before target (a file or link) is written or removed."""
+        if target.is_symlink():
+            old_link = os.readlink(target)
+            self._steps.append(lambda: _put_link(target, old_link))
+        elif target.is_file():
+            old, mode = target.read_bytes(), target.stat().st_mode & 0o7777
+            self._steps.append(lambda: _put_file(target, old, mode))
+        elif not target.exists():
+            self._steps.append(lambda: target.unlink(missing_ok=True))
+
+    def mkdir(self, d: Path) -> None:
+        """Make d and its missing parents, remembering which were made."""
+        missing = [p for p in [d, *d.parents] if not p.exists() and not p.is_symlink()]
+        d.mkdir(parents=True, exist_ok=True)
+        for p in reversed(missing):  # undone deepest first (steps run in reverse)
+            self._steps.append(functools.partial(_rmdir_if_empty, p))
+
+    def rollback(self) -> None:
+        for undo in reversed(self._steps):
+            with contextlib.suppress(OSError):  # best effort: the rest still goes back
+                undo()
+        self._steps.clear()
+
+
+def _put_link(target: Path, to: str) -> None:
+    if target.is_symlink() or target.exists():
+        target.unlink()
+    target.symlink_to(to)
+
+
+def _put_file(target: Path, data: bytes, mode: int) -> None:
+    if target.is_symlink():
+        target.unlink()
+    target.write_bytes(data)
+    target.chmod(mode)
+
+
+def _rmdir_if_empty(d: Path) -> None:
+    if d.is_dir() and not d.is_symlink() and not any(d.iterdir()):
+        d.rmdir()
+
+
+_UNDO: list[Undo] = []  # the running installation's journal (installing())
+
+
+@contextmanager
+def installing() -> Iterator[Undo]:
+    """Journal every change the features make; on an exception, undo them all."""
+    undo = Undo()
+    _UNDO.append(undo)
+    try:
+        yield undo
+    except BaseException:
+        undo.rollback()
+        raise
+    finally:
+        _UNDO.pop()
+
+
+def _journal_path(target: Path) -> None:
+    if _UNDO:
+        _UNDO[-1].path(target)
+
+
+def _mkdir(d: Path) -> None:
+    if _UNDO:
+        _UNDO[-1].mkdir(d)
+    else:
+        d.mkdir(parents=True, exist_ok=True)
+
+
 def _write(root: Path, path: str, content: str | bytes, mode: int = 0o644) -> None:
     target = inside(root, path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    _mkdir(target.parent)
+    _journal_path(target)
     if isinstance(content, str):
         target.write_text(content)
     else:
@@ -50,8 +134,9 @@ def _write(root: Path, path: str, content: str | bytes, mode: int = 0o644) -> No
 
 def _enable_unit(root: Path, unit: str, wanted_by: str) -> None:
     wants = inside(root, f"/etc/systemd/system/{wanted_by}.wants")
-    wants.mkdir(parents=True, exist_ok=True)
+    _mkdir(wants)
     link = wants / unit
+    _journal_path(link)
     if link.is_symlink() or link.exists():
         link.unlink()
     src = f"/etc/systemd/system/{unit}"
@@ -62,13 +147,15 @@ def _enable_unit(root: Path, unit: str, wanted_by: str) -> None:
 
 @feature("immutable-rootfs", "dracut module mounting the snapshot read-only as /")
 def _immutable_rootfs(root: Path) -> None:
-    dest = inside(root, "/usr/lib/dracut/modules.d/90cos")
-    if dest.exists():
-        shutil.rmtree(dest)
-    dest.mkdir(parents=True)
+    module = "/usr/lib/dracut/modules.d/90cos"
+    shipped = {e.name for e in data_path("dracut", "90cos").iterdir()}
+    dest = inside(root, module)
+    for old in dest.iterdir() if dest.is_dir() else []:
+        if old.name not in shipped:  # a file an older toolkit shipped
+            _journal_path(old)
+            old.unlink()
     for entry in data_path("dracut", "90cos").iterdir():
-        (dest / entry.name).write_bytes(entry.read_bytes())
-        (dest / entry.name).chmod(0o755)
+        _write(root, f"{module}/{entry.name}", entry.read_bytes(), 0o755)
     _write(
         root,
         "/etc/dracut.conf.d/90-cos.conf",
@@ -92,7 +179,7 @@ def _grub_config(root: Path) -> None:
 @feature("layout", "mount points of the immutable layout (/oem, /usr/local, tmpfs /tmp)")
 def _layout(root: Path) -> None:
     for d in ("/oem", "/usr/local", "/run", "/etc/cos/config.d"):
-        inside(root, d).mkdir(parents=True, exist_ok=True)
+        _mkdir(inside(root, d))
     # /tmp must be writable on a read-only root.
     tmp_unit = inside(root, "/usr/share/systemd/tmp.mount")
     if tmp_unit.is_file():
@@ -116,7 +203,7 @@ def _systemd(root: Path) -> None:
     _enable_unit(root, "cos-boot-assessment.service", "multi-user.target")
     _enable_unit(root, "cos-mark-good.service", "multi-user.target")
     _enable_unit(root, "cos-live-install.service", "multi-user.target")
-    inside(root, "/usr/libexec/cos-checks").mkdir(parents=True, exist_ok=True)
+    _mkdir(inside(root, "/usr/libexec/cos-checks"))
 
 
 @feature("network", "DHCP on wired interfaces with systemd-networkd")
@@ -151,6 +238,7 @@ def rebuild_initrd(root: Path) -> None:
     """Build the initrd of the newest kernel and give both stable names in /boot."""
     kernel = require_kernel(root, "this image")
     initrd = f"/boot/initrd.img-{kernel.version}"
+    _journal_path(inside(root, initrd))
     with step(f"Building the initrd for kernel {kernel.version}"):
         runner.run(
             _chroot_argv(
@@ -160,13 +248,33 @@ def rebuild_initrd(root: Path) -> None:
     inside(root, initrd).chmod(0o644)
     for name, target in (("vmlinuz", kernel.vmlinuz.name), ("initrd", Path(initrd).name)):
         link = inside(root, f"/boot/{name}")
+        _journal_path(link)
         if link.is_symlink() or link.exists():
             link.unlink()
         link.symlink_to(target)
 
 
+def check_prerequisites(root: Path, selected: list[str]) -> None:
+    """Before the first write: what the selected features need is in the tree."""
+    if "immutable-rootfs" in selected:
+        require_kernel(root, "this image")
+        if not any(inside(root, p).exists() for p in ("/usr/bin/dracut", "/sbin/dracut")):
+            raise ImageError(
+                "this image has no dracut: cos init builds the initrd with it",
+                hint="install dracut in the Containerfile before RUN cos init",
+            )
+
+
 def image_build_reason() -> str | None:
-    """Why this looks like an image build (a container build or a chroot), or None."""
+    """Why this looks like an image build (a container build or a chroot), or None.
+
+    What the builders leave: `docker build` runs each RUN in a container with
+    /.dockerenv; buildah and podman (`buildah bud`, `podman build`) create
+    /run/.containerenv; systemd-nspawn and podman set $container. A chroot has a root
+    other than PID 1's. A machine whose PID 1 is systemd is booted, not building,
+    whatever else it has (a system container, or a host with a stray /.dockerenv)."""
+    if _pid1() == "systemd":
+        return None
     if Path("/run/.containerenv").exists() or Path("/.dockerenv").exists():
         return "container build"
     if os.environ.get("container"):  # noqa: SIM112 (the name container managers set)
@@ -178,3 +286,10 @@ def image_build_reason() -> str | None:
     except OSError:
         return "chroot"  # no /proc or no access to PID 1's root: not a booted host
     return None
+
+
+def _pid1() -> str:
+    try:
+        return Path("/proc/1/comm").read_text().strip()
+    except OSError:
+        return ""
