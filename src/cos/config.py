@@ -212,6 +212,14 @@ class Config:
             " tries down and falls back; 0: wait forever"
         ),
     )
+    build_hooks_network: bool = field(
+        default=False,
+        metadata=doc(
+            "give build-time hooks run on the build machine (build-disk's"
+            " after-disk-chroot, from the image's /system/oem) a network; without it they"
+            " run in a network namespace of their own with no interfaces"
+        ),
+    )
     cloud_init_paths: list[str] = field(
         default_factory=list,
         metadata=doc(

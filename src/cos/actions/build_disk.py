@@ -25,7 +25,7 @@ from cos.boot.bootloader import (
 )
 from cos.boot.oem import write_oem
 from cos.boot.recovery import RECOVERY_LABEL, write_recovery
-from cos.cloudinit.hooks import run_hook
+from cos.cloudinit.hooks import run_hook, run_sandboxed_hook
 from cos.cloudinit.sources import build_sources, check_cloud_init
 from cos.config import Config
 from cos.disk import formats
@@ -45,7 +45,7 @@ from cos.snapshot.base import snapshot_label
 from cos.system.kernel import BootFiles, check_bootable
 from cos.system.state import ImageState, InstallState, write_state
 
-REQUIRED_TOOLS = [*DISK_TOOLS, "skopeo"]
+REQUIRED_TOOLS = [*DISK_TOOLS, "skopeo", "unshare"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -181,7 +181,9 @@ def _build(b: _Build) -> None:
     image_oem = system.tree / "system/oem"
     with step("Running the after-disk-chroot hook"):
         own = [str(image_oem)] if image_oem.is_dir() else []
-        run_hook("after-disk-chroot", own + b.hooks, system.tree)
+        run_sandboxed_hook(
+            "after-disk-chroot", own + b.hooks, system.tree, network=b.cfg.build_hooks_network
+        )
     recovery = (
         system
         if b.rec_ref == b.ref
