@@ -7,6 +7,7 @@ written as the initrd would (active mode, booted image).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -324,6 +325,25 @@ class TestRefusals:
             device, 3, "not a GRUB environment block", "upgrade", "--system", images.v2,
             "--tls-verify=false",
         )  # fmt: skip
+
+
+def test_a_damaged_blob_in_the_store_is_fetched_again(
+    device: Device, images: Images, registry_dir: Path
+) -> None:
+    shared = [d for d in _layers("upgrade-v2") if d in set(_layers("vanilla"))]
+    damaged = min(
+        shared, key=lambda d: (device.state / ".store/blobs/sha256" / d[7:]).stat().st_size
+    )
+    blob = device.state / ".store/blobs/sha256" / damaged[7:]
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    before = _blob_gets(images, registry_dir / "registry.log")
+    r = device.cos("upgrade", "--system", images.v2, "--tls-verify=false")
+    assert "is damaged" in r.stderr and "fetched again" in r.stderr
+    assert damaged in _blob_gets(images, registry_dir / "registry.log") - before
+    assert device.active() == 2
+    assert "sha256:" + hashlib.sha256(blob.read_bytes()).hexdigest() == damaged
 
 
 # An upgrade whose switch fails at the rename of the `active` link.

@@ -19,7 +19,8 @@ from typing import Any
 from cos import run as runner
 from cos.errors import ImageError, ToolError
 from cos.fsutil import atomic_write, fsync_dir
-from cos.oci.digest import check_digest, sha256_digest
+from cos.log import log
+from cos.oci.digest import check_digest, sha256_digest, short_digest
 from cos.oci.image import LocalImage
 from cos.oci.layout import INDEX_TYPES, MANIFEST_TYPES, REF_NAME, OciLayout
 from cos.oci.progress import PullProgress
@@ -186,6 +187,7 @@ class LayerStore:
         host, repo = split_name(remote.ref.name)
         client = Client(host, tls_verify)
         self.layout.blobs.mkdir(parents=True, exist_ok=True)
+        self.heal(remote)
         missing = self.missing(remote)
         report = progress or PullProgress.for_terminal()
         with report.running(sum(s for _, s in missing)):
@@ -201,6 +203,30 @@ class LayerStore:
         self.sync()
         self._tag(remote.digest, len(remote.manifest), remote.media_type, tag)
         return LocalImage(remote.ref, self.path, tag, remote.digest)
+
+    def heal(self, remote: RemoteImage) -> list[str]:
+        """Check the blobs of remote the store already has; a damaged one (bit rot, a
+        torn write) is dropped so the pull fetches it again, instead of failing every
+        upgrade from now on. Returns the digests dropped."""
+        dropped = []
+        for digest, size in (*remote.layers, remote.config):
+            blob = self.layout.blob(digest)
+            if not blob.is_file():
+                continue
+            h = hashlib.sha256()
+            with open(blob, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+            if blob.stat().st_size == size and f"sha256:{h.hexdigest()}" == digest:
+                continue
+            log.warning(
+                "layer store: blob %s is damaged (its content does not match its digest);"
+                " it is fetched again",
+                short_digest(digest),
+            )
+            blob.unlink()
+            dropped.append(digest)
+        return dropped
 
     def _tag(self, digest: str, size: int, media_type: str, tag: str) -> None:
         index = self._index()
