@@ -6,8 +6,9 @@ import gzip
 import json
 import logging
 import os
-import shutil
+import stat
 import tarfile
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
@@ -16,6 +17,7 @@ from cos import events
 from cos.config import Config
 from cos.errors import ImageError, UsageError
 from cos.log import step
+from cos.oci.contain import remove_tree
 from cos.oci.digest import blob_path, short_digest
 from cos.oci.image import LocalImage, unpack
 from cos.oci.reference import parse_ref
@@ -142,28 +144,83 @@ class PullRequest:
 
 
 def pull_image(req: PullRequest, cfg: Config) -> LocalImage:
-    """Unpack an image into DEST (which must not exist, or be an empty directory)."""
+    """Unpack an image into DEST: a new directory, an empty one or an empty mount point.
+
+    What the user named is never removed: the tree is built in a private directory
+    beside DEST and renamed onto it (rename replaces an empty directory atomically), and
+    an empty mount point, which cannot be renamed onto, is filled in place and emptied
+    again if the unpack fails.
+    """
     dest = req.dest.absolute()
-    if dest.exists():
-        if not dest.is_dir() or any(dest.iterdir()):
-            raise UsageError(
-                f"{dest} exists and is not an empty directory",
-                hint="pull into a new directory",
-            )
-        dest.rmdir()
-    if not dest.parent.is_dir():
-        raise UsageError(f"{dest.parent} does not exist", hint="create the parent directory first")
+    in_place = _check_dest(req.dest, dest)
     ref = parse_ref(req.image)
     with step(f"Pulling {ref}"):
         local = fetch(ref, Path(cfg.cache_dir), cfg.tls_verify, cfg.signature_key(), cfg.arch())
-    partial = dest.with_name(f".{dest.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
     with step(f"Unpacking into {dest}"):
-        try:
-            unpack(local, partial)
-            os.rename(partial, dest)  # a half tree never carries the name asked for
-        finally:
-            shutil.rmtree(partial, ignore_errors=True)
+        if in_place:
+            unpack(local, dest)
+        else:
+            _unpack_beside(local, dest)
     log.info("Unpacked %s (%s) into %s", ref, local.digest, dest)
     events.summary(image=str(ref), digest=local.digest, dest=str(dest))
     return local
+
+
+def _check_dest(given: Path, dest: Path) -> bool:
+    """Refuse a DEST that cannot take the tree before anything is fetched; True when it is
+    an empty mount point (filled in place)."""
+    if given.name in ("", ".", ".."):
+        raise UsageError(
+            f"{str(given)!r} does not name a new directory",
+            hint="give the directory to create, e.g. ./rootfs",
+        )
+    try:
+        name_max = os.pathconf(dest.parent, "PC_NAME_MAX")
+        if len(os.fsencode(dest.name)) > name_max:
+            raise UsageError(
+                f"the name {dest.name[:40]}… is longer than {name_max} bytes",
+                hint="choose a shorter directory name",
+            )
+        st = os.lstat(dest)
+    except FileNotFoundError:
+        if not dest.parent.is_dir():
+            raise UsageError(
+                f"{dest.parent} does not exist", hint="create the parent directory first"
+            ) from None
+        return False
+    except OSError as exc:
+        raise UsageError(f"cannot use {dest}: {exc.strerror}", hint="check the path") from exc
+    if not stat.S_ISDIR(st.st_mode) or _holds_anything(dest):
+        raise UsageError(
+            f"{dest} exists and is not an empty directory", hint="pull into a new directory"
+        )
+    return os.path.ismount(dest)
+
+
+def _holds_anything(path: Path) -> bool:
+    """True unless path is empty (an empty lost+found, as on a new filesystem, is allowed)."""
+    try:
+        names = os.listdir(path)
+        return any(n != "lost+found" or os.listdir(path / n) for n in names)
+    except OSError:
+        return True
+
+
+def _unpack_beside(local: LocalImage, dest: Path) -> None:
+    try:
+        work = Path(tempfile.mkdtemp(prefix=".cos-pull-", dir=dest.parent))
+    except OSError as exc:
+        raise UsageError(
+            f"cannot write in {dest.parent}: {exc.strerror}", hint="check its permissions"
+        ) from exc
+    try:
+        unpack(local, work / "rootfs")
+        try:
+            os.rename(work / "rootfs", dest)  # a half tree never carries the name asked for
+        except OSError as exc:
+            raise UsageError(
+                f"cannot move the tree to {dest}: {exc.strerror}",
+                hint="DIR must stay absent or empty while the image is pulled",
+            ) from exc
+    finally:
+        remove_tree(work)

@@ -1,0 +1,119 @@
+"""Hostile and careless input: one clean error line, nothing the user named is lost."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from cos.cli import main
+from cos.errors import ExitCode
+from tests.conftest import need
+from tests.support.malicious_layers import Layer, oci_layout
+
+
+@pytest.fixture(autouse=True)
+def empty_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every command reads its own config dir, never the host's /etc/cos."""
+    conf = tmp_path / "etc-cos"
+    conf.mkdir()
+    monkeypatch.setenv("COS_CONFIG_DIR", str(conf))
+    return conf
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def one_error(err: str) -> str:
+    """The `cos: error:` line of err, asserting it is the only one and not a bug report."""
+    lines = [x for x in err.splitlines() if x.startswith("cos: ")]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("cos: error: ") and "internal error" not in err, err
+    return lines[0]
+
+
+# --- pull-image never deletes what the user named ---------------------------------------
+
+
+def test_failed_pull_keeps_the_empty_directory(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    dest = tmp_path / "rootfs"
+    dest.mkdir()
+    rc, _, err = run(capsys, "pull-image", f"oci:{tmp_path}/nowhere:x", str(dest))
+    assert rc == ExitCode.IMAGE
+    one_error(err)
+    assert dest.is_dir()
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "sub/.."])
+def test_pull_refuses_names_that_are_not_a_new_directory(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+) -> None:
+    here = tmp_path / "a" / "empty"
+    (here / "sub").mkdir(parents=True)
+    (here / "sub").rmdir()
+    monkeypatch.chdir(here)
+    rc, _, err = run(capsys, "pull-image", f"oci:{tmp_path}/nowhere:x", name)
+    assert rc == ExitCode.USAGE
+    assert "does not name a new directory" in one_error(err)
+    assert here.is_dir() and here.parent.is_dir()
+
+
+def test_pull_refuses_a_name_too_long(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    rc, _, err = run(capsys, "pull-image", f"oci:{tmp_path}/nowhere:x", str(tmp_path / ("d" * 300)))
+    assert rc == ExitCode.USAGE
+    assert "longer than" in one_error(err)
+
+
+def test_pull_refuses_a_symlink_to_an_empty_directory(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to("real")
+    rc, _, err = run(capsys, "pull-image", f"oci:{tmp_path}/nowhere:x", str(tmp_path / "link"))
+    assert rc == ExitCode.USAGE
+    one_error(err)
+    assert (tmp_path / "link").is_symlink() and (tmp_path / "real").is_dir()
+
+
+def _small_layout(tmp_path: Path) -> str:
+    layout, _ = oci_layout(tmp_path, [Layer().dir("etc").file("etc/hello", b"hi\n").bytes()])
+    return f"oci:{layout}:latest"
+
+
+@pytest.mark.root
+def test_pull_fills_an_empty_directory(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    image = _small_layout(tmp_path)
+    dest = tmp_path / "rootfs"
+    dest.mkdir()
+    rc, _, err = run(capsys, "pull-image", image, str(dest))
+    assert rc == 0, err
+    assert (dest / "etc/hello").read_bytes() == b"hi\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["etc-cos", "oci", "rootfs"]
+
+
+@pytest.mark.root
+def test_pull_into_an_empty_mount_point(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    need("mount", "umount", root=True)
+    image = _small_layout(tmp_path)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(mnt)], check=True)
+    try:
+        rc, _, err = run(capsys, "pull-image", f"oci:{tmp_path}/nowhere:x", str(mnt))
+        assert rc == ExitCode.IMAGE and os.path.ismount(mnt)
+        one_error(err)
+        rc, _, err = run(capsys, "pull-image", image, str(mnt))
+        assert rc == 0, err
+        assert os.path.ismount(mnt) and (mnt / "etc/hello").read_bytes() == b"hi\n"
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
