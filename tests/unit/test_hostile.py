@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from cos.cli import main
+from cos.cli.verbs import VERBS
 from cos.errors import ExitCode
 from tests.conftest import need
 from tests.support.malicious_layers import Layer, oci_layout
@@ -117,3 +119,22 @@ def test_pull_into_an_empty_mount_point(capsys: pytest.CaptureFixture[str], tmp_
         assert os.path.ismount(mnt) and (mnt / "etc/hello").read_bytes() == b"hi\n"
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
+
+
+# --- --debug shows the traceback every internal error points at -------------------------
+
+
+def _boom(args: object, cfg: object) -> int:
+    raise RuntimeError("boom")
+
+
+def test_debug_prints_the_traceback_of_an_internal_error(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(VERBS, "status", replace(VERBS["status"], run=_boom))
+    rc, _, err = run(capsys, "status")
+    assert rc == ExitCode.BUG and "Traceback" not in err and "--debug" in err
+    rc, _, err = run(capsys, "--debug", "status")
+    assert rc == ExitCode.BUG
+    assert "Traceback (most recent call last)" in err and "in _boom" in err
+    assert err.rstrip().endswith("RuntimeError: boom") and "error: traceback" not in err

@@ -8,8 +8,8 @@ hint, and the `result` event under --json.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,7 +22,6 @@ from cos.log import setup_logging
 
 __all__ = ["EVENT_COMMANDS", "build_parser", "main"]
 
-log = logging.getLogger("cos")
 
 # Long commands: --json streams JSON Lines events on stdout (docs/json-events.md).
 EVENT_COMMANDS = frozenset(v.name for v in VERBS.values() if v.events)
@@ -42,6 +41,12 @@ def _fail(message: str, hint: str, code: ExitCode, prefix: str = "") -> int:
         print(f"hint: {hint}", file=sys.stderr)
     events.error(message, hint, int(code))
     return int(code)
+
+
+def _traceback(exc: BaseException) -> None:
+    """The traceback itself on stderr (--debug): what a bug report needs. Not through the
+    log, whose plain format shows a record's message only."""
+    print("".join(traceback.format_exception(exc)).rstrip(), file=sys.stderr)
 
 
 def _events_on_bad_usage(argv: list[str]) -> None:
@@ -80,7 +85,7 @@ def _main(argv: list[str]) -> int:
             _events_on_bad_usage(argv)
         code = _fail(exc.message, exc.hint, exc.exit_code, prefix="error: ")
         if debug:
-            log.exception("traceback")
+            _traceback(exc)
         return code
     except KeyboardInterrupt:
         return _fail("interrupted", "", ExitCode.INTERRUPTED)
@@ -88,5 +93,5 @@ def _main(argv: list[str]) -> int:
         hint = "" if debug else "rerun with --debug for a traceback"
         code = _fail(f"internal error: {type(exc).__name__}: {exc}", hint, ExitCode.BUG)
         if debug:
-            log.exception("traceback")
+            _traceback(exc)
         return code
