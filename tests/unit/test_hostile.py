@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from dataclasses import replace
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from cos import events
 from cos.cli import main
 from cos.cli.verbs import VERBS
 from cos.errors import ExitCode
@@ -138,3 +140,42 @@ def test_debug_prints_the_traceback_of_an_internal_error(
     assert rc == ExitCode.BUG
     assert "Traceback (most recent call last)" in err and "in _boom" in err
     assert err.rstrip().endswith("RuntimeError: boom") and "error: traceback" not in err
+
+
+# --- user:password@ never shows -----------------------------------------------------------
+
+SECRET_REFS = [
+    "user:hunter2@example.com/repo:tag",
+    "docker://user:hunter2@example.com/repo:tag",
+    "user:hunter2@localhost:5000/repo",
+    "docker://tok:hunter2@[::1]:5000/repo@sha256:" + "a" * 64,
+]
+
+
+@pytest.mark.parametrize("ref", SECRET_REFS)
+@pytest.mark.parametrize("debug", [[], ["--debug"]])
+def test_credentials_in_a_reference_never_show(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, ref: str, debug: list[str]
+) -> None:
+    rc, out, err = run(capsys, *debug, "pull-image", "--json", ref, str(tmp_path / "d"))
+    assert rc == ExitCode.IMAGE
+    assert "cannot carry credentials" in one_error(err)
+    assert "hunter2" not in out + err
+    start = json.loads(out.splitlines()[0])
+    assert start["event"] == "start" and "@" not in start["args"]["image"].split("/")[0]
+    for argv in (["inspect", ref], ["sign", ref, "--key", str(tmp_path / "k")]):
+        rc, out, err = run(capsys, *debug, *argv)
+        assert rc == ExitCode.IMAGE and "hunter2" not in out + err, err
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("u:p@ss@h.io/r in (u:p@h.io/r)", "h.io/r in (h.io/r)"),
+        ("https://u:p@r.io/v2/", "https://r.io/v2/"),
+        ("busybox@sha256:abc docker://busybox@sha256:abc h.io/x@sha256:abc", None),
+        ("oci:/tmp/u:p@x/layout:tag and mail@example.com", None),
+    ],
+)
+def test_scrub_takes_credentials_only(text: str, shown: str | None) -> None:
+    assert events.scrub(text) == (text if shown is None else shown)

@@ -36,6 +36,7 @@ def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
 
 def _fail(message: str, hint: str, code: ExitCode, prefix: str = "") -> int:
     """The one-line error and hint on stderr, and the `error` event under --json."""
+    message, hint = events.scrub(message), events.scrub(hint)
     print(f"cos: {prefix}{message}", file=sys.stderr)
     if hint:
         print(f"hint: {hint}", file=sys.stderr)
@@ -46,7 +47,7 @@ def _fail(message: str, hint: str, code: ExitCode, prefix: str = "") -> int:
 def _traceback(exc: BaseException) -> None:
     """The traceback itself on stderr (--debug): what a bug report needs. Not through the
     log, whose plain format shows a record's message only."""
-    print("".join(traceback.format_exception(exc)).rstrip(), file=sys.stderr)
+    print(events.scrub("".join(traceback.format_exception(exc))).rstrip(), file=sys.stderr)
 
 
 def _events_on_bad_usage(argv: list[str]) -> None:
