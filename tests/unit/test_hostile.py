@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tarfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from cos import events
 from cos.cli import main
 from cos.cli.verbs import VERBS
 from cos.errors import ExitCode
+from cos.oci.meta import times
 from tests.conftest import need
 from tests.support.malicious_layers import Layer, oci_layout
 
@@ -179,3 +181,131 @@ def test_credentials_in_a_reference_never_show(
 )
 def test_scrub_takes_credentials_only(text: str, shown: str | None) -> None:
     assert events.scrub(text) == (text if shown is None else shown)
+
+
+# --- input that used to end in "internal error" ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("max-snaps: " + "9" * 5000, "invalid YAML"),
+        ("max-snaps: " + "9" * 4000, "out of range"),
+        ("max-snaps: 9223372036854775808", "out of range"),
+        ("a: " + "[" * 5000 + "]" * 5000, "nested too deeply"),
+        ("x: " + "{a: " * 3000 + "1" + "}" * 3000, "nested too deeply"),
+    ],
+)
+def test_config_out_of_bounds(
+    capsys: pytest.CaptureFixture[str], empty_config: Path, text: str, says: str
+) -> None:
+    (empty_config / "config.yaml").write_text(text + "\n")
+    rc, _, err = run(capsys, "status")
+    assert rc == ExitCode.CONFIG
+    line = one_error(err)
+    assert says in line and len(line) < 200
+
+
+def test_deep_cloud_init_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("stages: " + "[" * 5000 + "]" * 5000 + "\n")
+    out = tmp_path / "d.raw"
+    rc, _, err = run(
+        capsys, "build-disk", "oci:/nowhere:x", "-o", str(out), "--cloud-init", str(deep)
+    )
+    assert rc == ExitCode.CONFIG and "nested too deeply" in one_error(err)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["build-disk", "oci:/nowhere:x", "-o", "{long}/d.raw"],
+        ["build-disk", "oci:/nowhere:x", "-o", "{long}"],
+        ["generate-key-pair", "--output-key-prefix", "{long}"],
+        ["pull-image", "oci:/nowhere:x", "{long}/x"],
+    ],
+)
+def test_a_name_too_long_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+) -> None:
+    monkeypatch.setenv("COSIGN_PASSWORD", "x")
+    long = str(tmp_path / ("n" * 300))
+    rc, _, err = run(capsys, *(a.replace("{long}", long) for a in argv))
+    assert rc in (ExitCode.USAGE, ExitCode.DISK), err
+    one_error(err)
+
+
+def test_generate_key_pair_into_a_missing_directory(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COSIGN_PASSWORD", "x")
+    rc, _, err = run(capsys, "generate-key-pair", "--output-key-prefix", str(tmp_path / "no/k"))
+    assert rc == ExitCode.USAGE and "is not a directory" in one_error(err)
+    assert not (tmp_path / "no").exists()
+
+
+def test_sign_checks_the_key_file_before_the_password(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("COSIGN_PASSWORD", raising=False)
+    rc, _, err = run(capsys, "sign", "oci:/nowhere:x", "--key", str(tmp_path / "cosign.key"))
+    assert rc == ExitCode.IMAGE and "cosign.key" in one_error(err)
+    assert "password" not in err
+
+
+@pytest.mark.parametrize("value", ["banana", "", "ture", "2"])
+def test_tls_verify_takes_booleans_only(capsys: pytest.CaptureFixture[str], value: str) -> None:
+    rc, _, err = run(capsys, "inspect", f"--tls-verify={value}", "oci:/nowhere:x")
+    assert rc == ExitCode.USAGE and "invalid boolean" in one_error(err)
+
+
+@pytest.mark.parametrize(("value", "verify"), [("TRUE", True), ("off", False), ("0", False)])
+def test_tls_verify_spellings(value: str, verify: bool) -> None:
+    from cos.cli import build_parser
+
+    assert build_parser().parse_args(["inspect", "--tls-verify", value, "x"]).tls_verify is verify
+
+
+@pytest.mark.parametrize("odd", ["\n", "\r", "\x1b[31m", "\t"])
+def test_control_characters_stay_on_the_error_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, odd: str
+) -> None:
+    rc, _, err = run(capsys, "inspect", f"oci:{tmp_path}/no{odd}where:x")
+    assert rc == ExitCode.IMAGE
+    lines = err.splitlines()
+    errors = [x for x in lines if x.startswith("cos: ")]
+    assert len(errors) == 1 and "where" in errors[0] and "\x1b" not in errors[0]
+    assert lines[lines.index(errors[0]) + 1].startswith("hint: ")
+
+
+@pytest.mark.parametrize(
+    "pax",
+    [
+        {"atime": "1e30"},
+        {"atime": "9" * 5000},
+        {"atime": "1e999999999"},
+        {"mtime": "-1e400"},
+        {"mtime": "nan", "atime": "inf"},
+    ],
+)
+def test_absurd_pax_times_fall_back(pax: dict[str, str]) -> None:
+    info = tarfile.TarInfo("f")
+    info.mtime = 7
+    info.pax_headers = pax
+    atime, mtime = times(info)
+    assert abs(atime) < 2**63 and abs(mtime) < 2**63
+
+
+@pytest.mark.root
+def test_pull_a_layer_with_a_huge_pax_atime(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    layer = Layer().file("f", b"x", pax={"atime": "1" + "0" * 400}).bytes()
+    layout, _ = oci_layout(tmp_path, [layer])
+    rc, _, err = run(capsys, "pull-image", f"oci:{layout}:latest", str(tmp_path / "root"))
+    assert rc == 0, err
+    assert (tmp_path / "root/f").read_bytes() == b"x"

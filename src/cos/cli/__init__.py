@@ -8,6 +8,8 @@ hint, and the `result` event under --json.
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -36,12 +38,20 @@ def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
 
 def _fail(message: str, hint: str, code: ExitCode, prefix: str = "") -> int:
     """The one-line error and hint on stderr, and the `error` event under --json."""
-    message, hint = events.scrub(message), events.scrub(hint)
+    message, hint = _one_line(events.scrub(message)), _one_line(events.scrub(hint))
     print(f"cos: {prefix}{message}", file=sys.stderr)
     if hint:
         print(f"hint: {hint}", file=sys.stderr)
     events.error(message, hint, int(code))
     return int(code)
+
+
+def _one_line(text: str) -> str:
+    """text with its control characters escaped: a newline in a path given by the user
+    must not split the error line (nor a terminal escape reach the terminal)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 def _traceback(exc: BaseException) -> None:
@@ -90,9 +100,27 @@ def _main(argv: list[str]) -> int:
         return code
     except KeyboardInterrupt:
         return _fail("interrupted", "", ExitCode.INTERRUPTED)
-    except Exception as exc:  # a bug: say so, and show details only with --debug
-        hint = "" if debug else "rerun with --debug for a traceback"
-        code = _fail(f"internal error: {type(exc).__name__}: {exc}", hint, ExitCode.BUG)
-        if debug:
-            _traceback(exc)
-        return code
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:  # a path the user gave, or one made from it
+            code = _fail(_too_long(exc), "use a shorter path", ExitCode.USAGE, "error: ")
+            if debug:
+                _traceback(exc)
+            return code
+        return _bug(exc, debug)
+    except Exception as exc:
+        return _bug(exc, debug)
+
+
+def _bug(exc: Exception, debug: bool) -> int:
+    """An internal error: say so, and show details only with --debug."""
+    hint = "" if debug else "rerun with --debug for a traceback"
+    code = _fail(f"internal error: {type(exc).__name__}: {exc}", hint, ExitCode.BUG)
+    if debug:
+        _traceback(exc)
+    return code
+
+
+def _too_long(exc: OSError) -> str:
+    name = os.fsdecode(exc.filename or "")
+    shown = name if len(name) <= 80 else f"{name[:40]}…{name[-30:]}"
+    return f"file name too long: {shown}"
