@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import json
 import os
 import subprocess
@@ -16,6 +18,7 @@ from cos.cli import main
 from cos.cli.verbs import VERBS
 from cos.errors import ExitCode
 from cos.oci.meta import times
+from cos.oci.store import TAR_SIZES, LayerStore
 from tests.conftest import need
 from tests.support.malicious_layers import Layer, oci_layout
 
@@ -309,3 +312,46 @@ def test_pull_a_layer_with_a_huge_pax_atime(
     rc, _, err = run(capsys, "pull-image", f"oci:{layout}:latest", str(tmp_path / "root"))
     assert rc == 0, err
     assert (tmp_path / "root/f").read_bytes() == b"x"
+
+
+# --- layers are sized exactly, incompressible ones too ---------------------------------
+
+
+def _store_with(tmp_path: Path, layers: list[bytes]) -> tuple[LayerStore, list[str]]:
+    store = LayerStore(tmp_path / ".store")
+    store.layout.blobs.mkdir(parents=True)
+    (store.path / "index.json").write_text('{"schemaVersion": 2, "manifests": []}')
+    digests = []
+    for data in layers:
+        hexd = hashlib.sha256(data).hexdigest()
+        (store.layout.blobs / hexd).write_bytes(data)
+        digests.append(f"sha256:{hexd}")
+    return store, digests
+
+
+def test_an_incompressible_layer_is_sized_exactly(tmp_path: Path) -> None:
+    noise = os.urandom(3 << 20)
+    packed = gzip.compress(noise)
+    assert len(packed) > len(noise)  # gzip's trailer says less than the blob holds
+    zeros = bytes(1 << 20)
+    members = gzip.compress(zeros[:1000]) + gzip.compress(zeros)  # the trailer: last member only
+    store, (rand, multi, plain) = _store_with(tmp_path, [packed, members, zeros[:4096]])
+    assert store.tar_size(rand) == len(noise)
+    assert store.tar_size(multi) == 1000 + len(zeros)
+    assert store.tar_size(plain) == 4096
+    # recorded once; pruned with its blob
+    record = store.path / TAR_SIZES / rand.removeprefix("sha256:")
+    assert record.read_text() == str(len(noise))
+    record.write_text("12345")
+    assert store.tar_size(rand) == 12345
+    record.write_text("garbage")
+    assert store.tar_size(rand) == len(noise)
+    store.keep_only(set())
+    assert not record.exists()
+
+
+def test_a_damaged_layer_is_estimated_not_fatal(tmp_path: Path) -> None:
+    packed = gzip.compress(os.urandom(1 << 16))
+    store, (digest,) = _store_with(tmp_path, [packed[: len(packed) // 2]])
+    assert store.tar_size(digest) > 0
+    assert not (store.path / TAR_SIZES / digest.removeprefix("sha256:")).exists()
