@@ -355,3 +355,13 @@ def test_a_damaged_layer_is_estimated_not_fatal(tmp_path: Path) -> None:
     store, (digest,) = _store_with(tmp_path, [packed[: len(packed) // 2]])
     assert store.tar_size(digest) > 0
     assert not (store.path / TAR_SIZES / digest.removeprefix("sha256:")).exists()
+
+
+@pytest.mark.parametrize("prefix", ["", ".", "/", ".."])
+def test_generate_key_pair_needs_a_name(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefix: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COSIGN_PASSWORD", "x")
+    rc, _, err = run(capsys, "generate-key-pair", "--output-key-prefix", prefix)
+    assert rc == ExitCode.USAGE and "not a file name prefix" in one_error(err)

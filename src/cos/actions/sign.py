@@ -91,6 +91,8 @@ def sign_image(req: SignRequest, cfg: Config) -> str:
 
 def generate_key_pair(prefix: Path) -> tuple[Path, Path]:
     """Write PREFIX.key (encrypted, 0600) and PREFIX.pub; never overwrite."""
+    if prefix.name in ("", ".."):
+        raise UsageError(f"{str(prefix)!r} is not a file name prefix", hint="e.g. keys/cosign")
     key_path, pub_path = (
         prefix.with_name(prefix.name + ".key"),
         prefix.with_name(prefix.name + ".pub"),
