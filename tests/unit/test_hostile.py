@@ -10,6 +10,7 @@ import subprocess
 import tarfile
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -365,3 +366,129 @@ def test_generate_key_pair_needs_a_name(
     monkeypatch.setenv("COSIGN_PASSWORD", "x")
     rc, _, err = run(capsys, "generate-key-pair", "--output-key-prefix", prefix)
     assert rc == ExitCode.USAGE and "not a file name prefix" in one_error(err)
+
+
+# --- inspect shows only what the digests vouch for; malformed layouts are clean errors ---
+
+_OS_RELEASE = b'PRETTY_NAME="Good OS"\n'
+
+
+def _write_layout(
+    tmp_path: Path, manifest: dict[str, object] | None = None, config: object = None
+) -> tuple[Path, dict[str, object]]:
+    """An OCI layout `oci` (tag latest) whose manifest and config may be replaced."""
+    layer = Layer().dir("etc").file("etc/os-release", _OS_RELEASE).bytes()
+    layout, digest = oci_layout(tmp_path, [layer])
+    doc = json.loads((layout / "blobs/sha256" / digest.split(":")[1]).read_bytes())
+    cdesc = doc["config"]
+    if config is not None:
+        raw = json.dumps(config).encode()
+        cdesc = {**cdesc, "digest": "sha256:" + hashlib.sha256(raw).hexdigest(), "size": len(raw)}
+        (layout / "blobs/sha256" / cdesc["digest"].split(":")[1]).write_bytes(raw)
+        doc["config"] = cdesc
+    if manifest is not None:
+        doc = {**doc, **manifest}
+    raw = json.dumps(doc).encode()
+    mdigest = hashlib.sha256(raw).hexdigest()
+    (layout / "blobs/sha256" / mdigest).write_bytes(raw)
+    index = json.loads((layout / "index.json").read_text())
+    index["manifests"][0].update(digest=f"sha256:{mdigest}", size=len(raw))
+    (layout / "index.json").write_text(json.dumps(index))
+    return layout, doc
+
+
+def _config(**extra: object) -> dict[str, object]:
+    layer = Layer().dir("etc").file("etc/os-release", _OS_RELEASE).bytes()
+    diff_id = "sha256:" + hashlib.sha256(layer).hexdigest()
+    return {
+        "os": "linux",
+        "architecture": "amd64",
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        **extra,
+    }
+
+
+def test_inspect_reads_a_good_layout(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    layout, _ = _write_layout(tmp_path, config=_config(config={"Labels": {"a": "b"}}))
+    rc, out, err = run(capsys, "inspect", f"oci:{layout}:latest")
+    assert rc == 0, err
+    assert "OS:       Good OS" in out and "Label:    a=b" in out
+
+
+@pytest.mark.parametrize("what", ["config", "layer"])
+def test_inspect_refuses_a_tampered_blob_before_printing(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, what: str
+) -> None:
+    layout, doc = _write_layout(tmp_path, config=_config(config={"Labels": {"a": "b"}}))
+    desc: Any = doc["config"] if what == "config" else doc["layers"][0]  # type: ignore[index]
+    blob = layout / "blobs/sha256" / desc["digest"].split(":")[1]
+    if what == "config":
+        blob.write_text(json.dumps(_config(config={"Labels": {"a": "evil"}})))
+    else:
+        evil = Layer().dir("etc").file("etc/os-release", b'PRETTY_NAME="Evil"\n').bytes()
+        blob.write_bytes(gzip.compress(evil))
+    rc, out, err = run(capsys, "inspect", f"oci:{layout}:latest")
+    assert rc == ExitCode.IMAGE and out == ""
+    line = one_error(err)
+    assert "does not match its digest" in line or "descriptor says" in line, line
+
+
+@pytest.mark.parametrize(
+    ("manifest", "config"),
+    [
+        ({"config": None}, None),
+        ({"config": {"digest": "sha256:zz", "size": 2}}, None),
+        ({"config": {"digest": None}}, None),
+        ({"layers": "all"}, None),
+        ({"layers": [{"digest": 5, "size": "x"}]}, None),
+        ({"layers": []}, None),
+        ({"schemaVersion": 1}, None),
+        ({"mediaType": "text/plain"}, None),
+        (None, _config(config="labels")),
+        (None, _config(config={"Labels": ["a", "b"]})),
+        (None, _config(config={"Labels": {"k": {"nested": [1, 2]}}})),
+        (None, _config(os=["linux"], architecture={"x": 1}, created=5)),
+        (None, _config(rootfs="layers")),
+        (None, [1, 2, 3]),
+    ],
+)
+def test_inspect_malformed_documents(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    manifest: dict[str, object] | None,
+    config: object,
+) -> None:
+    layout, _ = _write_layout(tmp_path, manifest, config)
+    rc, _, err = run(capsys, "inspect", f"oci:{layout}:latest")
+    assert rc in (0, ExitCode.IMAGE), err
+    if rc:
+        one_error(err)
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        b"not a tar at all" * 100,
+        gzip.compress(b"\x00" * 512 + b"junk")[:-10],
+        Layer().raw(tarfile.TarInfo("x")).bytes(),
+    ],
+)
+def test_inspect_malformed_layers(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, layer: bytes
+) -> None:
+    layout, _ = oci_layout(tmp_path, [layer], gz=False)
+    rc, _, err = run(capsys, "inspect", f"oci:{layout}:latest")
+    assert rc in (0, ExitCode.IMAGE), err
+    if rc:
+        one_error(err)
+
+
+def test_inspect_bounds_tar_headers(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """A PAX header of 16 MiB (a few KB gzipped) is refused, not read into memory."""
+    header = tarfile.TarInfo("big")
+    header.pax_headers = {"comment": "x" * (16 << 20)}
+    layer = Layer()
+    layer.raw(header, tarfile.PAX_FORMAT)
+    layout, _ = oci_layout(tmp_path, [layer.bytes()])
+    rc, _, err = run(capsys, "inspect", f"oci:{layout}:latest")
+    assert rc == ExitCode.IMAGE and "extended header" in one_error(err)
