@@ -8,6 +8,7 @@ from the environment with a double underscore: ``COS_PARTITIONS__STATE=4096``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -301,6 +302,14 @@ def _key(name: str) -> str:
     return name.replace("_", "-")
 
 
+_INT_BOUND = 2**63  # no setting needs more; bigger ones only overflow later
+
+
+def _short(value: Any) -> str:
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10**40 else "a huge number"
+    return text if len(text) <= 60 else text[:57] + "…"
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check (and for env strings, convert) a value against a field type."""
     origin = typing.get_origin(tp)
@@ -326,16 +335,17 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return False
         raise ConfigError(f"{where}: expected true or false, got {value!r}")
     if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        number = None
+        if isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        elif isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                number = int(value)
+        if number is None:
+            raise ConfigError(f"{where}: expected an integer, got {_short(value)}")
+        if abs(number) >= _INT_BOUND:
+            raise ConfigError(f"{where}: {_short(number)} is out of range")
+        return number
     if isinstance(tp, type) and issubclass(tp, StrEnum):
         try:
             return tp(value)
@@ -391,6 +401,10 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from exc
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text ({exc.reason})") from exc
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid YAML (nested too deeply)") from None
+    except ValueError as exc:  # a value the YAML types cannot hold, e.g. a 5000-digit integer
+        raise ConfigError(f"{path}: invalid YAML ({str(exc).split(';')[0]})") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -44,7 +44,9 @@ SAFE_ARGS = (
     "reset_oem",
 )
 PROGRESS_EVERY = 1.0  # seconds between progress events of one blob
-_USERINFO = re.compile(r"(?<=//)[^/@\s]*@")
+# `user:password@` before a registry host: at the start of a value, after `//`, or after
+# a space, quote, `(` or `=` in a sentence; never `repo@sha256:…` (no `/` follows).
+_USERINFO = re.compile(r"""(?:^|(?<=//)|(?<=[\s'"(=]))[^\s'"/(]+@(?=[\w.\[\]:-]+/)""")
 
 
 class _Sink:
@@ -78,11 +80,17 @@ def emit(event: str, **fields: Any) -> None:
     out.flush()
 
 
+def scrub(text: str) -> str:
+    """text without the `user:password@` part of any image reference in it; everything
+    cos shows (error lines, tracebacks, events) passes here."""
+    return _USERINFO.sub("", text)
+
+
 def _safe(value: Any) -> Any:
     """value as shown in an event: a reference loses any `user:password@` part."""
     if isinstance(value, bool | int) or value is None:
         return value
-    return _USERINFO.sub("", str(value))  # no user:password@ in a reference, ever
+    return scrub(str(value))  # no user:password@ in a reference, ever
 
 
 def start(command: str, args: Mapping[str, Any], stream: TextIO | None = None) -> None:

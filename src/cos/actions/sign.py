@@ -79,6 +79,11 @@ class SignRequest:
 def sign_image(req: SignRequest, cfg: Config) -> str:
     """Sign the image's digest and store the signature beside it; returns its ref."""
     ref = parse_ref(req.image)
+    if not req.key.is_file():  # before its password is asked for
+        raise ImageError(
+            f"cannot read the private key {req.key}: not a file",
+            hint="pass the cosign.key written by `cos generate-key-pair` or cosign",
+        )
     key = cosign.load_private_key(req.key, _password(confirm=False))
     with step(f"Resolving {ref}"):
         digest = resolve_digest(ref, cfg.tls_verify)
@@ -96,6 +101,8 @@ def sign_image(req: SignRequest, cfg: Config) -> str:
 
 def generate_key_pair(prefix: Path) -> tuple[Path, Path]:
     """Write PREFIX.key (encrypted, 0600) and PREFIX.pub; never overwrite."""
+    if prefix.name in ("", ".."):
+        raise UsageError(f"{str(prefix)!r} is not a file name prefix", hint="e.g. keys/cosign")
     key_path, pub_path = (
         prefix.with_name(prefix.name + ".key"),
         prefix.with_name(prefix.name + ".pub"),
@@ -103,6 +110,8 @@ def generate_key_pair(prefix: Path) -> tuple[Path, Path]:
     for p in (key_path, pub_path):
         if p.exists():
             raise UsageError(f"{p} already exists", hint="remove it or pick another prefix")
+    if not key_path.parent.is_dir():
+        raise UsageError(f"{key_path.parent} is not a directory", hint="create it first")
     password = _password(confirm=True)
     key = cosign.generate_key()
     atomic_write(key_path, cosign.encrypt_private_key(key, password), mode=0o600)

@@ -8,8 +8,10 @@ hint, and the `result` event under --json.
 from __future__ import annotations
 
 import argparse
-import logging
+import errno
+import os
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,7 +24,6 @@ from cos.log import setup_logging
 
 __all__ = ["EVENT_COMMANDS", "build_parser", "main"]
 
-log = logging.getLogger("cos")
 
 # Long commands: --json streams JSON Lines events on stdout (docs/json-events.md).
 EVENT_COMMANDS = frozenset(v.name for v in VERBS.values() if v.events)
@@ -37,11 +38,26 @@ def _dispatch(args: argparse.Namespace, cfg: Config) -> int:
 
 def _fail(message: str, hint: str, code: ExitCode, prefix: str = "") -> int:
     """The one-line error and hint on stderr, and the `error` event under --json."""
+    message, hint = _one_line(events.scrub(message)), _one_line(events.scrub(hint))
     print(f"cos: {prefix}{message}", file=sys.stderr)
     if hint:
         print(f"hint: {hint}", file=sys.stderr)
     events.error(message, hint, int(code))
     return int(code)
+
+
+def _one_line(text: str) -> str:
+    """text with its control characters escaped: a newline in a path given by the user
+    must not split the error line (nor a terminal escape reach the terminal)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
+def _traceback(exc: BaseException) -> None:
+    """The traceback itself on stderr (--debug): what a bug report needs. Not through the
+    log, whose plain format shows a record's message only."""
+    print(events.scrub("".join(traceback.format_exception(exc))).rstrip(), file=sys.stderr)
 
 
 def _events_on_bad_usage(argv: list[str]) -> None:
@@ -80,13 +96,31 @@ def _main(argv: list[str]) -> int:
             _events_on_bad_usage(argv)
         code = _fail(exc.message, exc.hint, exc.exit_code, prefix="error: ")
         if debug:
-            log.exception("traceback")
+            _traceback(exc)
         return code
     except KeyboardInterrupt:
         return _fail("interrupted", "", ExitCode.INTERRUPTED)
-    except Exception as exc:  # a bug: say so, and show details only with --debug
-        hint = "" if debug else "rerun with --debug for a traceback"
-        code = _fail(f"internal error: {type(exc).__name__}: {exc}", hint, ExitCode.BUG)
-        if debug:
-            log.exception("traceback")
-        return code
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:  # a path the user gave, or one made from it
+            code = _fail(_too_long(exc), "use a shorter path", ExitCode.USAGE, "error: ")
+            if debug:
+                _traceback(exc)
+            return code
+        return _bug(exc, debug)
+    except Exception as exc:
+        return _bug(exc, debug)
+
+
+def _bug(exc: Exception, debug: bool) -> int:
+    """An internal error: say so, and show details only with --debug."""
+    hint = "" if debug else "rerun with --debug for a traceback"
+    code = _fail(f"internal error: {type(exc).__name__}: {exc}", hint, ExitCode.BUG)
+    if debug:
+        _traceback(exc)
+    return code
+
+
+def _too_long(exc: OSError) -> str:
+    name = os.fsdecode(exc.filename or "")
+    shown = name if len(name) <= 80 else f"{name[:40]}…{name[-30:]}"
+    return f"file name too long: {shown}"

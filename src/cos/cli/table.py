@@ -79,7 +79,11 @@ def size_mib(text: str) -> int:
 
 
 def _bool(text: str) -> bool:
-    return text.lower() not in ("false", "0", "no")
+    """true/false (also 1/0, yes/no, on/off); anything else is refused, not taken as true."""
+    value = {"true": True, "1": True, "yes": True, "on": True}.get(text.strip().lower())
+    if value is None and text.strip().lower() not in ("false", "0", "no", "off"):
+        raise argparse.ArgumentTypeError(f"invalid boolean {text!r} (use true or false)")
+    return bool(value)
 
 
 IMAGE = arg("image", metavar="IMAGE", help="docker://…, host/repo:tag, oci:DIR[:tag]")

@@ -7,6 +7,7 @@ registry's manifest digest, the one signatures refer to.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,7 @@ def unpack(image: LocalImage, dest: Path) -> None:
     """Apply the layers of image to an empty directory dest (must not exist)."""
     if image.ref.transport == Transport.DIR:
         # Already a tree: copied with owners, modes, links, xattrs and hardlinks.
-        dest.mkdir(mode=0o755)
+        dest.mkdir(mode=0o755, exist_ok=os.path.ismount(dest))  # an empty filesystem
         try:
             runner.run(["cp", "-a", f"{image.layout}/.", str(dest)])
         except ToolError as exc:

@@ -32,19 +32,28 @@ _IGNORED_XATTRS = frozenset({"security.selinux"})
 _OVERLAY = "trusted.overlay."
 
 
-def _ns(value: str) -> int:
-    return int(Decimal(value).scaleb(9).to_integral_value())
+_MAX_SECONDS = 2**63 // 10**9  # what a signed 64-bit count of nanoseconds holds
+
+
+def _ns(value: object, default: int) -> int:
+    """seconds (a PAX decimal or the header's number) in ns; default when absent or not a
+    time a file can carry (a huge exponent must not become a huge integer)."""
+    if value is None:
+        return default
+    try:
+        d = Decimal(str(value))
+    except InvalidOperation:
+        return default
+    if not d.is_finite() or d.copy_abs() >= _MAX_SECONDS:
+        return default
+    return int(d.scaleb(9).to_integral_value())
 
 
 def times(m: tarfile.TarInfo) -> tuple[int, int]:
     """(atime, mtime) in ns; PAX times keep their sub-second part."""
     pax = m.pax_headers
-    try:
-        mtime = _ns(pax["mtime"]) if "mtime" in pax else int(m.mtime) * 1_000_000_000
-        atime = _ns(pax["atime"]) if "atime" in pax else mtime
-    except (InvalidOperation, ValueError, OverflowError):
-        mtime = atime = int(m.mtime) * 1_000_000_000
-    return atime, mtime
+    mtime = _ns(pax.get("mtime"), _ns(m.mtime, 0))
+    return _ns(pax.get("atime"), mtime), mtime
 
 
 def xattrs(m: tarfile.TarInfo) -> dict[str, bytes]:

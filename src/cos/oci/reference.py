@@ -97,6 +97,11 @@ def parse_ref(text: str) -> ImageRef:
             hint="use docker://host/repo:tag, host/repo:tag, oci:DIR[:tag], "
             "oci-archive:FILE[:tag] or dir:PATH",
         )
+    if "@" in t.split("/", 1)[0]:
+        raise ImageError(
+            "an image reference cannot carry credentials (user:password@)",
+            hint="log in with an auth file instead (podman login or docker login writes one)",
+        )
     m = _NAME.match(t)
     if not m or ("." not in m["host"] and ":" not in m["host"] and m["host"] != "localhost"):
         raise ImageError(

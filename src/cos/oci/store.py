@@ -27,10 +27,12 @@ from cos.oci.progress import PullProgress
 from cos.oci.reference import ImageRef, Transport
 from cos.oci.registry import Client, RegistryError, split_name
 from cos.oci.signatures import require_signed
+from cos.oci.streams import Source, decompressor
 
 STORE_DIR = ".store"
 # Assumed for layers whose uncompressed size is not known yet (OS trees: 2.5-3x).
 COMPRESSION_RATIO = 3
+TAR_SIZES = "tar-sizes"  # beside blobs/: one file per layer, its counted tar size
 
 
 def snapshot_tag(n: int) -> str:
@@ -144,22 +146,38 @@ class LayerStore:
     def tar_size(self, digest: str) -> int:
         """Bytes of a stored layer's tar stream: what it needs unpacked, before block rounding.
 
-        gzip keeps the uncompressed size (mod 2**32) in its last four bytes; layers are
-        single gzip members, so this is exact and costs one read per layer. A size that
-        wrapped is corrected with the compressed size as the lower bound. Other
-        compressions are estimated.
+        Counted once by decompressing the blob, then recorded beside it (TAR_SIZES): gzip's
+        trailer holds the size mod 2**32 (of the last member only), which cannot tell an
+        incompressible layer, a little larger compressed, from one of more than 4 GiB.
         """
+        recorded = self._recorded_tar_size(digest)
+        if recorded is not None:
+            return recorded
         blob = self.layout.blob(digest)
-        size = blob.stat().st_size
-        with open(blob, "rb") as f:
-            magic = f.read(4)
-            if magic[:2] != b"\x1f\x8b":
-                return size * (1 if magic[:4] != b"\x28\xb5\x2f\xfd" else COMPRESSION_RATIO)
-            f.seek(-4, os.SEEK_END)
-            isize = int.from_bytes(f.read(4), "little")
-        while isize < size:
-            isize += 1 << 32
-        return isize
+        try:
+            with open(blob, "rb") as f:
+                size = sum(len(chunk) for chunk in decompressor(Source(f), "", f"layer {digest}"))
+        except ImageError:  # damaged: using it fails later, with the re-pull hint
+            return blob.stat().st_size * COMPRESSION_RATIO
+        self._record_tar_size(digest, size)
+        return size
+
+    def _tar_size_file(self, digest: str) -> Path:
+        return self.path / TAR_SIZES / digest.removeprefix("sha256:")
+
+    def _recorded_tar_size(self, digest: str) -> int | None:
+        try:
+            text = self._tar_size_file(digest).read_text()
+        except (OSError, UnicodeDecodeError):
+            return None
+        return int(text) if text.isascii() and text.isdigit() and len(text) < 20 else None
+
+    def _record_tar_size(self, digest: str, size: int) -> None:
+        try:
+            self._tar_size_file(digest).parent.mkdir(exist_ok=True)
+            atomic_write(self._tar_size_file(digest), str(size))
+        except OSError:  # a store that cannot be written counts again next time
+            pass
 
     def unpacked_size(self, tag: str) -> int:
         return sum(self.tar_size(d) for d in self.layers(tag))
@@ -287,6 +305,11 @@ class LayerStore:
                     freed += b.stat().st_size
                     b.unlink()
             fsync_dir(blobs)
+        sizes = self.path / TAR_SIZES
+        if sizes.is_dir():
+            for f in sizes.iterdir():
+                if f"sha256:{f.name}" not in live:
+                    f.unlink()
         return freed
 
     def sync(self) -> None:
