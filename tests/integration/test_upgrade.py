@@ -338,10 +338,12 @@ def test_a_damaged_blob_in_the_store_is_fetched_again(
     data = bytearray(blob.read_bytes())
     data[len(data) // 2] ^= 0xFF
     blob.write_bytes(bytes(data))
-    before = _blob_gets(images, registry_dir / "registry.log")
+    log = registry_dir / "registry.log"
+    gets = f"GET /v2/cos/upgrade/blobs/{damaged}"
+    before = log.read_text().count(gets)
     r = device.cos("upgrade", "--system", images.v2, "--tls-verify=false")
     assert "is damaged" in r.stderr and "fetched again" in r.stderr
-    assert damaged in _blob_gets(images, registry_dir / "registry.log") - before
+    assert log.read_text().count(gets) > before  # this blob travelled again
     assert device.active() == 2
     assert "sha256:" + hashlib.sha256(blob.read_bytes()).hexdigest() == damaged
 
