@@ -240,3 +240,13 @@ def test_source_date_epoch_clamps_later_mtimes_only(tmp_path: Path) -> None:
 def test_prev_without_annotations_is_refused() -> None:
     with pytest.raises(ImageError, match=r"layer 1 has no org\.cos\.rechunk\.packages"):
         grouping({"layers": [{"digest": "sha256:" + "1" * 64}]}, "--prev x")
+
+
+def test_a_socket_is_refused(tmp_path: Path) -> None:
+    import socket
+
+    root = make_tree(tmp_path / "t")
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(root / "run-socket"))
+        with pytest.raises(ImageError, match="is a socket"):
+            rechunk_tree(root, CONFIG, tmp_path / "o", "x", 8)

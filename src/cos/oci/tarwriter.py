@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
+from cos.errors import ImageError
 from cos.oci.digest import blob_path
 
 GZIP_LEVEL = 6
@@ -122,6 +123,11 @@ def tar_info(
         info.type = tarfile.LNKTYPE
         info.linkname = link
         return info
+    if kind not in _TYPES:
+        raise ImageError(
+            f"/{path} is a socket: a layer cannot hold one",
+            hint="remove it from the tree (a running service makes it again)",
+        )
     info.type = _TYPES[kind]
     if kind == stat.S_IFREG:
         info.size = st.st_size
