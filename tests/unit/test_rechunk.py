@@ -14,8 +14,8 @@ import pytest
 from cos.errors import ImageError
 from cos.oci import chunks
 from cos.oci.layout import OciLayout
-from cos.oci.rechunk import PACKAGES, grouping, platform_manifest, rechunk_tree
-from cos.oci.tarwriter import differences, fingerprint
+from cos.oci.rechunk import PACKAGES, created_ns, grouping, platform_manifest, rechunk_tree
+from cos.oci.tarwriter import Mtimes, differences, fingerprint
 from cos.oci.unpack import unpack_image
 from tests.support.debianish import MTIME, make_tree
 
@@ -226,11 +226,11 @@ def test_source_date_epoch_clamps_later_mtimes_only(tmp_path: Path) -> None:
     root = make_tree(tmp_path / "t")
     epoch = MTIME // 1_000_000_000 - 10
     os.utime(root / "etc/issue", ns=(0, 5_000_000_000))  # older: kept
-    r = rechunk_tree(root, CONFIG, tmp_path / "o", "x", 64, clamp=epoch)
+    r = rechunk_tree(root, CONFIG, tmp_path / "o", "x", 64, times=Mtimes(clamp=epoch))
     unpack_image(tmp_path / "o", r.digest, tmp_path / "back")
     assert (tmp_path / "back/etc/issue").stat().st_mtime_ns == 5_000_000_000
     assert (tmp_path / "back/usr/bin/cat").stat().st_mtime_ns == epoch * 1_000_000_000
-    assert differences(fingerprint(root, epoch), fingerprint(tmp_path / "back")) == []
+    assert differences(fingerprint(root, Mtimes(epoch)), fingerprint(tmp_path / "back")) == []
     layout = OciLayout(tmp_path / "o")
     manifest = layout.read_json(r.digest, "manifest")
     config = layout.read_json(manifest["config"]["digest"], "config")
@@ -250,3 +250,15 @@ def test_a_socket_is_refused(tmp_path: Path) -> None:
         s.bind(str(root / "run-socket"))
         with pytest.raises(ImageError, match="is a socket"):
             rechunk_tree(root, CONFIG, tmp_path / "o", "x", 8)
+
+
+def test_directories_the_unpacker_stamped_get_the_creation_time(tmp_path: Path) -> None:
+    root = make_tree(tmp_path / "t")
+    late = MTIME + 10**12
+    os.utime(root, ns=(late, late))  # as if no layer had an entry for the root
+    times = Mtimes(unpacked_at=late, stand_in=created_ns(CONFIG))
+    r = rechunk_tree(root, CONFIG, tmp_path / "o", "x", 64, times=times)
+    unpack_image(tmp_path / "o", r.digest, tmp_path / "back")
+    assert (tmp_path / "back").stat().st_mtime_ns == 1_704_164_645 * 10**9  # 2024-01-02T03:04:05Z
+    assert (tmp_path / "back/usr").stat().st_mtime_ns == MTIME  # stamped by the image: kept
+    assert differences(fingerprint(root, times), fingerprint(tmp_path / "back")) == []

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,10 @@ from cos.errors import ConfigError, ImageError, ToolError, UsageError
 from cos.log import log, step
 from cos.oci.digest import short_digest
 from cos.oci.layout import OciLayout
-from cos.oci.rechunk import grouping, platform_manifest, rechunk_tree
+from cos.oci.rechunk import created_ns, grouping, platform_manifest, rechunk_tree
 from cos.oci.reference import ImageRef, Transport, parse_ref
 from cos.oci.store import fetch, inspect_remote
-from cos.oci.tarwriter import differences, fingerprint
+from cos.oci.tarwriter import Mtimes, differences, fingerprint
 from cos.oci.unpack import unpack_image
 
 DEFAULT_MAX_LAYERS = 64
@@ -118,6 +119,7 @@ def rechunk_image(req: RechunkRequest, cfg: Config) -> str:
     cache.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="cos-rechunk-", dir=cache))
     notes: dict[str, str] = {}
+    unpacked_at: int | None = None
     try:
         if source.transport == Transport.DIR:
             tree, config = Path(source.name), _tree_config(cfg)
@@ -128,16 +130,19 @@ def rechunk_image(req: RechunkRequest, cfg: Config) -> str:
                 layout, digest = _image(source, cfg)
                 config, notes = _source_config(layout, digest)
                 tree = work / "source"
+                unpacked_at = time.time_ns() - 1_000_000_000  # file times lag the clock
                 unpack_image(layout.root, digest, tree)
         out = work / "oci"
+        stand_in = clamp * 1_000_000_000 if clamp is not None else created_ns(config)
+        times = Mtimes(clamp, unpacked_at, stand_in)
         with step("Writing the layers"):
-            result = rechunk_tree(tree, config, out, _TAG, req.max_layers, prev, clamp, notes)
+            result = rechunk_tree(tree, config, out, _TAG, req.max_layers, prev, times, notes)
         with step("Checking that the new image unpacks to the same tree"):
             check = work / "check"
             unpack_image(out, result.digest, check)
             if clamp is not None:
                 log.info("mtimes after SOURCE_DATE_EPOCH=%d are clamped to it", clamp)
-            diff = differences(fingerprint(tree, clamp), fingerprint(check))
+            diff = differences(fingerprint(tree, times), fingerprint(check))
             if diff:
                 raise ImageError(
                     f"the rechunked image differs from {source}: {'; '.join(diff)}",

@@ -25,7 +25,7 @@ from cos.log import log
 from cos.oci import chunks
 from cos.oci.digest import blob_path, sha256_digest
 from cos.oci.layout import INDEX_TYPES, REF_NAME, OciLayout
-from cos.oci.tarwriter import Layer, walk, write_layer
+from cos.oci.tarwriter import Layer, Mtimes, walk, write_layer
 
 PACKAGES = "org.cos.rechunk.packages"
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
@@ -81,6 +81,7 @@ def _scan(tree: Path) -> tuple[dict[str, os.stat_result], list[chunks.File]]:
 
 
 def _created(config: Mapping[str, Any], clamp: int | None) -> str | None:
+    """The config's creation time: SOURCE_DATE_EPOCH when given, else the source's."""
     if clamp is not None:
         return datetime.datetime.fromtimestamp(clamp, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     created = config.get("created")
@@ -123,10 +124,11 @@ def rechunk_tree(
     tag: str,
     max_layers: int,
     prev: Sequence[Sequence[str]] | None = None,
-    clamp: int | None = None,
+    times: Mtimes | None = None,
     annotations: Mapping[str, str] | None = None,
 ) -> Rechunked:
     """Write the image of tree into a new OCI layout out (tagged tag)."""
+    times = times or Mtimes()
     stats, files = _scan(tree)
     owners = chunks.dpkg_owners(tree)
     if owners is None:
@@ -156,14 +158,14 @@ def rechunk_tree(
                 [(p, stats[p]) for g in layout[i] for p in members[g]],
                 out,
                 layout[i],
-                clamp,
+                times,
             )
             for i in jobs
         }
         for i, fut in futures.items():
             written[i] = fut.result()
     layers = tuple(written[i] for i in range(len(layout)))
-    config = _config(source_config, layers, clamp)
+    config = _config(source_config, layers, times.clamp)
     manifest: dict[str, Any] = {
         "schemaVersion": 2,
         "mediaType": MANIFEST_TYPE,
@@ -200,3 +202,17 @@ def rechunk_tree(
     }
     (out / "index.json").write_text(json.dumps(index, separators=(",", ":")))
     return Rechunked(digest, layers, packages)
+
+
+def created_ns(config: Mapping[str, Any]) -> int:
+    """The config's `created` in ns (0 when it has none or it does not parse)."""
+    text = config.get("created")
+    if not isinstance(text, str):
+        return 0
+    try:
+        when = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return 0
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    return int(when.timestamp()) * 1_000_000_000

@@ -11,7 +11,9 @@ the order a directory lists its entries in or where the tree was unpacked. The r
   ctime; mode is the permission bits, devices carry major and minor;
 * mtimes are kept as the files have them; with ``SOURCE_DATE_EPOCH`` set, every mtime
   later than it is lowered to it (what a build stamped with "now": the initrd, caches,
-  dpkg's status) and the equality check applies the same clamp to the source;
+  dpkg's status) and the equality check applies the same clamp to the source; a
+  directory no source layer had an entry for (often the root) has the time of the
+  unpack, and gets the image's creation time instead (Mtimes);
 * gzip through zlib at level 6 with a fixed header (no name, mtime 0, OS unix); the
   uncompressed stream (the diff_id) depends only on the files, the compressed one
   also on the zlib build, as for every tool that writes gzip layers.
@@ -88,11 +90,30 @@ def read_xattrs(full: Path) -> list[tuple[str, bytes]]:
     return sorted(out)
 
 
-def clamp_ns(st: os.stat_result, clamp: int | None) -> int:
-    mtime = st.st_mtime_ns
-    if clamp is not None and mtime > clamp * 1_000_000_000:
-        return clamp * 1_000_000_000
-    return mtime
+@dataclass(frozen=True)
+class Mtimes:
+    """Which mtimes a layer records other than the file's own.
+
+    clamp: SOURCE_DATE_EPOCH (seconds); later mtimes are lowered to it.
+    unpacked_at: when the source tree was unpacked (ns). A directory no layer had an
+    entry for (the root of most images, parents made implicitly) carries the time of
+    that unpack, which says nothing about the image; such directories get stand_in.
+    """
+
+    clamp: int | None = None
+    unpacked_at: int | None = None
+    stand_in: int = 0
+
+    def of(self, st: os.stat_result) -> int:
+        mtime = st.st_mtime_ns
+        if self.unpacked_at is not None and stat.S_ISDIR(st.st_mode) and mtime >= self.unpacked_at:
+            mtime = self.stand_in
+        if self.clamp is not None and mtime > self.clamp * 1_000_000_000:
+            return self.clamp * 1_000_000_000
+        return mtime
+
+
+_OWN = Mtimes()
 
 
 def _mtime_text(ns: int) -> str:
@@ -101,7 +122,7 @@ def _mtime_text(ns: int) -> str:
 
 
 def tar_info(
-    root: Path, path: str, st: os.stat_result, link: str | None, clamp: int | None
+    root: Path, path: str, st: os.stat_result, link: str | None, times: Mtimes = _OWN
 ) -> tarfile.TarInfo:
     """The canonical header of one entry (link: the first name of a hard-linked file)."""
     info = tarfile.TarInfo(path if path else ".")
@@ -109,7 +130,7 @@ def tar_info(
     info.mode = stat.S_IMODE(st.st_mode)
     info.uid, info.gid = st.st_uid, st.st_gid
     info.uname = info.gname = ""
-    mtime = clamp_ns(st, clamp)
+    mtime = times.of(st)
     pax: dict[str, str] = {}
     if mtime % 1_000_000_000 or mtime < 0:
         pax["mtime"] = _mtime_text(mtime)
@@ -192,7 +213,7 @@ def write_layer(
     entries: Sequence[tuple[str, os.stat_result]],
     out_dir: Path,
     groups: Sequence[str],
-    clamp: int | None = None,
+    times: Mtimes = _OWN,
 ) -> Layer:
     """Write entries of the tree at root as one gzip layer blob into the layout out_dir."""
     blobs = out_dir / "blobs" / "sha256"
@@ -215,7 +236,7 @@ def write_layer(
                 if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
                     link = first.get((st.st_dev, st.st_ino))
                     first.setdefault((st.st_dev, st.st_ino), path)
-                info = tar_info(root, path, st, link, clamp)
+                info = tar_info(root, path, st, link, times)
                 if info.type == tarfile.REGTYPE:
                     with open(root / path, "rb") as f:
                         tf.addfile(info, f)
@@ -246,10 +267,10 @@ def _file_hash(full: Path) -> str:
 
 
 def fingerprint(
-    root: Path, clamp: int | None = None, progress: Callable[[], None] | None = None
+    root: Path, times: Mtimes = _OWN, progress: Callable[[], None] | None = None
 ) -> Fingerprint:
     """Per path: type, permissions, owner, size and content hash, link target, device,
-    xattrs, mtime (clamped as layers are written) and, for a file with several names,
+    xattrs, mtime (as layers record it: times) and, for a file with several names,
     its first name. Two trees with equal fingerprints unpack to the same system."""
     found = list(walk(root))
     first: dict[tuple[int, int], str] = {}
@@ -275,7 +296,7 @@ def fingerprint(
             st.st_size if kind == stat.S_IFREG else 0,
             content,
             tuple(read_xattrs(full)),
-            clamp_ns(st, clamp),
+            times.of(st),
             first.get((st.st_dev, st.st_ino), "") if kind != stat.S_IFDIR else "",
         )
         if progress is not None:
