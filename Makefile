@@ -4,6 +4,7 @@ VENV  := .venv
 COS   := $(VENV)/bin/cos
 DISK  ?= build/vanilla.raw
 REGISTRY ?=
+RECHUNK ?= 0
 
 .PHONY: setup vanilla disk demo test test-unit test-integration test-e2e lint clean bench docs
 
@@ -11,7 +12,7 @@ setup:
 	bash scripts/setup-host.sh
 
 vanilla: setup
-	REGISTRY=$(REGISTRY) bash images/build.sh
+	REGISTRY=$(REGISTRY) RECHUNK=$(RECHUNK) bash images/build.sh
 
 $(DISK): vanilla
 	$(COS) build-disk oci:build/oci:vanilla -o $(DISK)

@@ -4,7 +4,11 @@
 #   os       Debian 12 tree (mmdebstrap, host apt sources)         images/base/build.sh
 #   base     os + the toolkit as one layer                         images/base/Containerfile
 #   vanilla  base + `cos init` (a derivative)                      images/vanilla/Containerfile
-# With REGISTRY=host:port, base and vanilla are also pushed there (cos/base, cos/vanilla).
+#   vanilla-rechunked  with RECHUNK=1: vanilla rewritten by `cos rechunk` (layers per
+#            package; the previous vanilla-rechunked is --prev, so unchanged packages
+#            keep their layers)
+# With REGISTRY=host:port, base and vanilla are also pushed there (cos/base, cos/vanilla;
+# with RECHUNK=1 also cos/vanilla:rechunked).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
@@ -57,9 +61,29 @@ else
   echo "$vanilla_hash" > "$stamps/vanilla"
 fi
 
+if [ "${RECHUNK:-0}" = 1 ]; then
+  if fresh vanilla-rechunked "$vanilla_hash"; then
+    echo "==> vanilla-rechunked is up to date ($vanilla_hash)"
+  else
+    echo "==> cos rechunk: vanilla-rechunked"
+    prev=()
+    tag_exists vanilla-rechunked && prev=(--prev "oci:$layout:vanilla-rechunked")
+    py=$repo/.venv/bin/python
+    [ -x "$py" ] || py=python3
+    COS_CACHE_DIR=$repo/build/cache PYTHONPATH=$repo/src "$py" -m cos rechunk "${prev[@]}" \
+      "oci:$layout:vanilla" "oci:$layout:vanilla-rechunked"
+    echo "$vanilla_hash" > "$stamps/vanilla-rechunked"
+  fi
+fi
+
 if [ -n "${REGISTRY:-}" ]; then
   for t in base vanilla; do
     echo "==> push $REGISTRY/cos/$t:latest"
     skopeo copy --quiet --dest-tls-verify=false "oci:$layout:$t" "docker://$REGISTRY/cos/$t:latest"
   done
+  if [ "${RECHUNK:-0}" = 1 ]; then
+    echo "==> push $REGISTRY/cos/vanilla:rechunked"
+    skopeo copy --quiet --preserve-digests --dest-tls-verify=false \
+      "oci:$layout:vanilla-rechunked" "docker://$REGISTRY/cos/vanilla:rechunked"
+  fi
 fi

@@ -389,6 +389,29 @@ def _inspect(args: argparse.Namespace, cfg: Config) -> int:
 
 
 @verb(
+    "rechunk",
+    "rewrite an image into layers per package, so updates pull only what changed",
+    arg("source", metavar="SOURCE", help="docker://…, host/repo:tag, oci:DIR[:tag], dir:PATH"),
+    arg("dest", metavar="DEST", help="oci:DIR[:tag], oci-archive:FILE[:tag], host/repo:tag"),
+    arg(
+        "--max-layers",
+        type=int,
+        default=64,
+        metavar="N",
+        help="at most N layers (default 64)",
+    ),
+    arg("--prev", metavar="REF", help="the previous release: keep its grouping where it fits"),
+    IMAGE_SOURCE,
+)
+def _rechunk(args: argparse.Namespace, cfg: Config) -> int:
+    from cos.actions.rechunk import RechunkRequest, rechunk_image
+
+    req = RechunkRequest(args.source, args.dest, max_layers=args.max_layers, prev=args.prev)
+    rechunk_image(req, cfg)
+    return 0
+
+
+@verb(
     "sign",
     "sign an image (cosign-compatible, key-based)",
     arg("image", metavar="IMAGE", help="host/repo:tag or oci:DIR[:tag]"),

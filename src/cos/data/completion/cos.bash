@@ -130,6 +130,16 @@ _cos() {
                 --platform) return 0 ;;
             esac
             ;;
+        rechunk)
+            opts="-h --help --max-layers --prev --tls-verify --cosign-key --platform"
+            case "$prev" in
+                --max-layers) return 0 ;;
+                --prev) return 0 ;;
+                --tls-verify) values="true false" ;;
+                --cosign-key) files=1 ;;
+                --platform) return 0 ;;
+            esac
+            ;;
         sign)
             opts="-h --help --key -a --annotation --bundle-format --tls-verify"
             case "$prev" in
@@ -164,7 +174,7 @@ _cos() {
     elif [[ "$cur" == -* ]]; then
         mapfile -t COMPREPLY < <(compgen -W "$opts" -- "$cur")
     elif [[ -z "$cmd" ]]; then
-        mapfile -t COMPREPLY < <(compgen -W "init build-disk build-iso mount cloud-init run-stage install live-install upgrade upgrade-recovery rollback reset boot-assessment pull-image inspect sign generate-key-pair status logs" -- "$cur")
+        mapfile -t COMPREPLY < <(compgen -W "init build-disk build-iso mount cloud-init run-stage install live-install upgrade upgrade-recovery rollback reset boot-assessment pull-image inspect rechunk sign generate-key-pair status logs" -- "$cur")
     fi
     return 0
 }
