@@ -16,6 +16,7 @@ from cos.oci.tarwriter import differences, fingerprint
 from tests.integration.test_pull import _index
 from tests.integration.test_signatures import cos, refused, tiny_layout
 from tests.support import events
+from tests.support.cli import push
 from tests.support.debianish import PACKAGES, VERSIONS, make_tree
 from tests.support.images import BUILD
 
@@ -158,20 +159,6 @@ def _pulled(ref: str, dest: Path) -> dict[str, int]:
     return events.check_pulled(events.parse(r.stdout))
 
 
-def _push(layout: Path, tag: str, ref: str) -> None:
-    subprocess.run(
-        [
-            "skopeo",
-            "copy",
-            "--quiet",
-            "--dest-tls-verify=false",
-            f"oci:{layout}:{tag}",
-            f"docker://{ref}",
-        ],
-        check=True,
-    )
-
-
 def _changed(layout: Path, old: str, new: str) -> dict[str, tuple[str, int]]:
     before, after = _layers(layout, old), _layers(layout, new)
     assert len(after) == len(before)
@@ -192,8 +179,8 @@ def test_update_changes_only_the_package_layer(
 
     # a device that holds v1 pulls just those two layers (and the config)
     ref = f"{local_registry}/rechunk/small"
-    _push(out, "v1", f"{ref}:v1")
-    _push(out, "v2", f"{ref}:v2")
+    push(out, "v1", f"{ref}:v1")
+    push(out, "v2", f"{ref}:v2")
     _pulled(f"{ref}:v1", tmp_path / "p1")
     got = _pulled(f"{ref}:v2", tmp_path / "p2")
     config = _manifest(out, "v2")["config"]
@@ -228,8 +215,8 @@ def test_vanilla_rechunked_and_updated(
     assert moved < total / 20, (moved, total)
 
     ref = f"{local_registry}/rechunk/vanilla"
-    _push(out, "v1", f"{ref}:v1")
-    _push(out, "v2", f"{ref}:v2")
+    push(out, "v1", f"{ref}:v1")
+    push(out, "v2", f"{ref}:v2")
     _pulled(f"{ref}:v1", tmp_path / "p1")
     got = _pulled(f"{ref}:v2", tmp_path / "p2")
     assert set(got) - set(changed) == {_manifest(out, "v2")["config"]["digest"]}  # type: ignore[index]

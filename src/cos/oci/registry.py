@@ -212,14 +212,7 @@ class Client:
                 if resp.status == 401 and own and auth is None:
                     challenge = resp.getheader("WWW-Authenticate", "")
                     resp.read()
-                    auth = self._authorize(challenge, scope)
-                    if auth is None:
-                        raise RegistryError(
-                            f"registry {self.host} asks for credentials",
-                            hint="log in (auth.json or ~/.docker/config.json)",
-                            status=401,
-                        )
-                    self._token[scope] = auth
+                    auth = self._token[scope] = self._credentials(challenge, scope)
                     continue
                 if resp.status in (301, 302, 303, 307, 308):
                     loc = urllib.parse.urljoin(
@@ -360,17 +353,23 @@ class Client:
             finally:
                 conn.close()
             if resp.status == 401 and auth is None:
-                auth = self._authorize(got.get("www-authenticate", ""), scope)
-                if auth is None:
-                    raise RegistryError(
-                        f"registry {self.host} asks for credentials",
-                        hint="log in (auth.json or ~/.docker/config.json)",
-                        status=401,
-                    )
-                self._token[scope] = auth
+                auth = self._token[scope] = self._credentials(
+                    got.get("www-authenticate", ""), scope
+                )
                 continue
             return resp.status, got, data
         raise RegistryError(f"registry {self.host}: credentials refused", status=401)
+
+    def _credentials(self, challenge: str, scope: str) -> str:
+        """The Authorization value a 401 asks for, or the error that none is configured."""
+        auth = self._authorize(challenge, scope)
+        if auth is None:
+            raise RegistryError(
+                f"registry {self.host} asks for credentials",
+                hint="log in (auth.json or ~/.docker/config.json)",
+                status=401,
+            )
+        return auth
 
     def referrers(self, repo: str, digest: str) -> bytes | None:
         """The referrers API's index for digest; None when the registry has no such API."""
