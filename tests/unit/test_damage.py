@@ -3,10 +3,13 @@ reports it instead of failing."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cos.actions.assess import assess
 from cos.actions.rollback import RollbackRequest, rollback
@@ -160,3 +163,30 @@ def test_rollback_to_a_snapshot_that_never_confirmed_a_boot_puts_it_on_trial(
     # Back to a confirmed snapshot: no trial.
     rollback(RollbackRequest(snapshot=1, installed=inst), Config())
     assert assessment.read_trial(inst.oem_dir) is None
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    state=st.one_of(st.binary(max_size=300), st.text(max_size=300).map(str.encode)),
+    env=st.one_of(st.binary(max_size=1100), st.just(b"")),
+)
+def test_mutated_state_and_grubenv_give_clean_errors_and_no_writes(
+    tmp_path_factory: pytest.TempPathFactory, state: bytes, env: bytes
+) -> None:
+    """status, rollback and boot assessment over random state.yaml and grubenv contents:
+    a result or one CosError, never another exception; a refusal writes nothing."""
+    inst = _installed(tmp_path_factory.mktemp("robust"))
+    (inst.state_dir / "state.yaml").write_bytes(state)
+    if env:
+        assessment.env_path(inst.oem_dir).write_bytes(env)
+    root = inst.state_dir.parent
+    render(collect(Config(), inst))  # status explains, never fails on damage
+    before = _tree(root)
+    try:
+        rollback(RollbackRequest(snapshot=2, installed=inst), Config())
+    except CosError:
+        assert _tree(root) == before
+    with contextlib.suppress(CosError):
+        assess(Config(), installed=inst)
