@@ -115,6 +115,7 @@ def _arm_deadline(cfg: Config, inst: Installed, trial: assessment.Trial) -> None
             f"--on-active={cfg.trial_timeout}",
             f"--unit={DEADLINE_UNIT}",
             "--description=cos: reboot a trial boot that did not confirm itself",
+            "--property=StandardError=journal+console",
             "/usr/bin/cos",
             "boot-assessment",
             "--deadline",
