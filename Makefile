@@ -6,7 +6,7 @@ DISK  ?= build/vanilla.raw
 REGISTRY ?=
 RECHUNK ?= 0
 
-.PHONY: setup vanilla disk demo test test-unit test-integration test-e2e lint clean bench docs
+.PHONY: setup vanilla disk demo test test-unit test-integration test-e2e test-extended lint clean bench docs
 
 setup:
 	bash scripts/setup-host.sh
@@ -31,7 +31,7 @@ lint: setup
 
 # The whole suite: lint, unit, integration (root, loop devices, registry), e2e (qemu).
 test: setup lint
-	$(VENV)/bin/pytest tests
+	$(VENV)/bin/pytest tests -m "not extended"
 
 # The fast tier (what a bare `pytest` runs): no root, no Debian packages, only the venv.
 test-unit: | $(VENV)/bin/pytest
@@ -45,7 +45,11 @@ test-integration: setup
 	$(VENV)/bin/pytest tests/integration
 
 test-e2e: setup
-	$(VENV)/bin/pytest tests/e2e
+	$(VENV)/bin/pytest tests/e2e -m "not extended"
+
+# Scenarios too long for every CI run (a hanging trial boot, rechunking vanilla).
+test-extended: setup
+	$(VENV)/bin/pytest tests -m extended
 
 # Generated reference pages and shell completions (tests/unit/test_docs.py checks them).
 docs: setup

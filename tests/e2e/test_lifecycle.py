@@ -193,6 +193,7 @@ def test_upgrade_that_cannot_boot_falls_back(vm_factory, guest_registry: GuestRe
     assert _booted(vm)[:2] == ("active", 1)
 
 
+@pytest.mark.extended  # ~7 min under TCG; unit tests cover the deadline's arming and firing
 def test_a_hanging_trial_boot_falls_back(vm_factory, guest_registry: GuestRegistry) -> None:  # type: ignore[no-untyped-def]
     vm = vm_factory("bios", net=True)
     vm.start()

@@ -188,6 +188,7 @@ def test_update_changes_only_the_package_layer(
     assert got == {d: s for d, (_, s) in changed.items()} | {config["digest"]: config["size"]}
 
 
+@pytest.mark.extended  # rechunks the 300 MiB vanilla image twice (~3 min)
 def test_vanilla_rechunked_and_updated(
     tmp_path: Path, private_cache: Path, local_registry: str, vanilla: str
 ) -> None:

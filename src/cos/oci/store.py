@@ -275,6 +275,10 @@ class LayerStore:
                 f"oci:{self.path}:{tag}",
             ]
         )
+        for digest in self.layers(tag):
+            # Counted here, on the machine that builds the disk, and kept with the store:
+            # the device's first upgrade need not decompress what it already has.
+            self.tar_size(digest)
 
     def keep_only(self, tags: set[str]) -> int:
         """Drop other tags and every blob no kept tag references; returns bytes freed."""
