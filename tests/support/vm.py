@@ -267,8 +267,12 @@ class VM:
             time.sleep(0.5)
 
     def reboot(self, timeout: float = 300) -> str:
-        self._send({"sh": "sync; systemctl reboot", "timeout": 30})
+        self.start_reboot()
         return self.wait_multi_user(timeout)
+
+    def start_reboot(self) -> None:
+        """Ask for a reboot and return at once (the caller waits for the boots it expects)."""
+        self._send({"sh": "sync; systemctl reboot", "timeout": 30})
 
 
 def overlay(base: Path, path: Path, size: int | None = None) -> Path:
