@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import need
-from tests.support.cli import cos
+from tests.support.cli import cos, push_manifest
 from tests.support.malicious_layers import Layer, oci_layout
 from tests.support.registry import registry
 from tests.support.trees import differences, tree
@@ -68,24 +67,7 @@ def _layers() -> list[bytes]:
 
 
 def _push(layout: Path, ref: str, fmt: str) -> list[str]:
-    subprocess.run(
-        [
-            "skopeo",
-            "copy",
-            "--quiet",
-            "--dest-tls-verify=false",
-            "--dest-compress-format",
-            fmt,
-            f"oci:{layout}:latest",
-            f"docker://{ref}",
-        ],
-        check=True,
-    )
-    raw = subprocess.run(
-        ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"],
-        check=True,
-        capture_output=True,
-    ).stdout
+    raw = push_manifest(layout, "latest", ref, compress=fmt)
     return [layer["mediaType"] for layer in json.loads(raw)["layers"]]
 
 

@@ -34,24 +34,31 @@ def tiny_layout(layout: Path, tag: str, files: dict[str, str]) -> str:
     )
 
 
-def push(layout: Path, tag: str, ref: str) -> str:
+def push_manifest(layout: Path, tag: str, ref: str, compress: str | None = None) -> bytes:
+    """Push an OCI layout's tag to a registry (layers recompressed when asked);
+    returns the manifest the registry serves."""
+    recompress = ["--dest-compress-format", compress] if compress else []
     subprocess.run(
         [
             "skopeo",
             "copy",
             "--quiet",
             "--dest-tls-verify=false",
+            *recompress,
             f"oci:{layout}:{tag}",
             f"docker://{ref}",
         ],
         check=True,
     )
-    raw = subprocess.run(
+    return subprocess.run(
         ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"],
         check=True,
         capture_output=True,
     ).stdout
-    return "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+def push(layout: Path, tag: str, ref: str) -> str:
+    return "sha256:" + hashlib.sha256(push_manifest(layout, tag, ref)).hexdigest()
 
 
 def cos(
