@@ -153,6 +153,13 @@ class Filesystem(StrEnum):
     SQUASHFS = "squashfs"
 
 
+class SnapshotterKind(StrEnum):
+    """How snapshots are stored on COS_STATE (the backend that reads and writes them)."""
+
+    LOOP = "loop"  # a whole ext image per snapshot
+    LAYERS = "layers"  # each image layer once, stacked by overlayfs
+
+
 SNAPSHOT_FILESYSTEMS = (Filesystem.EXT2, Filesystem.EXT4)
 RECOVERY_FILESYSTEMS = (Filesystem.SQUASHFS, Filesystem.EXT2, Filesystem.EXT4)
 
@@ -170,6 +177,14 @@ class Config:
         default=2,
         metadata=doc(
             "snapshots kept on COS_STATE (the active one and max-snaps - 1 to go back to)"
+        ),
+    )
+    snapshotter: SnapshotterKind = field(
+        default=SnapshotterKind.LOOP,
+        metadata=doc(
+            "how new installations store snapshots: loop (an ext image each) or layers"
+            " (each image layer once, shared by the snapshots; an upgrade writes only the"
+            " layers it adds). A loop system upgraded with layers keeps its old snapshots"
         ),
     )
     snapshot_fs: Filesystem = field(

@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import subprocess
-import tarfile
 import tempfile
 from pathlib import Path
 
@@ -20,8 +19,9 @@ import pytest
 
 from cos.oci.unpack import unpack_image
 from tests.conftest import need
+from tests.support.changeset import changeset_layers
 from tests.support.images import LAYOUT
-from tests.support.malicious_layers import Layer, oci_layout
+from tests.support.malicious_layers import oci_layout
 from tests.support.trees import differences, tree
 
 pytestmark = pytest.mark.integration
@@ -91,75 +91,7 @@ def test_unpack_matches_umoci(vanilla: str) -> None:
 def test_changeset_edge_cases_match_umoci(tmp_path: Path) -> None:
     """Whiteouts, opaque dirs, replacements, links, devices and xattrs, side by side."""
     need("umoci", root=True)
-    cap = bytes([1, 0, 0, 2, 0, 0x20]) + bytes(14)  # security.capability v2: cap_net_raw
-    ping = {
-        "SCHILY.xattr.security.capability": cap.decode("utf-8", "surrogateescape"),
-        "SCHILY.xattr.user.x": "v",
-    }
-    lower = (
-        Layer()
-        .dir("./", mode=0o751, mtime=77)
-        .dir("etc", mtime=1234)
-        .file("etc/a")
-        .file("etc/shadow", mode=0o640, gid=42)
-        .dir("usr", mtime=3)
-        .dir("usr/lib", mtime=5)
-        .symlink("lib", "usr/lib")
-        .dir("d", mode=0o700, uid=5, pax={"SCHILY.xattr.user.old": "1"})
-        .file("d/kept")
-        .file("a", b"file")
-        .dir("b")
-        .file("b/c")
-        .dir("c")
-        .symlink("s", "c")
-        .file("x", b"old")
-        .dir("dir")
-        .file("dir/old")
-        .dir("od", mtime=99)
-        .file("od/old")
-        .dir("od/sub")
-        .file("od/sub/old")
-        .dir("bin")
-        .file("bin/ping", b"p", mode=0o4755, pax=ping)
-        .hardlink("bin/ping2", "bin/ping")
-        .symlink("sym", "/etc/shadow")
-        .hardlink("hsym", "sym")
-        .dir("dev")
-        .add("dev/null", tarfile.CHRTYPE, mode=0o666, dev=(1, 3))
-        .add("dev/loop0", tarfile.BLKTYPE, mode=0o660, gid=6, dev=(7, 0))
-        .dir("run")
-        .add("run/initctl", tarfile.FIFOTYPE, mode=0o600)
-        .dir("m")
-        .file("m/zero", mtime=0)
-        .file("m/pax", pax={"mtime": "1700000000.5"})
-        .bytes()
-    )
-    upper = (
-        Layer()
-        .dir("etc", mtime=1234)
-        .file("etc/b")
-        .file("etc/.wh.a")
-        .file("etc/.wh..wh.plnk")
-        .file("lib/x.so")  # through the in-image symlink lib -> usr/lib
-        .dir("a", mode=0o711)  # dir over file
-        .file("b", b"file")  # file over dir
-        .dir("s")  # dir over symlink
-        .dir("d", mode=0o755, pax={"SCHILY.xattr.user.new": "2"})  # dir over dir
-        .file("x", b"new")
-        .file(".wh.x")  # does not hide the same layer's x
-        .dir("dir", mtime=55)
-        .file("dir/new")
-        .file(".wh.dir")  # removes the lower child only
-        .dir("od", mtime=98)
-        .file("od/new")
-        .file("od/.wh..wh..opq")
-        .dir("od/sub", mtime=97)
-        .file("od/sub/new")
-        .file(".wh.missing")
-        .symlink("dangling", "/nowhere")
-        .bytes()
-    )
-    layout, digest = oci_layout(tmp_path, [lower, upper])
+    layout, digest = oci_layout(tmp_path, changeset_layers())
     umoci_unpack(layout, "latest", tmp_path / "umoci")
     unpack_image(layout, digest, tmp_path / "cos")
     ours, our_links = tree(tmp_path / "cos")

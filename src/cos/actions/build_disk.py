@@ -234,7 +234,7 @@ def _state_partition(b: _Build, system: _Tree, state: InstallState) -> None:
     """Snapshot 1, active, and the layer store seeded with its blobs (the first
     upgrade then pulls only the layers that changed)."""
     statedir = b.work / "state"
-    snaps = new_snapshotter(statedir, b.cfg.snapshot_fs)
+    snaps = new_snapshotter(statedir, b.cfg.snapshot_fs, b.cfg.snapshotter)
     with step("Building snapshot 1"):
         n = snaps.from_tree(system.tree)
         record = _record(system, snapshot_label(n), b.cfg.snapshot_fs)

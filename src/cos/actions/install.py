@@ -39,7 +39,6 @@ from cos.disk.mounts import mount_table
 from cos.disk.plan import MIB, DiskPlan, PartSpec, plan_disk
 from cos.errors import DiskError, StateError, UsageError
 from cos.log import log, step
-from cos.oci.digest import short_digest
 from cos.oci.image import LocalImage, unpack
 from cos.oci.reference import ImageRef, parse_ref
 from cos.oci.store import LayerStore, fetch, inspect_remote, snapshot_tag
@@ -216,14 +215,12 @@ def _deploy(run: _Install) -> None:
         rec_dir = _mount_part(stack, run.dev, plan.part("recovery"), work / "recovery")
         oem_dir = _mount_part(stack, run.dev, plan.part("oem"), work / "oem")
         store = LayerStore.on(state_dir)
-        snaps = new_snapshotter(state_dir, cfg.snapshot_fs)
+        snaps = new_snapshotter(state_dir, cfg.snapshot_fs, cfg.snapshotter)
         with step(f"Pulling {run.ref}"):
             image = run.get(store, snapshot_tag(1))
         events.summary(digest=image.digest, snapshot=1)
         size = snaps.estimate(store.unpacked_size(snapshot_tag(1)))
-        with step("Building snapshot 1"), snaps.start(size, work / "snap") as p:
-            with step(f"Unpacking {run.ref} ({short_digest(image.digest)})"):
-                unpack(image, p.tree)
+        with step("Building snapshot 1"), snaps.start(image, size, work / "snap") as p:
             boot = check_bootable(p.tree, run.ref)
             with step("Running the after-install-chroot hook"):
                 run_chroot_hook("after-install-chroot", run.hooks, p.tree)

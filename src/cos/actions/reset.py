@@ -10,7 +10,6 @@ source, sizes) happens before the first write.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +25,8 @@ from cos.disk.mount import mounted
 from cos.disk.mounts import find_device
 from cos.errors import DiskError, StateError
 from cos.log import log, step
-from cos.oci.image import unpack
-from cos.oci.reference import require_registry
+from cos.oci.image import LocalImage
+from cos.oci.reference import parse_ref, require_registry
 from cos.oci.store import LayerStore, inspect_remote, snapshot_tag
 from cos.snapshot import new_snapshotter
 from cos.snapshot.base import snapshot_label
@@ -95,28 +94,21 @@ def reset(req: ResetRequest, cfg: Config) -> None:
         mkfs_ext4(Path(state_dev), labels["state"], size=size)
     with ExitStack() as stack:
         state_dir = stack.enter_context(mounted(state_dev, work / "state"))
-        snaps = new_snapshotter(state_dir, cfg.snapshot_fs)
-        fill: Callable[[Path], None]
+        snaps = new_snapshotter(state_dir, cfg.snapshot_fs, cfg.snapshotter)
         if remote is not None:
             store = LayerStore.on(state_dir)
             with step(f"Pulling {remote.ref}"):
                 image = store.pull(remote, snapshot_tag(1), cfg.tls_verify)
             source, digest = str(remote.ref), remote.digest
             room = snaps.estimate(store.unpacked_size(snapshot_tag(1)))
-
-            def fill(tree: Path) -> None:
-                unpack(image, tree)
         else:
             rec_tree = stack.enter_context(mounted(recovery_img, work / "recovery", "loop,ro"))
             source = old.recovery.source if old.recovery else str(recovery_img)
             digest = old.recovery.digest if old.recovery else ""
             room = ext_image_size(rec_tree)[0]
+            image = LocalImage(parse_ref(f"dir:{rec_tree}"), rec_tree, "", "")
 
-            def fill(tree: Path) -> None:
-                runner.run(["cp", "-a", f"{rec_tree}/.", str(tree)])
-
-        with step("Building snapshot 1"), snaps.start(room, work) as p:
-            fill(p.tree)
+        with step("Building snapshot 1"), snaps.start(image, room, work) as p:
             check_bootable(p.tree, source)
             snap = ImageState.from_tree(
                 p.tree,

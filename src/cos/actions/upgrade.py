@@ -33,7 +33,6 @@ from cos.errors import CosError, DiskError, StateError
 from cos.fsutil import ceil_div, free_bytes
 from cos.log import log, step
 from cos.oci.digest import short_digest
-from cos.oci.image import unpack
 from cos.oci.reference import require_registry
 from cos.oci.store import LayerStore, RemoteImage, inspect_remote, snapshot_tag
 from cos.snapshot import open_snapshotter
@@ -185,11 +184,12 @@ def _build_and_switch(up: Upgrade) -> int:
                 if d != snaps.active():
                     snaps.delete(d)
         _check_space(inst.state_dir, size, 0, what)
-        with step(f"Building snapshot {n}"), snaps.start(size, inst.run_dir / "upgrade") as p:
+        with (
+            step(f"Building snapshot {n}"),
+            snaps.start(image, size, inst.run_dir / "upgrade") as p,
+        ):
             if p.number != n:
                 raise StateError(f"snapshot {n} was taken while this upgrade ran")
-            with step(f"Unpacking {remote.ref} ({short_digest(remote.digest)})"):
-                unpack(image, p.tree)
             check_bootable(p.tree, remote.ref)
             record = ImageState.from_tree(
                 p.tree,

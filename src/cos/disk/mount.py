@@ -43,9 +43,11 @@ def umount(target: Path, attempts: int = 5, delay: float = 0.5) -> None:
 
 
 @contextmanager
-def mounted(source: Path | str, target: Path, options: str = "") -> Iterator[Path]:
+def mounted(
+    source: Path | str, target: Path, options: str = "", fstype: str | None = None
+) -> Iterator[Path]:
     target.mkdir(parents=True, exist_ok=True)
-    mount(source, target, options)
+    mount(source, target, options, fstype)
     try:
         yield target
     finally:

@@ -85,7 +85,7 @@ _DEVICES = {tarfile.CHRTYPE: stat.S_IFCHR, tarfile.BLKTYPE: stat.S_IFBLK}
 def unpack_layers(layers: Sequence[tuple[Path, str]], dest: Path) -> None:
     """Apply layer blobs (base first, as (blob file, media type)) to a new directory dest."""
     n = len(layers)
-    _unpack(
+    apply_layers(
         [
             LayerBlob(Path(p), mt, f"layer {i}/{n} ({Path(p).name[:12]})")
             for i, (p, mt) in enumerate(layers, 1)
@@ -104,7 +104,7 @@ def unpack_image(layout: Path, manifest_digest: str, dest: Path) -> None:
     layout = Path(layout)
     if os.path.lexists(dest) and not _fresh_mountpoint(Path(dest)):
         raise _exists(Path(dest))
-    _unpack(OciLayout(layout).image_layers(manifest_digest), Path(dest))
+    apply_layers(OciLayout(layout).image_layers(manifest_digest), Path(dest))
 
 
 # --- the unpacker ---------------------------------------------------------------------
@@ -131,7 +131,12 @@ def _fresh_mountpoint(dest: Path) -> bool:
         return False
 
 
-def _unpack(layers: Sequence[LayerBlob], dest: Path) -> None:
+def apply_layers(
+    layers: Sequence[LayerBlob], dest: Path, unpacker: type[Unpacker] | None = None
+) -> Unpacker:
+    """Apply layers (base first) to a new directory (or a fresh filesystem) dest; on any
+    error dest is left as it was found."""
+    unpacker = unpacker or Unpacker
     created = True
     try:
         os.mkdir(dest, 0o700)
@@ -148,7 +153,8 @@ def _unpack(layers: Sequence[LayerBlob], dest: Path) -> None:
     try:
         root_fd = os.open(dest, DIR_FLAGS)
         try:
-            _Unpacker(root_fd).run(layers)
+            done = unpacker(root_fd)
+            done.run(layers)
         finally:
             os.close(root_fd)
         ok = True
@@ -160,9 +166,10 @@ def _unpack(layers: Sequence[LayerBlob], dest: Path) -> None:
                 remove_tree(dest)
             else:
                 empty_mountpoint(dest)
+    return done
 
 
-class _Unpacker:
+class Unpacker:
     """Applies layers, base first, to the tree open at root_fd (kept 0700 until the end)."""
 
     def __init__(self, root_fd: int) -> None:
@@ -185,6 +192,7 @@ class _Unpacker:
             self.upper = set()
             self.dir_times = {}
             self._layer(layer)
+            self._layer_done()
             self._fix_dir_times()
         os.fchown(self.root, *self.root_owner)
         os.fchmod(self.root, self.root_mode)
@@ -217,6 +225,9 @@ class _Unpacker:
                 hint="the target filesystem must be writable, have room, and support "
                 "ownership, device nodes and xattrs (unpack as root)",
             ) from exc
+
+    def _layer_done(self) -> None:
+        """After a layer's entries, before its directories get their times back."""
 
     # -- bookkeeping
 

@@ -10,14 +10,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cos.config import Filesystem
+from cos.config import Filesystem, SnapshotterKind
 from cos.snapshot.base import Snapshotter
+from cos.snapshot.layers import LayersSnapshotter
 from cos.snapshot.loop import LoopSnapshotter
-from cos.system.state import InstallState, SnapshotterKind
+from cos.system.state import InstallState
 
 BACKENDS: dict[SnapshotterKind, type[Snapshotter]] = {
     SnapshotterKind.LOOP: LoopSnapshotter,
+    SnapshotterKind.LAYERS: LayersSnapshotter,
 }
+# What a backend can take over: its reader knows the other's snapshots, so an upgrade
+# moves the installation over and the old snapshots keep booting.
+MIGRATES = {(SnapshotterKind.LOOP, SnapshotterKind.LAYERS)}
 
 
 def new_snapshotter(
@@ -28,12 +33,21 @@ def new_snapshotter(
 
 
 def open_snapshotter(
-    state_dir: Path, state: InstallState | None, fs: Filesystem, *, check: bool = True
+    state_dir: Path,
+    state: InstallState | None,
+    fs: Filesystem,
+    *,
+    check: bool = True,
+    want: SnapshotterKind | None = None,
 ) -> Snapshotter:
     """The backend state.yaml records for this installation (loop when there is
     none), checked for damage unless the caller reports it itself (status); new
-    snapshots get the config's filesystem fs."""
+    snapshots get the config's filesystem fs. With want (an upgrade: the config's
+    snapshotter), an installation the wanted backend can take over moves to it; the
+    caller records that in state.yaml with its switch."""
     kind = state.snapshotter.type if state is not None else SnapshotterKind.LOOP
+    if want is not None and (kind, want) in MIGRATES:
+        kind = want
     snaps = BACKENDS[kind](state_dir, fs)
     if check:
         snaps.check()

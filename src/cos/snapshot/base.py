@@ -34,9 +34,10 @@ from pathlib import Path
 from typing import ClassVar
 
 from cos.boot import assessment
-from cos.config import Filesystem
+from cos.config import Filesystem, SnapshotterKind
 from cos.errors import StateError
-from cos.system.state import ImageState, InstallState, SnapshotterKind, write_state
+from cos.oci.image import LocalImage
+from cos.system.state import ImageState, InstallState, write_state
 
 SNAPSHOTS_DIR = ".snapshots"
 ACTIVE_LINK = "active"
@@ -120,10 +121,16 @@ class Snapshotter(ABC):
     def estimate(self, tar_bytes: int) -> int:
         """Bytes a new snapshot of layers whose tar streams total tar_bytes takes."""
 
+    def new_bytes(self, layers: Sequence[tuple[str | None, int]]) -> int:
+        """Bytes a new snapshot of an image with these layers ((diff_id, tar bytes),
+        base first) writes: what the space check before a build counts."""
+        return self.estimate(sum(n for _, n in layers))
+
     @abstractmethod
-    def start(self, size: int, workdir: Path) -> AbstractContextManager[Pending]:
-        """Begin snapshot next_number(): the block fills the tree; a normal exit
-        commits it (sealed, durable), an exception aborts it (nothing left)."""
+    def start(self, image: LocalImage, size: int, workdir: Path) -> AbstractContextManager[Pending]:
+        """Begin snapshot next_number() of image: the block gets its tree, unpacked and
+        writable (checks, hooks); a normal exit commits it (sealed, durable), an
+        exception aborts it (nothing left)."""
 
     @abstractmethod
     def from_tree(self, tree: Path) -> int:

@@ -16,11 +16,15 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from cos import run as runner
+from cos.config import SnapshotterKind
 from cos.disk.image import create_sparse, make_ext_image, mkfs_ext4
 from cos.disk.mount import mounted
 from cos.disk.plan import MIB
 from cos.errors import StateError
 from cos.fsutil import atomic_symlink, ceil_div, fsync_dir
+from cos.log import step
+from cos.oci.digest import short_digest
+from cos.oci.image import LocalImage, unpack
 from cos.snapshot.base import (
     ACTIVE_LINK,
     SNAPSHOTS_DIR,
@@ -30,7 +34,6 @@ from cos.snapshot.base import (
     is_number,
     snapshot_label,
 )
-from cos.system.state import SnapshotterKind
 
 IMAGE_NAME = "snapshot.img"
 PARTIAL = ".partial"
@@ -150,12 +153,15 @@ class LoopSnapshotter(Snapshotter):
         return removed
 
     @contextmanager
-    def start(self, size: int, workdir: Path) -> Iterator[Pending]:
+    def start(self, image: LocalImage, size: int, workdir: Path) -> Iterator[Pending]:
         n = self.next_number()
         d = self._begin(n)
         img = d / IMAGE_NAME
         try:
             with image_tree(img, size, snapshot_label(n), self.fs, workdir / "tree") as tree:
+                label = f" ({short_digest(image.digest)})" if image.digest else ""
+                with step(f"Unpacking {image.ref}{label}"):
+                    unpack(image, tree)
                 yield Pending(n, tree)
             self._seal(img)
             self._commit(d)

@@ -60,9 +60,11 @@ class Installed:
         image = self.booted_image()
         if self.mode() not in INSTALLED_MODES or not image:
             return None
+        # .snapshots/N/snapshot.img (a loop image) or .snapshots/N (a stack of layers)
         parts = Path(image).parts
-        if len(parts) >= 2 and parts[-2].isascii() and parts[-2].isdecimal():
-            return int(parts[-2])
+        for part in parts[-2:][::-1]:
+            if part.isascii() and part.isdecimal():
+                return int(part)
         return None
 
     # -- what is installed ------------------------------------------------------

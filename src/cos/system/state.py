@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from cos.config import Config, Filesystem
+from cos.config import Config, Filesystem, SnapshotterKind
 from cos.errors import StateError
 from cos.fsutil import atomic_write
 from cos.system.release import read_os_release
@@ -39,12 +39,6 @@ class Assessment(StrEnum):
     TRIAL = "trial"  # switched to by an upgrade, not confirmed yet
     GOOD = "good"  # confirmed by mark-good
     FAILED = "failed"  # GRUB fell back from it
-
-
-class SnapshotterKind(StrEnum):
-    """How snapshots are stored on COS_STATE (the backend that reads and writes them)."""
-
-    LOOP = "loop"
 
 
 # Spellings older disks (and Elemental) wrote for the same backends.
@@ -118,7 +112,9 @@ class InstallState:
         labels = cfg.labels
         state = cls(
             date=now(),
-            snapshotter=SnapshotterState(max_snaps=cfg.max_snaps, fs=cfg.snapshot_fs),
+            snapshotter=SnapshotterState(
+                type=cfg.snapshotter, max_snaps=cfg.max_snaps, fs=cfg.snapshot_fs
+            ),
             labels={
                 "efi": labels.efi,
                 "oem": labels.oem,
