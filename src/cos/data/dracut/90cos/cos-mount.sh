@@ -1,6 +1,7 @@
 #!/bin/sh
-# mount hook: state partition (ro) → snapshot image (ro loop) as $NEWROOT, a tmpfs for
-# the ephemeral overlays, the mode sentinel, then `cos mount` inside the new root.
+# mount hook: state partition (ro) → the snapshot as $NEWROOT (a loop image, or a stack of
+# erofs layer images under a read-only overlayfs), a tmpfs for the ephemeral overlays,
+# the mode sentinel, then `cos mount` inside the new root.
 
 [ "${root%%:*}" = "cos" ] || return 0
 [ -f /tmp/cos.env ] || return 0
@@ -9,6 +10,7 @@
 modprobe -q loop
 modprobe -q squashfs
 modprobe -q overlay
+modprobe -q erofs
 
 mkdir -p /run/cos/state /run/cos/overlay
 if ! ismounted /run/cos/state; then
@@ -16,7 +18,24 @@ if ! ismounted /run/cos/state; then
 fi
 img="/run/cos/state/${cos_image#/}"
 [ -e "$img" ] || die "cos: $cos_image not found on $cos_state"
-mount -o loop,ro "$img" "$NEWROOT" || die "cos: cannot mount $img"
+if [ -d "$img" ]; then
+    # .snapshots/N/layers: the layer images, top first, relative to .snapshots
+    [ -f "$img/layers" ] || die "cos: $cos_image has no layer list"
+    i=0
+    lower=""
+    while read -r layer; do
+        [ -n "$layer" ] || continue
+        mkdir -p "/run/cos/layers/$i"
+        mount -t erofs -o loop,ro "/run/cos/state/.snapshots/$layer" "/run/cos/layers/$i" \
+            || die "cos: cannot mount layer $layer"
+        lower="${lower:+$lower:}/run/cos/layers/$i"
+        i=$((i + 1))
+    done < "$img/layers"
+    mount -t overlay -o "ro,lowerdir=$lower" cos-root "$NEWROOT" \
+        || die "cos: cannot stack the layers of $cos_image"
+else
+    mount -o loop,ro "$img" "$NEWROOT" || die "cos: cannot mount $img"
+fi
 
 : > "/run/cos/${cos_mode}_mode"
 # The image actually booted (the active link resolved): later switches move the link,

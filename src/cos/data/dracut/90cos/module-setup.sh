@@ -12,7 +12,7 @@ depends() {
 }
 
 installkernel() {
-    hostonly='' instmods loop squashfs overlay ext4 vfat nls_cp437 nls_iso8859_1 \
+    hostonly='' instmods loop squashfs overlay erofs ext4 vfat nls_cp437 nls_iso8859_1 \
         virtio_blk virtio_scsi virtio_pci sd_mod sr_mod cdrom isofs nvme ahci
 }
 
