@@ -3,10 +3,17 @@ unpacking makes, entry for entry, and a second snapshot writes only its new laye
 
 from __future__ import annotations
 
+import json
 import os
+import random
+import signal
+import subprocess
+import sys
 import tarfile
 import tempfile
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -18,7 +25,8 @@ from cos.oci.unpack import unpack_image
 from cos.snapshot.layers import LAYERS_DIR, LayersSnapshotter
 from tests.conftest import need
 from tests.support.changeset import changeset_layers
-from tests.support.images import LAYOUT, derive
+from tests.support.device import Device, booted_copy, cos_env, partition
+from tests.support.images import LAYOUT, derive, push
 from tests.support.malicious_layers import Layer, oci_layout
 from tests.support.trees import Entry, differences, tree
 
@@ -118,3 +126,151 @@ def test_vanilla_snapshots_share_layers(vanilla: str, work: Path) -> None:
     snaps._link(2)
     snaps.delete(1)
     assert {f.name for f in store.glob("*.erofs")} == first | added
+
+
+# -- on an installed device ------------------------------------------------------------
+
+
+@dataclass
+class Images:
+    v1: str
+    v2: str
+
+
+@pytest.fixture(scope="module")
+def images(vanilla: str, local_registry: str) -> Images:
+    derive("vanilla", "layers-v2", {"/etc/cos-layers-test": "v2\n"}, ("/etc/issue",))
+    return Images(
+        v1=push("vanilla", local_registry, "cos/layers:v1"),
+        v2=push("layers-v2", local_registry, "cos/layers:v2"),
+    )
+
+
+@pytest.fixture(scope="module")
+def loop_disk(tmp_path_factory: pytest.TempPathFactory, images: Images) -> Path:
+    """A disk installed with loop snapshots (the default before layers)."""
+    out = tmp_path_factory.mktemp("loop-disk")
+    (out / "etc-cos").mkdir()
+    disk = out / "disk.raw"
+    argv = [sys.executable, "-m", "cos", "build-disk", images.v1, "-o", str(disk)]
+    subprocess.run([*argv, "--tls-verify=false"], check=True, env=cos_env(out / "etc-cos"))
+    return disk
+
+
+def _release(dev: Device) -> None:
+    """What a power cut does to mounts: whatever an interrupted build mounted goes."""
+    for _ in range(4):
+        left = [
+            line.split()[4]
+            for line in Path("/proc/self/mountinfo").read_text().splitlines()
+            if line.split()[4].startswith(f"{dev.run}/")
+        ]
+        if not left:
+            return
+        for mnt in sorted(left, key=len, reverse=True):
+            subprocess.run(["umount", "-d", mnt], check=False, capture_output=True)
+
+
+def _complete(snaps: LayersSnapshotter, n: int) -> None:
+    """Snapshot n is whole: every layer it lists is there and matches its sum."""
+    d = snaps.root / str(n)
+    assert not (d / ".partial").exists(), n
+    if not snaps.is_stack(n):
+        assert (d / "snapshot.img").is_file(), n
+        return
+    for layer in snaps.stack(n):
+        if layer.parent == snaps.layers_dir:
+            assert snaps._intact(layer) is not None, layer
+        else:
+            assert layer.is_file(), layer
+    assert (d / "vmlinuz").stat().st_size > 0 and (d / "initrd").stat().st_size > 0
+
+
+def test_a_loop_system_moves_to_layers_and_survives_kills(
+    loop_disk: Path, images: Images, tmp_path: Path
+) -> None:
+    conf = tmp_path / "etc-cos"
+    conf.mkdir()
+    (conf / "config.yaml").write_text("snapshotter: layers\n")
+    with booted_copy(loop_disk, tmp_path, conf) as dev:
+        try:
+            _moves_and_survives(dev, images)
+        finally:
+            _release(dev)
+
+
+def _moves_and_survives(dev: Device, images: Images) -> None:
+    r = dev.cos("upgrade", "--system", images.v2, "--tls-verify=false", "--disk", str(dev.disk))
+    assert "Moving to layers snapshots" in r.stderr, r.stderr
+    snaps = LayersSnapshotter(dev.state)
+    assert snaps.is_stack(2) and not snaps.is_stack(1) and dev.active() == 2
+    assert os.readlink(dev.state / ".snapshots/active") == "2"
+    status = dev.status()
+    assert status["snapshotter"] == "layers"
+    sizes = {s["number"]: s["bytes"] for s in status["snapshots"]}
+    assert sizes[1] > 500 * 2**20 and sizes[2] > 500 * 2**20  # nothing shared yet
+    # The ESP's GRUB menu was rewritten to boot snapshot directories.
+    esp = subprocess.run(
+        ["mtype", "-i", f"{dev.disk}@@{partition('efi')[0]}", "::/grub/grub.cfg"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "MTOOLS_SKIP_CHECK": "1"},
+    ).stdout
+    assert '"($1)$2/vmlinuz"' in esp
+
+    # Rollback across kinds: the loop snapshot boots again, as the link says.
+    dev.boot("active", 2)
+    dev.cos("rollback")
+    assert os.readlink(dev.state / ".snapshots/active") == "1/snapshot.img"
+    dev.boot("active", 1)
+
+    # Back to v1 as layers: only a top layer is new (v2's stack holds v1's layers).
+    before = set(snaps.layers_dir.glob("*.erofs"))
+    dev.cos("upgrade", "--system", images.v1, "--tls-verify=false", "--force")
+    assert set(snaps.layers_dir.glob("*.erofs")) == before
+    assert snaps.numbers() == [1, 3] and dev.active() == 3  # max-snaps 2: 2 pruned
+    with snaps.mounted(3, dev.run / "check") as tree:
+        assert not (tree / "etc/cos-layers-test").exists() and (tree / "etc/issue").exists()
+
+    # SIGKILL at ≥ 20 random instants: the selection always names whole snapshots.
+    dev.boot("active", 3)
+    t0 = time.monotonic()
+    dev.cos("upgrade", "--system", images.v2, "--tls-verify=false", "--force")
+    full = time.monotonic() - t0
+    rng = random.Random(20261202)
+    kills = 0
+    for i in range(60):
+        if kills == 20:
+            break
+        dev.boot("active", dev.active())
+        argv = [sys.executable, "-m", "cos", "upgrade", "--tls-verify=false", "--force"]
+        proc = subprocess.Popen(
+            [*argv, "--system", [images.v1, images.v2][i % 2], *dev.flags()],
+            env=cos_env(dev.conf),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        started = time.monotonic()
+        time.sleep(rng.uniform(0.1, full * 0.9))
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            kills += 1
+        else:
+            full = min(full, time.monotonic() - started)
+        proc.wait()
+        _release(dev)
+        _complete(snaps, dev.active())
+        for n in dev.env().get("passive_snaps", "").split():
+            _complete(snaps, int(n))
+        json.dumps(dev.status())
+    assert kills >= 20
+    dev.boot("active", dev.active())
+    dev.cos("upgrade", "--system", images.v2, "--tls-verify=false", "--force")
+    assert not list((dev.state / ".snapshots").glob("*/.partial"))
+    assert not list(snaps.layers_dir.glob(".tmp-*"))
+    assert len(snaps.numbers()) == 2
+    # Nothing is kept that no snapshot lists.
+    listed = {p for n in snaps.numbers() if snaps.is_stack(n) for p in snaps.stack(n)}
+    assert set(snaps.layers_dir.glob("*.erofs")) <= listed

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -108,7 +109,10 @@ def collect(
             for lbl in (labels.efi, labels.oem, labels.recovery, labels.state, labels.persistent)
         ],
     }
+    present = set(_read(damage, snaps.numbers) or [])
     if state is not None:
+        data["snapshotter"] = str(snaps.kind)
+        data["snapshots_bytes"] = _read(damage, snaps.total_bytes)
         for n, s in sorted(state.snapshots.items()):
             data["snapshots"].append(
                 {
@@ -121,6 +125,8 @@ def collect(
                     "from_action": s.from_action,
                     "boot_assessment": str(s.boot_assessment) or None,
                     "image": s.os_release.get("IMAGE"),
+                    # what deleting it would free: with shared layers, only its own
+                    "bytes": _read(damage, partial(snaps.size, n)) if n in present else None,
                 }
             )
         data["history"] = [h.to_dict() for h in state.history[-10:]]
@@ -135,6 +141,10 @@ def collect(
     return data
 
 
+def _mib(n: int) -> str:
+    return f"{-(-n // (1024 * 1024))} MiB"
+
+
 def render(data: dict[str, Any]) -> str:
     lines = [
         f"Booted:    {data['mode']}"
@@ -146,13 +156,19 @@ def render(data: dict[str, Any]) -> str:
     for s in data["snapshots"]:
         flags = ",".join(f for f, on in (("active", s["active"]), ("booted", s["booted"])) if on)
         assessed = f", {s['boot_assessment']}" if s.get("boot_assessment") else ""
+        held = f"  {_mib(s['bytes'])} own" if s.get("bytes") is not None else ""
         lines.append(
             f"  {s['number']:>3}  {flags or 'passive':14} {s['source']}  "
             f"{short_digest(s['digest'])}  "
-            f"{s['date']}  ({s['from_action']}{assessed})"
+            f"{s['date']}  ({s['from_action']}{assessed}){held}"
         )
     if not data["snapshots"]:
         lines.append("  (no state.yaml on the boot device)")
+    elif data.get("snapshots_bytes") is not None:
+        lines.append(
+            f"  {data['snapshotter']} snapshots: {_mib(data['snapshots_bytes'])} on COS_STATE"
+            " in all (shared content counted once)"
+        )
     if data.get("trial"):
         t = data["trial"]
         lines.append(

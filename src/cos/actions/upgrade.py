@@ -25,7 +25,7 @@ from cos.boot import assessment
 from cos.boot.bootloader import install_bootloader, make_bootloader
 from cos.cloudinit.hooks import run_chroot_hook, run_hook
 from cos.cloudinit.sources import system_sources
-from cos.config import Config
+from cos.config import Config, SnapshotterKind
 from cos.disk.mount import writable
 from cos.disk.mounts import is_mountpoint
 from cos.disk.plan import MIB, read_plan
@@ -43,6 +43,7 @@ from cos.system.kernel import check_bootable
 from cos.system.state import Assessment, ImageState, InstallState, write_state
 
 REQUIRED_TOOLS = ["skopeo", "mkfs.ext4", "e2fsck", "resize2fs", "dumpe2fs", "mount"]
+LAYERS_TOOLS = ["mkfs.erofs"]
 BOOTLOADER_TOOLS = ["sfdisk", "grub-mkimage", "mkfs.vfat", "mmd", "mcopy"]
 
 
@@ -107,7 +108,8 @@ def upgrade(req: UpgradeRequest, cfg: Config) -> int | None:
         "boot the installed system (active or passive) to upgrade it",
     )
     state = inst.state()
-    snaps = open_snapshotter(inst.state_dir, state, cfg.snapshot_fs)
+    snaps = open_snapshotter(inst.state_dir, state, cfg.snapshot_fs, want=cfg.snapshotter)
+    migrating = snaps.kind != state.snapshotter.type
     assessment.check_env(inst.oem_dir)
     active = snaps.active()
     booted = inst.booted_snapshot()
@@ -121,7 +123,11 @@ def upgrade(req: UpgradeRequest, cfg: Config) -> int | None:
     ref = require_registry(
         source, "upgrade", "push the image to a registry and pass --system HOST/REPO:TAG"
     )
-    runner.require(*REQUIRED_TOOLS, *(BOOTLOADER_TOOLS if req.bootloader else []))
+    runner.require(
+        *REQUIRED_TOOLS,
+        *(LAYERS_TOOLS if snaps.kind == SnapshotterKind.LAYERS else []),
+        *(BOOTLOADER_TOOLS if req.bootloader or migrating else []),
+    )
     with step(f"Reading {ref}"):
         remote = inspect_remote(ref, cfg.tls_verify, cfg.arch(), cfg.signature_key())
     if current is not None and current.digest == remote.digest and not req.force:
@@ -142,7 +148,7 @@ def upgrade(req: UpgradeRequest, cfg: Config) -> int | None:
     run_hook("before-upgrade", up.hooks)
     with writable(inst.state_dir):
         n = _build_and_switch(up)
-    if req.bootloader:
+    if req.bootloader and not migrating:
         _update_bootloader(up, n)
     run_hook("after-upgrade", up.hooks)
     log.info("Upgraded: snapshot %d is %s (%s); it boots next", n, ref, short_digest(remote.digest))
@@ -206,6 +212,12 @@ def _build_and_switch(up: Upgrade) -> int:
         _forget_pull(store, tags_before)
         raise
 
+    if snaps.kind != up.state.snapshotter.type:
+        # The GRUB menu on the ESP predates this backend: it must boot the new snapshot
+        # (and keeps booting the old ones) before the switch points at it.
+        log.info("Moving to %s snapshots: GRUB is updated first", snaps.kind)
+        _update_bootloader(up, n)
+        up.state.snapshotter.type = snaps.kind
     try:
         with step(f"Switching to snapshot {n}"):
             snaps.activate(

@@ -106,6 +106,10 @@ class Snapshotter(ABC):
     def size(self, n: int) -> int:
         """Bytes snapshot n occupies on the device (freed when it is deleted)."""
 
+    def total_bytes(self) -> int:
+        """Bytes all snapshots occupy together, shared content counted once."""
+        return sum(self.size(n) for n in self.numbers())
+
     @abstractmethod
     def boot_files(self, n: int) -> BootLocation: ...
 

@@ -149,11 +149,11 @@ class LayersSnapshotter(LoopSnapshotter):
                 total += st.st_blocks * 512
         return total
 
-    def shared_bytes(self) -> int:
-        """Everything the snapshots of this backend hold together, counted once."""
+    def total_bytes(self) -> int:
         seen: set[int] = set()
-        total = 0
-        for d in [self.layers_dir, *(self.root / str(n) for n in self.numbers())]:
+        total = sum(super().size(n) for n in self.numbers() if not self.is_stack(n))
+        stacks = [self.root / str(n) for n in self.numbers() if self.is_stack(n)]
+        for d in [self.layers_dir, *stacks]:
             for f in d.iterdir() if d.is_dir() else []:
                 st = f.lstat()
                 if stat.S_ISREG(st.st_mode) and st.st_ino not in seen:
