@@ -147,13 +147,18 @@ def push(tag: str, registry: str, repo: str) -> str:
     return ref
 
 
-def cached_disk(name: str, cloud_config: str | None = None, args: tuple[str, ...] = ()) -> Path:
-    """An e2e disk (optionally built with --cloud-init and more build-disk args), cached
-    by image digest, toolkit, cloud-config and args, so the suite builds each once."""
+def cached_disk(
+    name: str,
+    cloud_config: str | None = None,
+    args: tuple[str, ...] = (),
+    config: tuple[tuple[str, str], ...] = (),
+) -> Path:
+    """An e2e disk (optionally built with --cloud-init, more build-disk args and config
+    settings as COS_* variables), cached by image digest, toolkit, cloud-config, args and
+    config, so the suite builds each once."""
     digest = ensure_e2e_image()
-    key = hashlib.sha256(
-        (digest + tree_hash(REPO / "src/cos") + (cloud_config or "") + repr(args)).encode()
-    ).hexdigest()[:16]
+    recipe = digest + tree_hash(REPO / "src/cos") + (cloud_config or "") + repr(args)
+    key = hashlib.sha256((recipe + (repr(config) if config else "")).encode()).hexdigest()[:16]
     suffix = "qcow2" if "qcow2" in args else "raw"
     disk = BUILD / "e2e" / f"{name}-{key}.{suffix}"
     if not disk.exists():
@@ -166,5 +171,6 @@ def cached_disk(name: str, cloud_config: str | None = None, args: tuple[str, ...
             cfg = disk.with_suffix(".yaml")
             cfg.write_text(cloud_config)
             argv += ["--cloud-init", str(cfg)]
-        subprocess.run(argv, check=True, env={**os.environ, "COS_CACHE_DIR": str(BUILD / "cache")})
+        env = {**os.environ, "COS_CACHE_DIR": str(BUILD / "cache"), **dict(config)}
+        subprocess.run(argv, check=True, env=env)
     return disk

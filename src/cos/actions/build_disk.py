@@ -27,7 +27,7 @@ from cos.boot.oem import write_oem
 from cos.boot.recovery import RECOVERY_LABEL, write_recovery
 from cos.cloudinit.hooks import run_hook, run_sandboxed_hook
 from cos.cloudinit.sources import build_sources, check_cloud_init
-from cos.config import Config
+from cos.config import Config, SnapshotterKind
 from cos.disk import formats
 from cos.disk import image as diskimg
 from cos.disk.expandable import DEFAULT_DEPLOY_COMMAND, EXPAND_CONFIG, expand_config
@@ -41,7 +41,7 @@ from cos.oci.image import LocalImage, unpack
 from cos.oci.reference import ImageRef, parse_ref
 from cos.oci.store import LayerStore, fetch, snapshot_tag
 from cos.snapshot import new_snapshotter
-from cos.snapshot.base import snapshot_label
+from cos.snapshot.base import Snapshotter, snapshot_label
 from cos.system.kernel import BootFiles, check_bootable
 from cos.system.state import ImageState, InstallState, write_state
 
@@ -176,14 +176,12 @@ def build_disk(req: BuildDiskRequest, cfg: Config) -> Path:
 
 
 def _build(b: _Build) -> None:
+    if b.cfg.snapshotter == SnapshotterKind.LAYERS and b.deploy_command is None:
+        _build_on_layers(b)
+        return
     system = _unpack(b, b.ref, b.work / "tree", "Pulling", "Unpacking")
     events.summary(image=str(system.image.ref), digest=system.image.digest)
-    image_oem = system.tree / "system/oem"
-    with step("Running the after-disk-chroot hook"):
-        own = [str(image_oem)] if image_oem.is_dir() else []
-        run_sandboxed_hook(
-            "after-disk-chroot", own + b.hooks, system.tree, network=b.cfg.build_hooks_network
-        )
+    _disk_hook(b, system.tree)
     recovery = (
         system
         if b.rec_ref == b.ref
@@ -195,15 +193,63 @@ def _build(b: _Build) -> None:
         (b.work / "oem" / EXPAND_CONFIG).write_text(expand_config(b.cfg, b.deploy_command))
         state.record("build-disk", None, state.recovery)
     else:
-        _state_partition(b, system, state)
+        snaps = new_snapshotter(b.work / "state", b.cfg.snapshot_fs, b.cfg.snapshotter)
+        with step("Building snapshot 1"):
+            n = snaps.from_tree(system.tree)
+        _state_partition(b, snaps, system, n, state)
     write_state(b.work / "recovery", state)
     bl = make_bootloader(system.tree, system.boot, b.cfg, b.work, b.plan.part("efi").size)
+    _remove_trees(system, recovery)
+    _finish(b, bl)
+
+
+def _build_on_layers(b: _Build) -> None:
+    """Snapshot 1 straight from the image's layers (the first upgrade then adds only the
+    layers that changed): the hook runs in its stack, and the recovery system and GRUB
+    are taken from there; nothing is unpacked twice."""
+    cfg = b.cfg
+    with step(f"Pulling {b.ref}"):
+        img = fetch(b.ref, Path(cfg.cache_dir), cfg.tls_verify, cfg.signature_key(), cfg.arch())
+    events.summary(image=str(img.ref), digest=img.digest)
+    snaps = new_snapshotter(b.work / "state", cfg.snapshot_fs, cfg.snapshotter)
+    with step("Building snapshot 1"), snaps.start(img, 0, b.work / "snap") as p:
+        system = _Tree(img, p.tree, check_bootable(p.tree, b.ref))
+        _disk_hook(b, p.tree)
+        recovery = (
+            system
+            if b.rec_ref == b.ref
+            else _unpack(b, b.rec_ref, b.work / "rec-tree", "Pulling recovery image", "Unpacking")
+        )
+        state = InstallState.new(cfg, recovery=_recovery_partition(b, recovery))
+        bl = make_bootloader(p.tree, system.boot, cfg, b.work, b.plan.part("efi").size)
+        record = _record(system, snapshot_label(p.number), cfg.snapshot_fs)
+    write_oem(b.work / "oem", b.req.cloud_init)
+    _state_partition(b, snaps, system, p.number, state, record)
+    write_state(b.work / "recovery", state)
+    if recovery is not system:
+        _remove_trees(recovery)
+    _finish(b, bl)
+
+
+def _disk_hook(b: _Build, tree: Path) -> None:
+    image_oem = tree / "system/oem"
+    with step("Running the after-disk-chroot hook"):
+        own = [str(image_oem)] if image_oem.is_dir() else []
+        run_sandboxed_hook(
+            "after-disk-chroot", own + b.hooks, tree, network=b.cfg.build_hooks_network
+        )
+
+
+def _remove_trees(*trees: _Tree) -> None:
     with step("Removing the unpacked tree"):
         # Nothing reads the trees again. Removed now, much of their data is still page
         # cache that is dropped unwritten; removed after the disk is written, every
         # unlink queues behind the writeback of the disk image (seconds per GiB).
-        for t in {system.tree, recovery.tree}:
+        for t in {t.tree for t in trees}:
             shutil.rmtree(t)
+
+
+def _finish(b: _Build, bl: Bootloader) -> None:
     _write_disk(b, bl)
     _convert(b.req.disk_type, b.partial)
     with open(b.partial, "rb+") as f:
@@ -230,24 +276,27 @@ def _record(t: _Tree, label: str, fs: str) -> ImageState:
     )
 
 
-def _state_partition(b: _Build, system: _Tree, state: InstallState) -> None:
-    """Snapshot 1, active, and the layer store seeded with its blobs (the first
+def _state_partition(
+    b: _Build,
+    snaps: Snapshotter,
+    system: _Tree,
+    n: int,
+    state: InstallState,
+    record: ImageState | None = None,
+) -> None:
+    """Snapshot n made active, and the layer store seeded with its blobs (the first
     upgrade then pulls only the layers that changed)."""
     statedir = b.work / "state"
-    snaps = new_snapshotter(statedir, b.cfg.snapshot_fs, b.cfg.snapshotter)
-    with step("Building snapshot 1"):
-        n = snaps.from_tree(system.tree)
-        record = _record(system, snapshot_label(n), b.cfg.snapshot_fs)
-        snaps.activate(
-            n, state=state, oem_dir=b.work / "oem", reason="build-disk", passive=[], image=record
-        )
+    record = record or _record(system, snapshot_label(n), b.cfg.snapshot_fs)
+    snaps.activate(
+        n, state=state, oem_dir=b.work / "oem", reason="build-disk", passive=[], image=record
+    )
     with step("Seeding the layer store"):
         store = LayerStore.on(statedir)
-        if system.image.ref.transport != "dir":  # a tree has no layers to seed
+        if b.ref.transport != "dir":  # a tree has no layers to seed
             store.add(system.image, snapshot_tag(n))
     store_size = sum(f.stat().st_size for f in store.path.rglob("*") if f.is_file())
-    # The image's apparent size: what it takes once written as a file system's file.
-    size = (statedir / snaps.boot_files(n).image).stat().st_size
+    size = snaps.size(n)
     cfg, part = b.cfg, b.plan.part("state")
     _fits(
         f"the state partition ({cfg.max_snaps} snapshots of {size // MIB} MiB + layer store)",
