@@ -15,10 +15,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import boot, build_disk, pull, startup, unpack, upgrade
+from bench import boot, build_disk, pull, snapshots, startup, unpack, upgrade
 from bench.common import Images, Row, print_table
 
-BENCHES = ("startup", "unpack", "pull", "upgrade", "build-disk", "boot")
+BENCHES = ("startup", "unpack", "pull", "upgrade", "snapshots", "build-disk", "boot")
 
 
 def main() -> int:
@@ -38,6 +38,7 @@ def main() -> int:
         "unpack": lambda: unpack.bench(args),
         "pull": lambda: pull.bench(args, images),
         "upgrade": lambda: upgrade.bench(args, images),
+        "snapshots": lambda: snapshots.bench(args, images),
         "build-disk": lambda: build_disk.bench(args),
         "boot": lambda: boot.bench(args),
     }

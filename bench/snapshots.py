@@ -1,0 +1,120 @@
+"""Snapshot backends side by side: what an upgrade costs with loop images and with
+shared layers, and what kept snapshots take on COS_STATE.
+
+For each backend a v1 disk is built once (`snapshotter` set through COS_SNAPSHOTTER);
+each run upgrades a fresh copy to v2 (v1 + one small layer) on the host, the way the
+upgrade tests do. Measured per run: the upgrade's wall time, and the bytes written to
+the state partition's loop device (/sys/block/loopN/stat, sectors written, after a
+sync before and after). Then, once per backend, three more upgrades with max-snaps 4
+(v2 → v1 → v2 --force, each kept): the space the snapshots take on COS_STATE (their
+files, shared content once) over the unpacked size of v1 (its layers' tar streams).
+
+The floor is the loop backend: ratios say what layers cost relative to it.
+
+    python -m bench.run --only snapshots [--runs 3] [--workdir /var/tmp]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.support.device import Device, booted_copy, cos_env
+
+from bench.common import MIB, Images, Metrics, Row, cos_cli, interleave, rows_of, scratch, settle
+from cos.config import Filesystem, SnapshotterKind
+from cos.disk.mounts import mount_table
+from cos.oci.store import LayerStore, snapshot_tag
+from cos.snapshot import new_snapshotter
+
+KINDS = (SnapshotterKind.LOOP, SnapshotterKind.LAYERS)
+
+
+def _written(mountpoint: Path) -> int:
+    """Bytes written so far to the loop device mounted at mountpoint."""
+    settle()
+    dev = next(src for src, mnt in mount_table() if mnt == str(mountpoint))
+    stat = Path(f"/sys/block/{Path(dev).name}/stat").read_text().split()
+    return int(stat[6]) * 512
+
+
+def _conf(seed: Path, kind: SnapshotterKind, max_snaps: int) -> Path:
+    conf = seed / f"etc-cos-{kind}-{max_snaps}"
+    conf.mkdir(exist_ok=True)
+    (conf / "config.yaml").write_text(f"snapshotter: {kind}\nmax-snaps: {max_snaps}\n")
+    return conf
+
+
+def bench(args: argparse.Namespace, images: Images) -> list[Row]:
+    v1, v2 = images.refs()
+    workdir = Path(args.workdir)
+    with scratch(workdir, "cos-bench-snapshots-seed") as seed:
+        disks = {}
+        for kind in KINDS:
+            print(f"building the v1 disk ({kind})", flush=True)
+            disks[kind] = seed / f"v1-{kind}.raw"
+            env = {**cos_env(_conf(seed, kind, 2)), "COS_SNAPSHOTTER": str(kind)}
+            cos_cli("build-disk", v1, "-o", str(disks[kind]), "--tls-verify=false", env=env)
+
+        def upgrade(kind: SnapshotterKind) -> Callable[[], Metrics]:
+            def run() -> Metrics:
+                conf = _conf(seed, kind, 2)
+                with (
+                    scratch(workdir, "cos-bench-snapshots") as tmp,
+                    booted_copy(disks[kind], tmp, conf) as dev,
+                ):
+                    before = _written(dev.state)
+                    t0 = time.monotonic()
+                    dev.cos("upgrade", "--system", v2, "--tls-verify=false")
+                    wall = time.monotonic() - t0
+                    return {"s": wall, "MiB": (_written(dev.state) - before) / MIB}
+
+            return run
+
+        samples = interleave(args.runs, {str(k): upgrade(k) for k in KINDS})
+        kept: dict[str, list[Metrics]] = {}
+        for kind in KINDS:
+            conf = _conf(seed, kind, 4)
+            with (
+                scratch(workdir, "cos-bench-snapshots-kept") as tmp,
+                booted_copy(disks[kind], tmp, conf) as dev,
+            ):
+                for ref in (v2, v1, v2):
+                    dev.cos("upgrade", "--system", ref, "--tls-verify=false", "--force")
+                    dev.boot("active", dev.active())
+                held = _held(dev)
+                unpacked = LayerStore.on(dev.state).unpacked_size(snapshot_tag(1))
+                kept[str(kind)] = [{"MiB": held / MIB, "x": held / unpacked}]
+    rows = rows_of(
+        "snapshots",
+        samples,
+        [
+            ("loop: upgrade v1→v2 (floor)", "loop", "s", None),
+            ("layers: upgrade v1→v2", "layers", "s", "loop: upgrade v1→v2 (floor)"),
+            ("loop: written to COS_STATE (floor)", "loop", "MiB", None),
+            ("layers: written to COS_STATE", "layers", "MiB", "loop: written to COS_STATE (floor)"),
+        ],
+    )
+    rows += rows_of(
+        "snapshots",
+        kept,
+        [
+            ("loop: 4 snapshots on COS_STATE (floor)", "loop", "MiB", None),
+            (
+                "layers: 4 snapshots on COS_STATE",
+                "layers",
+                "MiB",
+                "loop: 4 snapshots on COS_STATE (floor)",
+            ),
+            ("loop: 4 snapshots ÷ v1 unpacked", "loop", "x", None),
+            ("layers: 4 snapshots ÷ v1 unpacked", "layers", "x", None),
+        ],
+    )
+    return rows
+
+
+def _held(dev: Device) -> int:
+    """Bytes the snapshots take together (the layers backend reads both kinds)."""
+    return new_snapshotter(dev.state, Filesystem.EXT4, SnapshotterKind.LAYERS).total_bytes()
