@@ -160,6 +160,7 @@ class SnapshotterKind(StrEnum):
     LAYERS = "layers"  # each image layer once, stacked by overlayfs
 
 
+DEFAULT_KEPT = {SnapshotterKind.LOOP: 2, SnapshotterKind.LAYERS: 4}
 SNAPSHOT_FILESYSTEMS = (Filesystem.EXT2, Filesystem.EXT4)
 RECOVERY_FILESYSTEMS = (Filesystem.SQUASHFS, Filesystem.EXT2, Filesystem.EXT4)
 
@@ -174,9 +175,11 @@ class Config:
         metadata=doc("verify the registry's TLS certificate; false for plain HTTP or self-signed"),
     )
     max_snaps: int = field(
-        default=2,
+        default=0,
         metadata=doc(
-            "snapshots kept on COS_STATE (the active one and max-snaps - 1 to go back to)"
+            "snapshots kept on COS_STATE (the active one and max-snaps - 1 to go back to);"
+            " 0: the snapshotter's default, 2 for loop (each a whole image), 4 for layers"
+            " (they share their layers)"
         ),
     )
     snapshotter: SnapshotterKind = field(
@@ -260,9 +263,16 @@ class Config:
     labels: Labels = field(default_factory=Labels)
     layout: Layout = field(default_factory=Layout)
 
+    def kept_snapshots(self, kind: SnapshotterKind) -> int:
+        """max-snaps, or the default of the backend kind when it is not set."""
+        return self.max_snaps or DEFAULT_KEPT[kind]
+
     def validate(self, where: str = "config") -> None:
-        if self.max_snaps < 1:
-            raise ConfigError(f"{where}: max-snaps must be ≥ 1 (got {self.max_snaps})")
+        if self.max_snaps < 0:
+            raise ConfigError(
+                f"{where}: max-snaps must be ≥ 1, or 0 for the snapshotter's default"
+                f" (got {self.max_snaps})"
+            )
         if self.snapshot_fs not in SNAPSHOT_FILESYSTEMS:
             raise ConfigError(
                 f"{where}: snapshot-fs {self.snapshot_fs!r} is not supported",

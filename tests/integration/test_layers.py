@@ -191,7 +191,7 @@ def test_a_loop_system_moves_to_layers_and_survives_kills(
 ) -> None:
     conf = tmp_path / "etc-cos"
     conf.mkdir()
-    (conf / "config.yaml").write_text("snapshotter: layers\n")
+    (conf / "config.yaml").write_text("snapshotter: layers\nmax-snaps: 2\n")
     with booted_copy(loop_disk, tmp_path, conf) as dev:
         try:
             _moves_and_survives(dev, images)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from cos.config import load_config
+from cos.config import SnapshotterKind, load_config
 from cos.errors import ConfigError
 
 
@@ -20,7 +20,8 @@ def _cfg(tmp_path: Path, main: str | None = None, **dropins: str) -> Path:
 
 def test_defaults_without_files(tmp_path: Path) -> None:
     cfg = load_config(tmp_path, env={})
-    assert cfg.max_snaps == 2 and cfg.partitions.state == 8192
+    assert cfg.kept_snapshots(SnapshotterKind.LOOP) == 2 and cfg.partitions.state == 8192
+    assert cfg.kept_snapshots(SnapshotterKind.LAYERS) == 4
     assert cfg.layout.ephemeral == ["/etc", "/var", "/srv"]
     assert "/var/log" in cfg.layout.persistent
 
@@ -52,7 +53,7 @@ def test_env_lists_and_bools(tmp_path: Path) -> None:
     [
         ("max-snap: 3\n", r"config.yaml: unknown key 'max-snap'.*"),
         ("max-snaps: many\n", r"max-snaps: expected an integer"),
-        ("max-snaps: 0\n", r"max-snaps must be ≥ 1"),
+        ("max-snaps: -1\n", r"max-snaps must be ≥ 1, or 0"),
         ("layout: {ephemeral: [etc]}\n", r"must be an absolute path"),
         ("partitions: {state: 1}\n", r"partitions.state = 1 MiB is too small"),
         ("a: [\n", r"config.yaml:2:1: invalid YAML"),

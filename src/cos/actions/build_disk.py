@@ -298,9 +298,13 @@ def _state_partition(
     store_size = sum(f.stat().st_size for f in store.path.rglob("*") if f.is_file())
     size = snaps.size(n)
     cfg, part = b.cfg, b.plan.part("state")
+    # Loop snapshots are whole images each; layers share theirs, and an upgrade that
+    # changes every layer needs room for one more copy.
+    kept = cfg.kept_snapshots(snaps.kind)
+    copies = kept if snaps.kind == SnapshotterKind.LOOP else 2
     _fits(
-        f"the state partition ({cfg.max_snaps} snapshots of {size // MIB} MiB + layer store)",
-        size * cfg.max_snaps + 2 * store_size + _ext_overhead(part.size),
+        f"the state partition ({kept} snapshots of {size // MIB} MiB + layer store)",
+        size * copies + 2 * store_size + _ext_overhead(part.size),
         part.size,
         "raise partitions.state in config, or lower max-snaps",
     )

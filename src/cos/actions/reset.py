@@ -123,7 +123,7 @@ def reset(req: ResetRequest, cfg: Config) -> None:
         new = InstallState(
             date=now(),
             snapshotter=SnapshotterState(
-                type=snaps.kind, max_snaps=cfg.max_snaps, fs=cfg.snapshot_fs
+                type=snaps.kind, max_snaps=cfg.kept_snapshots(snaps.kind), fs=cfg.snapshot_fs
             ),
             labels=old.labels,
             recovery=old.recovery,

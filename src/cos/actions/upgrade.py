@@ -164,7 +164,9 @@ def _build_and_switch(up: Upgrade) -> int:
     removed = snaps.clean_debris()
     if removed:
         log.info("Removed incomplete snapshot(s) %s left by an interrupted upgrade", removed)
-    plan = plan_snapshots(snaps.numbers(), snaps.active(), up.booted, cfg.max_snaps)
+    plan = plan_snapshots(
+        snaps.numbers(), snaps.active(), up.booted, cfg.kept_snapshots(snaps.kind)
+    )
     reclaim = sum(snaps.size(n) for n in plan.drop)
     tags_before = set(store.tags())
 

@@ -113,7 +113,9 @@ class InstallState:
         state = cls(
             date=now(),
             snapshotter=SnapshotterState(
-                type=cfg.snapshotter, max_snaps=cfg.max_snaps, fs=cfg.snapshot_fs
+                type=cfg.snapshotter,
+                max_snaps=cfg.kept_snapshots(cfg.snapshotter),
+                fs=cfg.snapshot_fs,
             ),
             labels={
                 "efi": labels.efi,
