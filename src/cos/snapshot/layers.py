@@ -151,7 +151,7 @@ class LayersSnapshotter(LoopSnapshotter):
 
     def total_bytes(self) -> int:
         seen: set[int] = set()
-        total = sum(super().size(n) for n in self.numbers() if not self.is_stack(n))
+        total = sum(LoopSnapshotter.size(self, n) for n in self.numbers() if not self.is_stack(n))
         stacks = [self.root / str(n) for n in self.numbers() if self.is_stack(n)]
         for d in [self.layers_dir, *stacks]:
             for f in d.iterdir() if d.is_dir() else []:
