@@ -154,7 +154,7 @@ class Client:
             if resp.status != 200:
                 raise RegistryError(
                     f"registry {self.host}: token request refused ({resp.status})",
-                    hint="check the credentials in auth.json",
+                    hint="check the credentials (auth.json, config.json or its credential helper)",
                     status=resp.status,
                 )
             doc = json.loads(body)
@@ -341,7 +341,7 @@ class Client:
         if auth is None:
             raise RegistryError(
                 f"registry {self.host} asks for credentials",
-                hint="log in (auth.json or ~/.docker/config.json)",
+                hint="log in (auth.json, ~/.docker/config.json or a credential helper)",
                 status=401,
             )
         return auth
