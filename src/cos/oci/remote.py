@@ -55,12 +55,13 @@ class Repository:
         self.ref = ref
         self.sources = [conf.origin(ref)] if write else conf.sources(ref)
         self._tls = tls_verify
-        self._clients: dict[str, Client] = {}
+        self._clients: dict[tuple[str, bool], Client] = {}
 
     def _client(self, src: Source) -> Client:
-        if src.host not in self._clients:
-            self._clients[src.host] = Client(src.host, self._tls and not src.insecure)
-        return self._clients[src.host]
+        key = (src.host, self._tls and not src.insecure)
+        if key not in self._clients:
+            self._clients[key] = Client(*key)
+        return self._clients[key]
 
     def _walk(self, what: str, fn: Callable[[Client, str], T]) -> T:
         usable = [s for s in self.sources if not s.mirror or s.name not in _down]
