@@ -6,7 +6,8 @@ logged under --debug, and one typed error (`ToolError`) when it fails. Keeping o
 door makes the commands auditable.
 
 Secrets stay off argv where the tool allows: registry credentials reach skopeo
-through its auth files and environment, and a password to hash goes on stdin. The
+through its auth files and environment, a password to hash goes on stdin, and a
+credential helper gets the server on stdin and answers on stdout (never logged). The
 one that must be an argument (systemd-firstboot --root-password=…) is marked by its
 caller in `secret_args` and logged as `***`. Errors carry the tool's name and its
 stderr, never its argv.

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cos.errors import ImageError
-from cos.oci import registry
+from cos.oci import credentials, registry
 
 
 def _auth(path: Path, entries: dict[str, str]) -> None:
@@ -32,18 +32,18 @@ def test_credentials_follow_the_containers_search_order(
     monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
     monkeypatch.delenv("DOCKER_CONFIG", raising=False)
     monkeypatch.delenv("REGISTRY_AUTH_FILE", raising=False)
-    assert registry.credentials("reg.example:5000") is None
+    assert credentials.credentials("reg.example:5000") is None
     _auth(tmp_path / ".docker/config.json", {"https://reg.example:5000/v1/": "docker:pw1"})
-    assert registry.credentials("reg.example:5000") == ("docker", "pw1")
+    assert credentials.credentials("reg.example:5000") == ("docker", "pw1")
     _auth(tmp_path / ".config/containers/auth.json", {"reg.example:5000/team": "podman:pw:2"})
-    assert registry.credentials("reg.example:5000") == ("podman", "pw:2")
+    assert credentials.credentials("reg.example:5000") == ("podman", "pw:2")
     explicit = tmp_path / "explicit.json"
     _auth(explicit, {"reg.example:5000": "ci:pw3"})
     monkeypatch.setenv("REGISTRY_AUTH_FILE", str(explicit))
-    assert registry.credentials("reg.example:5000") == ("ci", "pw3")
-    assert registry.credentials("other.example") is None
+    assert credentials.credentials("reg.example:5000") == ("ci", "pw3")
+    assert credentials.credentials("other.example") is None
     explicit.write_text("{broken")
-    assert registry.credentials("reg.example:5000") == ("podman", "pw:2")
+    assert credentials.credentials("reg.example:5000") == ("podman", "pw:2")
 
 
 @pytest.mark.parametrize(

@@ -28,7 +28,8 @@ from cos.oci import bundle, cosign
 from cos.oci.digest import short_digest
 from cos.oci.reference import ImageRef, parse_ref
 from cos.oci.referrers import push_bundle
-from cos.oci.registry import Client, RegistryError, split_name
+from cos.oci.registry import RegistryError
+from cos.oci.remote import Repository
 from cos.oci.signatures import push_signature
 from cos.oci.transport import layout_digest
 
@@ -60,9 +61,9 @@ def resolve_digest(ref: ImageRef, tls_verify: bool) -> str:
         return digest
     if ref.digest:
         return ref.digest
-    host, repo = split_name(ref.name)
     try:
-        raw, _ = Client(host, tls_verify).manifest(repo, ref.tag or "latest")
+        # Where the signature goes, not a mirror: a mirror's tag may lag behind.
+        raw, _ = Repository(ref, tls_verify, write=True).manifest(ref.tag or "latest")
     except RegistryError as exc:
         raise ImageError(f"cannot read image {ref}: {exc.message}", hint=exc.hint) from exc
     return "sha256:" + hashlib.sha256(raw).hexdigest()

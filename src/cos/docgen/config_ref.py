@@ -123,7 +123,11 @@ def render() -> str:
         " the registry wins, searched in this order: `$REGISTRY_AUTH_FILE`,"
         " `$XDG_RUNTIME_DIR/containers/auth.json`, `/run/containers/UID/auth.json`,"
         " `~/.config/containers/auth.json`, `$DOCKER_CONFIG/config.json` (default"
-        " `~/.docker/config.json`) |",
+        " `~/.docker/config.json`); `credHelpers` and `credsStore` run"
+        " `docker-credential-NAME` ([registries.md](registries.md#credentials)) |",
+        "| `CONTAINERS_REGISTRIES_CONF` | the registries.conf to read instead of"
+        " `/etc/containers/registries.conf` (mirrors, blocked and insecure registries;"
+        " drop-ins in `registries.conf.d/` are read too: [registries.md](registries.md)) |",
         "| `HTTPS_PROXY`, `HTTP_PROXY`, `NO_PROXY`, `SSL_CERT_FILE`, `SSL_CERT_DIR` |"
         " proxies and CA certificates for registries |",
         "| `COSIGN_PASSWORD` | password of the private key for `cos sign` and"

@@ -28,7 +28,8 @@ from cos.oci import bundle
 from cos.oci.digest import check_digest, sha256_digest, short_digest
 from cos.oci.layout import REF_NAME, OciLayout
 from cos.oci.reference import ImageRef, Transport
-from cos.oci.registry import Client, RegistryError, split_name
+from cos.oci.registry import RegistryError
+from cos.oci.remote import Repository
 
 log = logging.getLogger("cos")
 
@@ -52,16 +53,15 @@ class _Place(Protocol):
 
 
 class _Registry:
-    def __init__(self, ref: ImageRef, tls_verify: bool) -> None:
-        host, self.repo = split_name(ref.name)
-        self.client = Client(host, tls_verify)
+    def __init__(self, ref: ImageRef, tls_verify: bool, write: bool) -> None:
+        self.client = Repository(ref, tls_verify, write=write)
 
     def index(self, subject: str) -> bytes | None:
-        api = self.client.referrers(self.repo, subject)
+        api = self.client.referrers(subject)
         if api is not None:
             return api
         try:
-            data, media = self.client.manifest(self.repo, fallback_tag(subject))
+            data, media = self.client.manifest(fallback_tag(subject))
         except RegistryError as exc:
             if exc.status == 404:
                 return None
@@ -69,19 +69,19 @@ class _Registry:
         return data if media in (INDEX_TYPE, "") else None
 
     def manifest(self, digest: str) -> bytes:
-        return self.client.manifest(self.repo, digest)[0]
+        return self.client.manifest(digest)[0]
 
     def blob(self, digest: str, cap: int) -> bytes:
-        return self.client.small_blob(self.repo, digest, cap)
+        return self.client.small_blob(digest, cap)
 
     def put_blob(self, data: bytes) -> None:
-        self.client.put_blob(self.repo, data)
+        self.client.put_blob(data)
 
     def put_manifest(self, data: bytes, tag: str | None, media_type: str) -> None:
-        self.client.put_manifest(self.repo, tag or sha256_digest(data), data, media_type)
+        self.client.put_manifest(tag or sha256_digest(data), data, media_type)
 
     def subject(self, digest: str) -> dict[str, Any]:
-        raw, media = self.client.manifest(self.repo, digest)
+        raw, media = self.client.manifest(digest)
         return {"mediaType": media or bundle.MANIFEST_TYPE, "size": len(raw), "digest": digest}
 
 
@@ -127,11 +127,11 @@ class _Layout:
         return {"mediaType": media, "size": len(raw), "digest": digest}
 
 
-def _place(ref: ImageRef, tls_verify: bool) -> _Place:
+def _place(ref: ImageRef, tls_verify: bool, write: bool = False) -> _Place:
     if ref.transport == Transport.OCI:
         return _Layout(ref)
     if ref.transport == Transport.DOCKER:
-        return _Registry(ref, tls_verify)
+        return _Registry(ref, tls_verify, write)
     raise ImageError(f"{ref}: signatures are kept in registries and OCI layouts only")
 
 
@@ -174,7 +174,7 @@ def fetch_bundles(ref: ImageRef, digest: str, tls_verify: bool = True) -> list[b
 
 def push_bundle(ref: ImageRef, digest: str, data: bytes, tls_verify: bool = True) -> str:
     """Store a bundle as a referrer of digest and list it under the tag schema's tag."""
-    place = _place(ref, tls_verify)
+    place = _place(ref, tls_verify, write=True)
     try:
         subject = place.subject(digest)
         created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

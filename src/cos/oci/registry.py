@@ -12,8 +12,9 @@ protocol surface needed for pulling is small: ping, token/basic auth, manifests
 by tag or digest, blobs with redirects (credentials never follow a redirect to
 another host).
 
-Credentials come from the files containers tools and docker use (auth.json,
-config.json `auths`); credential helpers are not run.
+Credentials come from the files containers tools and docker use, credential
+helpers included (`cos.oci.credentials`). Which host serves a read (mirrors, blocked
+registries) is decided a level up, in `cos.oci.remote`.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from cos.errors import ImageError
+from cos.oci import credentials
 from cos.oci.digest import check_digest, sha256_digest, short_digest
 
 log = logging.getLogger("cos")
@@ -65,45 +67,18 @@ class RegistryError(ImageError):
         self.status = status
 
 
+class MismatchError(RegistryError):
+    """What the registry sent does not match its digest: never a reason to try
+    another mirror quietly, always an error."""
+
+
 class _Retry(Exception):
     """A transient failure: another attempt may succeed."""
 
-    def __init__(self, reason: str, wait: float = 0.0) -> None:
+    def __init__(self, reason: str, wait: float = 0.0, mismatch: bool = False) -> None:
         super().__init__(reason)
         self.wait = wait
-
-
-def _auth_files() -> list[Path]:
-    env = os.environ
-    home = Path(env.get("HOME", "/root"))
-    files = []
-    if env.get("REGISTRY_AUTH_FILE"):
-        files.append(Path(env["REGISTRY_AUTH_FILE"]))
-    if env.get("XDG_RUNTIME_DIR"):
-        files.append(Path(env["XDG_RUNTIME_DIR"]) / "containers/auth.json")
-    files.append(Path(f"/run/containers/{os.getuid()}/auth.json"))
-    files.append(home / ".config/containers/auth.json")
-    files.append(Path(env.get("DOCKER_CONFIG", home / ".docker")) / "config.json")
-    return files
-
-
-def credentials(host: str) -> tuple[str, str] | None:
-    """user, password for host from the first auth file that names it."""
-    for f in _auth_files():
-        try:
-            auths = json.loads(f.read_text()).get("auths", {})
-        except (OSError, ValueError, AttributeError):
-            continue
-        for key, entry in auths.items() if isinstance(auths, dict) else []:
-            name = re.sub(r"^https?://", "", str(key)).split("/")[0]
-            if name != host or not isinstance(entry, dict) or not entry.get("auth"):
-                continue
-            try:
-                user, _, pw = base64.b64decode(entry["auth"]).decode().partition(":")
-            except (ValueError, UnicodeDecodeError):
-                continue
-            return user, pw
-    return None
+        self.mismatch = mismatch
 
 
 @dataclass
@@ -153,7 +128,7 @@ class Client:
     # -- auth ----------------------------------------------------------------------------
     def _authorize(self, challenge: str, scope: str) -> str | None:
         kind, _, params = challenge.partition(" ")
-        creds = credentials(self.host)
+        creds = credentials.credentials(self.host)
         if kind.lower() == "basic":
             if creds is None:
                 return None
@@ -179,7 +154,7 @@ class Client:
             if resp.status != 200:
                 raise RegistryError(
                     f"registry {self.host}: token request refused ({resp.status})",
-                    hint="check the credentials in auth.json",
+                    hint="check the credentials (auth.json, config.json or its credential helper)",
                     status=resp.status,
                 )
             doc = json.loads(body)
@@ -241,7 +216,7 @@ class Client:
                 return fn()
             except _Retry as exc:
                 if attempt == ATTEMPTS - 1:
-                    raise RegistryError(
+                    raise (MismatchError if exc.mismatch else RegistryError)(
                         f"{what}: {exc} (after {ATTEMPTS} attempts)",
                         hint="the registry or the network failed; run the command again",
                     ) from exc
@@ -270,7 +245,7 @@ class Client:
         if reference.startswith("sha256:"):
             got = sha256_digest(data)
             if got != reference:
-                raise RegistryError(f"{what}: the registry sent a manifest with digest {got}")
+                raise MismatchError(f"{what}: the registry sent a manifest with digest {got}")
         return data, media
 
     def blob(
@@ -327,7 +302,7 @@ class Client:
                     raise _Retry(f"transfer ended at {got} of {size} bytes")
                 if got != size or "sha256:" + h.hexdigest() != digest:
                     partial.unlink(missing_ok=True)
-                    raise _Retry("received bytes do not match the digest")
+                    raise _Retry("received bytes do not match the digest", mismatch=True)
             os.rename(partial, dest)
 
         self._retrying(what, once)
@@ -366,7 +341,7 @@ class Client:
         if auth is None:
             raise RegistryError(
                 f"registry {self.host} asks for credentials",
-                hint="log in (auth.json or ~/.docker/config.json)",
+                hint="log in (auth.json, ~/.docker/config.json or a credential helper)",
                 status=401,
             )
         return auth
@@ -403,7 +378,7 @@ class Client:
 
         data = self._retrying(what, once)
         if len(data) > cap or sha256_digest(data) != digest:
-            raise RegistryError(f"{what}: larger than {cap} bytes or not matching its digest")
+            raise MismatchError(f"{what}: larger than {cap} bytes or not matching its digest")
         return data
 
     def put_blob(self, repo: str, data: bytes) -> str:

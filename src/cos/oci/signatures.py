@@ -4,10 +4,10 @@ Two places are read: the `.sig` tag (cosign before v3, and `cos sign` by default
 Sigstore bundles stored as OCI referrers (cosign v3, `cos sign --bundle-format new`;
 `cos.oci.referrers`). One valid signature by the key in either place is enough.
 
-The `.sig` "image" is tiny (one payload blob per signature and a config), so it
-travels with the same skopeo copy as every other image: registry credentials, TLS
-settings and proxies behave exactly as for a pull, and an `oci:` layout holds its
-signatures under the same tag name as a registry does.
+The `.sig` "image" is tiny (one payload blob per signature and a config). It is read
+with the same client as the image (`cos.oci.remote`), so credentials, TLS settings and
+registries.conf mirrors behave exactly as for a pull, and written with skopeo; an
+`oci:` layout holds its signatures under the same tag name as a registry does.
 """
 
 from __future__ import annotations
@@ -22,9 +22,12 @@ from cos import run as runner
 from cos.errors import ImageError, ToolError
 from cos.fsutil import atomic_write
 from cos.oci import bundle, cosign, referrers
-from cos.oci.digest import blob_path, sha256_digest
+from cos.oci.digest import blob_path, check_digest, sha256_digest
 from cos.oci.layout import REF_NAME, OciLayout
 from cos.oci.reference import ImageRef, Transport
+from cos.oci.registries import load as registries_conf
+from cos.oci.registry import RegistryError
+from cos.oci.remote import Repository
 from cos.oci.transport import registry_env
 
 log = logging.getLogger("cos")
@@ -32,7 +35,6 @@ log = logging.getLogger("cos")
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"
 MAX_SIGNATURES = 64
-_NOT_FOUND = ("manifest unknown", "not found", "404", "no such file")
 
 
 class SignatureError(ImageError):
@@ -75,25 +77,46 @@ def _copy(src: str, dest: str, tls_verify: bool, dest_side: bool) -> None:
     runner.run([*argv, src, dest], env=registry_env())
 
 
-def fetch_signatures(ref: ImageRef, digest: str, tls_verify: bool = True) -> list[cosign.Signature]:
-    """Every signature stored for digest in ref's repository ([] when unsigned)."""
+def _read_registry(
+    ref: ImageRef, tag: str, tls_verify: bool, write: bool
+) -> tuple[dict[str, Any], dict[str, bytes]] | None:
+    """The signature manifest and its payloads from a registry (None: no such tag)."""
+    repo = Repository(ref, tls_verify, write=write)
+    try:
+        try:
+            raw, _ = repo.manifest(tag)
+        except RegistryError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        manifest = json.loads(raw)
+        payloads = {}
+        for layer in manifest.get("layers", [])[:MAX_SIGNATURES]:
+            if layer.get("mediaType") == cosign.PAYLOAD_TYPE:
+                d = check_digest(layer.get("digest"), "signature payload")
+                payloads[d] = repo.small_blob(d, cosign.MAX_PAYLOAD)
+    except RegistryError as exc:
+        raise ImageError(
+            f"cannot read the signatures of {ref}: {exc.message}",
+            hint=exc.hint or "check that the registry is reachable",
+        ) from exc
+    except (ValueError, AttributeError) as exc:
+        raise ImageError(f"unreadable signature manifest of {ref}: {exc}") from exc
+    return manifest, payloads
+
+
+def fetch_signatures(
+    ref: ImageRef, digest: str, tls_verify: bool = True, write: bool = False
+) -> list[cosign.Signature]:
+    """Every signature stored for digest in ref's repository ([] when unsigned).
+
+    write: read where a new signature is about to be written (the registry itself,
+    never a mirror's possibly older copy)."""
     sig = _sig_ref(ref, digest)
-    with tempfile.TemporaryDirectory(prefix="cos-sig-") as tmp:
-        if ref.transport == Transport.OCI:
-            found = _read_layout(Path(ref.name), sig.tag or "")
-        else:
-            try:
-                _copy(sig.skopeo, f"oci:{tmp}:sig", tls_verify, dest_side=False)
-            except ToolError as exc:
-                text = exc.stderr.lower()
-                if any(s in text for s in _NOT_FOUND):
-                    return []
-                raise ImageError(
-                    f"cannot read the signatures of {ref}: "
-                    + (exc.stderr.strip().splitlines() or [str(exc)])[-1],
-                    hint="check that the registry is reachable",
-                ) from exc
-            found = _read_layout(Path(tmp), "sig")
+    if ref.transport == Transport.OCI:
+        found = _read_layout(Path(ref.name), sig.tag or "")
+    else:
+        found = _read_registry(ref, sig.tag or "", tls_verify, write)
     if found is None:
         return []
     manifest, payloads = found
@@ -167,7 +190,7 @@ def push_signature(
     tls_verify: bool = True,
 ) -> str:
     """Append one signature to digest's `.sig` manifest; returns the stored reference."""
-    existing = fetch_signatures(ref, digest, tls_verify)
+    existing = fetch_signatures(ref, digest, tls_verify, write=True)
     layers: list[tuple[bytes, str]] = [
         (s.payload, s.signature_b64) for s in existing if s.signature_b64 != signature_b64
     ]
@@ -232,6 +255,8 @@ def store_signatures(
             ],
         }
         atomic_write(layout / "index.json", json.dumps(index))
+        if ref.transport == Transport.DOCKER and registries_conf().origin(ref).insecure:
+            tls_verify = False
         try:
             _copy(f"oci:{layout}:sig", sig.skopeo, tls_verify, dest_side=True)
         except ToolError as exc:

@@ -25,7 +25,8 @@ from cos.oci.image import LocalImage
 from cos.oci.layout import INDEX_TYPES, MANIFEST_TYPES, REF_NAME, OciLayout
 from cos.oci.progress import PullProgress
 from cos.oci.reference import ImageRef, Transport
-from cos.oci.registry import Client, RegistryError, split_name
+from cos.oci.registry import RegistryError
+from cos.oci.remote import Repository
 from cos.oci.signatures import require_signed
 from cos.oci.streams import Source, decompressor
 
@@ -59,11 +60,10 @@ def inspect_remote(
     With key, the image must carry a signature by it (on the index or on the
     platform manifest, as cosign signs either) before the caller writes anything.
     """
-    host, repo = split_name(ref.name)
-    client = Client(host, tls_verify)
     signed: set[str] = set()
     try:
-        raw, media = client.manifest(repo, ref.digest or ref.tag or "latest")
+        client = Repository(ref, tls_verify)
+        raw, media = client.manifest(ref.digest or ref.tag or "latest")
         doc = json.loads(raw)
         if not isinstance(doc, dict):
             raise ValueError("not a JSON object")
@@ -82,7 +82,7 @@ def inspect_remote(
                     hint="build or push the image for this architecture, or pass --platform",
                 )
             signed.add(sha256_digest(raw))
-            raw, media = client.manifest(repo, check_digest(str(pick[0]["digest"])))
+            raw, media = client.manifest(check_digest(str(pick[0]["digest"])))
             doc = json.loads(raw)
     except RegistryError as exc:
         raise ImageError(
@@ -202,8 +202,7 @@ class LayerStore:
         an interrupted pull leaves the store as it was plus verified blobs and
         `.partial` files that the next pull continues.
         """
-        host, repo = split_name(remote.ref.name)
-        client = Client(host, tls_verify)
+        client = Repository(remote.ref, tls_verify)
         self.layout.blobs.mkdir(parents=True, exist_ok=True)
         self.heal(remote)
         missing = self.missing(remote)
@@ -212,7 +211,7 @@ class LayerStore:
             for digest, size in missing:
                 try:
                     dest = self.layout.blob(digest)
-                    client.blob(repo, digest, size, dest, report.track(digest, size))
+                    client.blob(digest, size, dest, report.track(digest, size))
                 except RegistryError as exc:
                     raise ImageError(f"pulling {remote.ref}: {exc.message}", hint=exc.hint) from exc
         if not (self.path / "oci-layout").exists():

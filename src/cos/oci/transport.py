@@ -13,9 +13,11 @@ def layout_digest(layout: Path, tag: str) -> str | None:
     return OciLayout(layout).resolve(tag)
 
 
-# What skopeo needs to find credentials, proxies and CAs; passed through env (never argv).
+# What skopeo needs to find credentials, registries.conf, proxies and CAs; passed
+# through env (never argv).
 _REGISTRY_ENV = (
     "REGISTRY_AUTH_FILE",
+    "CONTAINERS_REGISTRIES_CONF",
     "XDG_RUNTIME_DIR",
     "DOCKER_CONFIG",
     "HTTP_PROXY",
