@@ -403,8 +403,11 @@ class LayersSnapshotter(LoopSnapshotter):
             if is_number(d.name) and (d / STACK).is_file():
                 used.update(p.name for p in self.stack(int(d.name)))
         freed = 0
-        for f in self.layers_dir.iterdir():
-            st = f.lstat()
+        for f in sorted(self.layers_dir.iterdir()):
+            try:
+                st = f.lstat()
+            except FileNotFoundError:
+                continue  # a layer's description, gone with its image
             if f.suffix == ".erofs" and f.name not in used:
                 freed += st.st_blocks * 512
                 self._layer_meta(f).unlink(missing_ok=True)
