@@ -44,7 +44,7 @@ from cos.config import SnapshotterKind
 from cos.disk.mount import mounted
 from cos.disk.plan import MIB
 from cos.errors import ImageError, StateError
-from cos.fsutil import atomic_symlink, atomic_write, ceil_div, fsync_dir
+from cos.fsutil import atomic_symlink, atomic_write, ceil_div, fsync_dir, fsync_path
 from cos.log import log, step
 from cos.oci.digest import short_digest
 from cos.oci.image import LocalImage
@@ -75,14 +75,6 @@ def _sha256(path: Path) -> str:
         while chunk := f.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def mkfs_erofs(image: Path, tree: Path) -> None:
@@ -251,7 +243,7 @@ class LayersSnapshotter(LoopSnapshotter):
             mkfs_erofs(tmp, tree)
         finally:
             shutil.rmtree(tree, ignore_errors=True)
-        _fsync(tmp)
+        fsync_path(tmp)
         meta: dict[str, object] = {"sha256": _sha256(tmp), "root": _root_json(root)}
         atomic_write(self._layer_meta(final), json.dumps(meta))
         os.rename(tmp, final)
@@ -288,7 +280,7 @@ class LayersSnapshotter(LoopSnapshotter):
         tmp = self.layers_dir / f"{_TMP}tree-{os.getpid()}.erofs"
         tmp.unlink(missing_ok=True)
         mkfs_erofs(tmp, tree)
-        _fsync(tmp)
+        fsync_path(tmp)
         digest = _sha256(tmp)
         final = self.layers_dir / f"tree-{digest}.erofs"
         st = os.lstat(tree)
@@ -357,7 +349,7 @@ class LayersSnapshotter(LoopSnapshotter):
             if not kept.is_file() or kept.stat().st_size != src.stat().st_size:
                 tmp = kept.with_name(_TMP + kept.name)
                 shutil.copyfile(src, tmp)
-                _fsync(tmp)
+                fsync_path(tmp)
                 os.rename(tmp, kept)
             os.link(kept, d / name)
         if boot.bootargs is not None:
@@ -371,7 +363,7 @@ class LayersSnapshotter(LoopSnapshotter):
         atomic_write(d / STACK, "".join(f"{x}\n" for x in names))
         for f in d.iterdir():
             if f.is_file():
-                _fsync(f)
+                fsync_path(f)
         shutil.rmtree(upper, ignore_errors=True)
         fsync_dir(self.layers_dir)
         self._commit(d)
