@@ -22,6 +22,7 @@ class ExitCode(IntEnum):
     TOOL = 6
     STATE = 7
     STAGE = 8
+    NO_UPDATE = 9
     INTERRUPTED = 130
 
 
@@ -41,6 +42,10 @@ MEANINGS: dict[ExitCode, str] = {
         " `cos reset` outside recovery, `cos status` outside cos)"
     ),
     ExitCode.STAGE: "a cloud-config was refused or a cloud-init step failed (the rest ran)",
+    ExitCode.NO_UPDATE: (
+        "`cos upgrade --check`: no update (the source's image is the active one, or it failed"
+        " its trial boot here); not an error. `--check` exits 0 when there is an update"
+    ),
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
 }
 

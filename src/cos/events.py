@@ -40,6 +40,10 @@ SAFE_ARGS = (
     "force",
     "recovery",
     "bootloader",
+    "check",
+    "download_only",
+    "apply",
+    "offline",
     "reset_persistent",
     "reset_oem",
 )
@@ -235,6 +239,14 @@ def schema() -> dict[str, Any]:
                     "device": {"type": "string", "description": "device written"},
                     "snapshot": {"type": "integer", "minimum": 1},
                     "changed": {"type": "boolean", "description": "false: already up to date"},
+                    "available": {
+                        "type": "boolean",
+                        "description": "upgrade --check: an update is there",
+                    },
+                    "staged": {
+                        "type": "boolean",
+                        "description": "the snapshot is staged: it boots after upgrade --apply",
+                    },
                     "bytes": {"type": "integer", "minimum": 0, "description": "size of output"},
                 },
                 ["ok", "exit_code"],

@@ -71,14 +71,16 @@ def _assess(cfg: Config, inst: Installed, *, mark_good: bool, deadline: bool) ->
     if trial is None:
         return "none"
     booted = inst.booted_snapshot()
-    snaps = open_snapshotter(inst.state_dir, _recorded(inst), cfg.snapshot_fs)
+    recorded = _recorded(inst)
+    snaps = open_snapshotter(inst.state_dir, recorded, cfg.snapshot_fs)
     if assessment.fell_back(trial, mode, booted) and booted is not None:
         _record_failure(inst, snaps, trial, booted)
         return "fallback"
     if booted != trial.snapshot:
         if snaps.active() != trial.snapshot:
             # The upgrade never switched (a crash between its writes): no trial left.
-            assessment.end_trial(inst.oem_dir, [n for n in snaps.numbers() if n != snaps.active()])
+            others = [n for n in snaps.bootable(recorded) if n != snaps.active()]
+            assessment.end_trial(inst.oem_dir, others)
             return "none"
         return "pending"  # a passive boot during a trial: the trial goes on
     if deadline:
@@ -183,5 +185,5 @@ def _record_failure(
             state=state,
             oem_dir=inst.oem_dir,
             reason=f"fallback from {trial.snapshot}",
-            passive=snaps.numbers(),
+            passive=snaps.bootable(state),
         )

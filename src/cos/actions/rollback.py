@@ -38,8 +38,14 @@ def rollback(req: RollbackRequest, cfg: Config) -> int:
     snaps = open_snapshotter(inst.state_dir, state, cfg.snapshot_fs)
     assessment.check_env(inst.oem_dir)
     active = snaps.active()
-    kept = snaps.numbers()
+    kept = snaps.bootable(state)
     target = req.snapshot
+    staged = snaps.staged(state)
+    if staged is not None and target == staged.snapshot:
+        raise StateError(
+            f"snapshot {target} is staged: it has never booted",
+            hint="`cos upgrade --apply` switches to it (on trial)",
+        )
     if target is None:
         older = sorted((n for n in kept if n != active), reverse=True)
         if not older:

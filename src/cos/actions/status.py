@@ -103,6 +103,7 @@ def collect(
         "upgrade_failure": failure,
         "damage": damage,
         "last_boot": last_boot_summary(inst, cfg.layout.persistent_mount, cfg.labels.persistent),
+        "staged": None,
         "recovery": None,
         "partitions": [
             _partition(lbl, mounts)
@@ -110,10 +111,22 @@ def collect(
         ],
     }
     present = set(_read(damage, snaps.numbers) or [])
+    staged = snaps.staged(state) if present else None  # damage is reported above
+    if staged is not None:
+        s = staged.image
+        data["staged"] = {
+            "snapshot": staged.snapshot,
+            "source": s.source,
+            "digest": s.digest,
+            "date": s.date,
+            "image": s.os_release.get("IMAGE"),
+        }
     if state is not None:
         data["snapshotter"] = str(snaps.kind)
         data["snapshots_bytes"] = _read(damage, snaps.total_bytes)
         for n, s in sorted(state.snapshots.items()):
+            if staged is not None and n == staged.snapshot:
+                continue  # listed by a switch to it cut short: still staged
             data["snapshots"].append(
                 {
                     "number": n,
@@ -174,6 +187,12 @@ def render(data: dict[str, Any]) -> str:
         lines.append(
             f"Trial:     snapshot {t['snapshot']} not confirmed yet "
             f"({t['tries_left']} boot(s) left, then snapshot {t['fallback']})"
+        )
+    if data.get("staged"):
+        s = data["staged"]
+        lines.append(
+            f"Staged:    snapshot {s['snapshot']}  {s['source']}  {short_digest(s['digest'])}"
+            f"  {s['date']}  (`cos upgrade --apply` boots it)"
         )
     if data.get("last_boot"):
         lines.append(f"Last boot: {data['last_boot']}")

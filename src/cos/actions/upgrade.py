@@ -10,13 +10,21 @@ either the old active snapshot or the complete new one:
 4. snapshots beyond max-snaps and their blobs go.
 
 Step 4 is cleanup: its failures are reported and never undo the switch.
+
+In a maintenance window the upgrade comes in two parts. `--download-only` does 1 and
+2 and stops: the snapshot is staged (state.yaml's `staged` record, written before
+the build starts and completed after it; no menu offers it). `--apply` does 3 and 4
+with it, after checking that the registry still serves the digest that was staged.
+The hooks follow the work: `before-upgrade` and `after-upgrade-chroot` run with the
+build, `after-upgrade` with the switch. `--check` reads the manifest and writes
+nothing. A full upgrade or a new `--download-only` drops what was staged first.
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cos import events
@@ -33,14 +41,14 @@ from cos.errors import CosError, DiskError, StateError
 from cos.fsutil import ceil_div, free_bytes
 from cos.log import log, step
 from cos.oci.digest import short_digest
-from cos.oci.reference import require_registry
+from cos.oci.reference import ImageRef, require_registry
 from cos.oci.store import LayerStore, RemoteImage, inspect_remote, snapshot_tag
 from cos.snapshot import open_snapshotter
 from cos.snapshot.base import Snapshotter, Trial, snapshot_label
-from cos.snapshot.retention import plan_snapshots
+from cos.snapshot.retention import Plan, plan_snapshots
 from cos.system.installed import Installed, Mode
 from cos.system.kernel import check_bootable
-from cos.system.state import Assessment, ImageState, InstallState, write_state
+from cos.system.state import Assessment, ImageState, InstallState, Staged, now, write_state
 
 REQUIRED_TOOLS = ["skopeo", "mkfs.ext4", "e2fsck", "resize2fs", "dumpe2fs", "mount"]
 LAYERS_TOOLS = ["mkfs.erofs"]
@@ -54,19 +62,31 @@ class UpgradeRequest:
     reboot: bool = False
     installed: Installed | None = None
     bootloader: bool = False
+    download_only: bool = False  # build the next snapshot staged, do not switch
+    offline: bool = False  # apply without asking the registry for the digest
 
 
 @dataclass(frozen=True)
 class Upgrade:
-    """One upgrade in progress: what it acts on and what it pulls."""
+    """One upgrade in progress: what it acts on."""
 
     cfg: Config
     inst: Installed
     state: InstallState
     snaps: Snapshotter
-    remote: RemoteImage
     booted: int | None
     hooks: list[str]
+
+
+@dataclass(frozen=True)
+class Built:
+    """A complete snapshot and what its switch needs."""
+
+    number: int
+    record: ImageState
+    plan: Plan
+    store: LayerStore
+    tags_before: set[str]
 
 
 def _mib(n: int) -> str:
@@ -99,8 +119,9 @@ def _failed_before(state: InstallState, digest: str) -> str | None:
     return None
 
 
-def upgrade(req: UpgradeRequest, cfg: Config) -> int | None:
-    """Returns the new snapshot number (None when already up to date)."""
+def _open(req: UpgradeRequest, cfg: Config, *, move: bool) -> Upgrade:
+    """The installation; with move, in the backend the config wants when that one can
+    take it over (a build); else in the recorded one."""
     inst = req.installed or Installed.running(cfg.layout.oem_mount)
     inst.require_mode(
         "upgrade",
@@ -108,28 +129,55 @@ def upgrade(req: UpgradeRequest, cfg: Config) -> int | None:
         "boot the installed system (active or passive) to upgrade it",
     )
     state = inst.state()
-    snaps = open_snapshotter(inst.state_dir, state, cfg.snapshot_fs, want=cfg.snapshotter)
-    migrating = snaps.kind != state.snapshotter.type
+    want = cfg.snapshotter if move else None
+    snaps = open_snapshotter(inst.state_dir, state, cfg.snapshot_fs, want=want)
     assessment.check_env(inst.oem_dir)
-    active = snaps.active()
-    booted = inst.booted_snapshot()
-    current = state.snapshots.get(active) if active is not None else None
+    return Upgrade(cfg, inst, state, snaps, inst.booted_snapshot(), system_sources(cfg))
+
+
+def _current(up: Upgrade) -> ImageState | None:
+    active = up.snaps.active()
+    return up.state.snapshots.get(active) if active is not None else None
+
+
+def _source(req: UpgradeRequest, cfg: Config, current: ImageState | None) -> ImageRef:
     source = req.system or cfg.upgrade_system or (current.source if current else "")
     if not source:
         raise StateError(
             "no upgrade source: none given and none recorded for the active snapshot",
             hint="pass --system REF (or set upgrade-system in /etc/cos/config.yaml)",
         )
-    ref = require_registry(
+    return require_registry(
         source, "upgrade", "push the image to a registry and pass --system HOST/REPO:TAG"
     )
+
+
+def _read(ref: ImageRef, cfg: Config) -> RemoteImage:
+    with step(f"Reading {ref}"):
+        return inspect_remote(ref, cfg.tls_verify, cfg.arch(), cfg.signature_key())
+
+
+def upgrade(req: UpgradeRequest, cfg: Config) -> int | None:
+    """Returns the new snapshot number, switched to or (download_only) staged; None
+    when already up to date."""
+    up = _open(req, cfg, move=True)
+    state, snaps = up.state, up.snaps
+    migrating = snaps.kind != state.snapshotter.type
+    if migrating and req.download_only:
+        raise StateError(
+            f"the installation moves to {snaps.kind} snapshots with its next upgrade,"
+            " which is not staged",
+            hint="run a full `cos upgrade` for this move (GRUB is updated with its switch)",
+        )
+    active = snaps.active()
+    current = _current(up)
+    ref = _source(req, cfg, current)
     runner.require(
         *REQUIRED_TOOLS,
         *(LAYERS_TOOLS if snaps.kind == SnapshotterKind.LAYERS else []),
         *(BOOTLOADER_TOOLS if req.bootloader or migrating else []),
     )
-    with step(f"Reading {ref}"):
-        remote = inspect_remote(ref, cfg.tls_verify, cfg.arch(), cfg.signature_key())
+    remote = _read(ref, cfg)
     if current is not None and current.digest == remote.digest and not req.force:
         log.info(
             "Already up to date: snapshot %s is %s (%s)", active, ref, short_digest(remote.digest)
@@ -143,31 +191,127 @@ def upgrade(req: UpgradeRequest, cfg: Config) -> int | None:
             " it is not installed again",
             hint="push a fixed image, or pass --force to give it one more trial",
         )
+    if req.download_only:
+        return _download(req, up, remote)
 
-    up = Upgrade(cfg, inst, state, snaps, remote, booted, system_sources(cfg))
     run_hook("before-upgrade", up.hooks)
-    with writable(inst.state_dir):
-        n = _build_and_switch(up)
-    if req.bootloader and not migrating:
+    with writable(up.inst.state_dir):
+        n = _build_and_switch(up, remote)
+    return _switched(req, up, n, ref, remote.digest, req.bootloader and not migrating)
+
+
+def _switched(
+    req: UpgradeRequest, up: Upgrade, n: int, ref: ImageRef, digest: str, bootloader: bool
+) -> int:
+    """After the switch: GRUB when asked, the after-upgrade hook, the reboot."""
+    if bootloader:
         _update_bootloader(up, n)
     run_hook("after-upgrade", up.hooks)
-    log.info("Upgraded: snapshot %d is %s (%s); it boots next", n, ref, short_digest(remote.digest))
-    events.summary(image=str(ref), digest=remote.digest, snapshot=n, changed=True)
+    log.info("Upgraded: snapshot %d is %s (%s); it boots next", n, ref, short_digest(digest))
+    events.summary(image=str(ref), digest=digest, snapshot=n, changed=True)
     if req.reboot:
         runner.run(["systemctl", "reboot"], check=False)
     return n
 
 
-def _build_and_switch(up: Upgrade) -> int:
-    cfg, inst, snaps, remote = up.cfg, up.inst, up.snaps, up.remote
+def check(req: UpgradeRequest, cfg: Config) -> bool:
+    """--check: whether the source has an image an upgrade would install. Reads the
+    manifest (its signature too, when one is required) and writes nothing."""
+    up = _open(req, cfg, move=False)
+    current = _current(up)
+    ref = _source(req, cfg, current)
+    remote = _read(ref, cfg)
+    digest, short = remote.digest, short_digest(remote.digest)
+    failed = _failed_before(up.state, digest)
+    staged = up.snaps.staged(up.state)
+    is_staged = staged is not None and staged.image.digest == digest
+    if current is not None and current.digest == digest:
+        log.info("Up to date: the active snapshot is %s (%s)", ref, short)
+    elif failed and not req.force:
+        log.info("No update: %s (%s) failed its trial boot on %s", ref, short, failed)
+    else:
+        where = f"; staged as snapshot {staged.snapshot}" if staged and is_staged else ""
+        log.info("Update available: %s (%s)%s", ref, short, where)
+        events.summary(
+            image=str(ref),
+            digest=digest,
+            available=True,
+            staged=is_staged,
+            snapshot=staged.snapshot if staged and is_staged else None,
+        )
+        return True
+    events.summary(image=str(ref), digest=digest, available=False)
+    return False
+
+
+def apply(req: UpgradeRequest, cfg: Config) -> int:
+    """--apply: switch to the staged snapshot, on trial, as an upgrade switches."""
+    up = _open(req, cfg, move=False)
+    staged = up.snaps.staged(up.state)
+    if staged is None:
+        raise StateError(
+            "no snapshot is staged",
+            hint="`cos upgrade --download-only` builds one; `cos status` shows what is staged",
+        )
+    n, image = staged.snapshot, staged.image
+    ref = require_registry(image.source, "upgrade", "stage it again with --download-only")
+    runner.require(*(BOOTLOADER_TOOLS if req.bootloader else []))
+    if not req.offline:
+        remote = _read(ref, cfg)
+        if remote.digest != image.digest and not req.force:
+            raise StateError(
+                f"{ref} is {short_digest(remote.digest)} now, snapshot {n} was staged from"
+                f" {short_digest(image.digest)}",
+                hint="stage the new image with --download-only, or pass --force (or"
+                " --offline) to apply the staged one",
+            )
+    keep = cfg.kept_snapshots(up.snaps.kind)
+    plan = plan_snapshots(up.snaps.bootable(up.state), up.snaps.active(), up.booted, keep)
+    store = LayerStore.on(up.inst.state_dir)
+    with writable(up.inst.state_dir):
+        _switch(up, Built(n, replace(image), plan, store, set(store.tags())))
+    return _switched(req, up, n, ref, image.digest, req.bootloader)
+
+
+def _download(req: UpgradeRequest, up: Upgrade, remote: RemoteImage) -> int:
+    """--download-only: the next snapshot, built and staged."""
+    ref, digest = remote.ref, remote.digest
+    staged = up.snaps.staged(up.state)
+    if staged is not None and staged.image.digest == digest and not req.force:
+        n = staged.snapshot
+        log.info("Already staged: snapshot %d is %s (%s)", n, ref, short_digest(digest))
+        events.summary(image=str(ref), digest=digest, snapshot=n, staged=True, changed=False)
+        return n
+    run_hook("before-upgrade", up.hooks)
+    with writable(up.inst.state_dir):
+        n = _build(up, remote, stage=True).number
+    log.info(
+        "Staged: snapshot %d is %s (%s); `cos upgrade --apply` switches to it",
+        n,
+        ref,
+        short_digest(digest),
+    )
+    events.summary(image=str(ref), digest=digest, snapshot=n, staged=True, changed=True)
+    return n
+
+
+def _build_and_switch(up: Upgrade, remote: RemoteImage) -> int:
+    built = _build(up, remote, stage=False)
+    _switch(up, built)
+    return built.number
+
+
+def _build(up: Upgrade, remote: RemoteImage, *, stage: bool) -> Built:
+    """Pull and build the next snapshot; with stage, record it as staged."""
+    cfg, inst, snaps = up.cfg, up.inst, up.snaps
     store = LayerStore.on(inst.state_dir)
     removed = snaps.clean_debris()
     if removed:
         log.info("Removed incomplete snapshot(s) %s left by an interrupted upgrade", removed)
-    plan = plan_snapshots(
-        snaps.numbers(), snaps.active(), up.booted, cfg.kept_snapshots(snaps.kind)
-    )
-    reclaim = sum(snaps.size(n) for n in plan.drop)
+    keep = cfg.kept_snapshots(snaps.kind)
+    plan = plan_snapshots(snaps.bootable(up.state), snaps.active(), up.booted, keep)
+    staged = snaps.staged(up.state)
+    reclaim = sum(snaps.size(n) for n in plan.drop) + (snaps.size(staged.snapshot) if staged else 0)
     tags_before = set(store.tags())
 
     # Pre-flight before anything is written: blobs to pull + the new snapshot.
@@ -177,6 +321,7 @@ def _build_and_switch(up: Upgrade) -> int:
     _check_space(
         inst.state_dir, pull_bytes + snaps.estimate(store.estimated_tar_size(remote)), reclaim, what
     )
+    _drop_staged(up)
     n = snaps.next_number()
     try:
         with step(
@@ -192,6 +337,8 @@ def _build_and_switch(up: Upgrade) -> int:
                 if d != snaps.active():
                     snaps.delete(d)
         _check_space(inst.state_dir, size, 0, what)
+        if stage:  # recorded before the snapshot exists: a complete one is never unrecorded
+            _set_staged(up, Staged(n, _record(remote, n, cfg, None)))
         with (
             step(f"Building snapshot {n}"),
             snaps.start(image, size, inst.run_dir / "upgrade") as p,
@@ -199,21 +346,34 @@ def _build_and_switch(up: Upgrade) -> int:
             if p.number != n:
                 raise StateError(f"snapshot {n} was taken while this upgrade ran")
             check_bootable(p.tree, remote.ref)
-            record = ImageState.from_tree(
-                p.tree,
-                source=str(remote.ref),
-                digest=remote.digest,
-                label=snapshot_label(n),
-                fs=cfg.snapshot_fs,
-                action="upgrade",
-            )
-            record.boot_assessment = Assessment.TRIAL
+            record = _record(remote, n, cfg, p.tree)
             with step("Running the after-upgrade-chroot hook"):
                 run_chroot_hook("after-upgrade-chroot", up.hooks, p.tree)
     except BaseException:
+        if stage:
+            _set_staged(up, None)
         _forget_pull(store, tags_before)
         raise
+    if stage:
+        up.state.record("stage", n, record)
+        _set_staged(up, Staged(n, record))
+    return Built(n, record, plan, store, tags_before)
 
+
+def _record(remote: RemoteImage, n: int, cfg: Config, tree: Path | None) -> ImageState:
+    """state.yaml's record of snapshot n; its os-release is read from tree once built."""
+    source, digest, label = str(remote.ref), remote.digest, snapshot_label(n)
+    if tree is None:
+        return ImageState(source, digest, label, str(cfg.snapshot_fs), now(), "upgrade")
+    return ImageState.from_tree(
+        tree, source=source, digest=digest, label=label, fs=cfg.snapshot_fs, action="upgrade"
+    )
+
+
+def _switch(up: Upgrade, built: Built) -> None:
+    """Make the built snapshot boot next, on trial; then drop what the plan drops."""
+    snaps, n = up.snaps, built.number
+    built.record.boot_assessment = Assessment.TRIAL
     if snaps.kind != up.state.snapshotter.type:
         # The GRUB menu on the ESP predates this backend: it must boot the new snapshot
         # (and keeps booting the old ones) before the switch points at it.
@@ -225,18 +385,37 @@ def _build_and_switch(up: Upgrade) -> int:
             snaps.activate(
                 n,
                 state=up.state,
-                oem_dir=inst.oem_dir,
+                oem_dir=up.inst.oem_dir,
                 reason="upgrade",
-                passive=plan.keep,
-                image=record,
-                trial=Trial(fallback=plan.fallback, attempts=cfg.boot_attempts),
+                passive=built.plan.keep,
+                image=built.record,
+                trial=Trial(fallback=built.plan.fallback, attempts=up.cfg.boot_attempts),
             )
     except BaseException:
         if snaps.active() != n:
-            _abandon(up, n, store, tags_before)
+            _abandon(up, n, built.store, built.tags_before)
         raise
-    _cleanup(up, store, plan.drop, n)
-    return n
+    _cleanup(up, built.store, built.plan.drop, n)
+
+
+def _set_staged(up: Upgrade, staged: Staged | None) -> None:
+    up.state.staged = staged
+    write_state(up.inst.state_dir, up.state)
+
+
+def _drop_staged(up: Upgrade) -> None:
+    """What was staged goes before anything else is built: the snapshot first, then its
+    record, so no complete snapshot is ever left without one. A record whose snapshot is
+    gone already goes too: it must not name the next build."""
+    staged, state = up.state.staged, up.state
+    if staged is None:
+        return
+    n = staged.snapshot
+    if n in up.snaps.numbers() and n != up.snaps.active():
+        log.info("Dropping the staged snapshot %d (%s)", n, staged.image.source)
+        up.snaps.delete(n)
+        state.snapshots.pop(n, None)  # listed by a switch to it that was cut short
+    _set_staged(up, None)
 
 
 def _update_bootloader(up: Upgrade, n: int) -> None:
@@ -263,15 +442,18 @@ def _update_bootloader(up: Upgrade, n: int) -> None:
 
 def _abandon(up: Upgrade, n: int, store: LayerStore, tags_before: set[str]) -> None:
     """A switch that failed before the link moved takes its snapshot out again: a
-    snapshot that never booted must not stay behind for a later rollback to pick."""
+    snapshot that never booted must not stay behind for a later rollback to pick. A
+    staged one stays staged (no menu offers it): --apply can run again."""
     try:
-        up.snaps.delete(n)
+        staged = up.state.staged
+        if staged is None or staged.snapshot != n:
+            up.snaps.delete(n)
         if up.state.snapshots.pop(n, None) is not None:
             write_state(up.inst.state_dir, up.state)
         oem = up.inst.oem_dir
         trial = assessment.read_trial(oem)
         if trial is not None and trial.snapshot == n:
-            others = [k for k in up.snaps.numbers() if k != up.snaps.active()]
+            others = [k for k in up.snaps.bootable(up.state) if k != up.snaps.active()]
             assessment.end_trial(oem, others)
     except (OSError, CosError) as exc:
         log.warning("could not remove snapshot %d of the failed switch: %s", n, exc)
@@ -299,7 +481,7 @@ def _cleanup(up: Upgrade, store: LayerStore, drop: list[int], new: int) -> None:
         state.snapshots.pop(d, None)
     try:
         write_state(up.inst.state_dir, state)
-        freed = store.keep_only({snapshot_tag(k) for k in state.snapshots})
+        freed = store.keep_only({snapshot_tag(k) for k in state.held()})
         if freed:
             log.info("Layer store: %s of unused blobs removed", _mib(freed))
     except (OSError, CosError) as exc:

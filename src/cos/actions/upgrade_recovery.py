@@ -93,7 +93,7 @@ def upgrade_recovery(req: RecoveryRequest, cfg: Config) -> None:
                 f"beside the current one; {free_bytes(rec_dir) // MIB} MiB are free",
                 hint="a larger partitions.recovery is needed (reinstall)",
             )
-        stack.callback(store.keep_only, {snapshot_tag(n) for n in state.snapshots})
+        stack.callback(store.keep_only, {snapshot_tag(n) for n in state.held()})
         with step(f"Pulling {ref}"):
             image = store.pull(remote, TAG, cfg.tls_verify)
         gens = recovery_generations(rec_dir)

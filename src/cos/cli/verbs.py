@@ -29,7 +29,7 @@ from cos.cli.table import (
     size_mib,
     verb,
 )
-from cos.errors import UsageError
+from cos.errors import ExitCode, UsageError
 
 if TYPE_CHECKING:
     from cos.config import Config
@@ -254,25 +254,59 @@ def _live_install(args: argparse.Namespace, cfg: Config) -> int:
     arg("--force", action="store_true", help="upgrade even to the same digest"),
     arg("--recovery", action="store_true", help="upgrade the recovery system instead"),
     arg("--bootloader", action="store_true", help="also reinstall GRUB from the new image"),
+    one_of(
+        arg("--check", action="store_true", help="is there an update? exit 0: yes, 9: no"),
+        arg("--download-only", action="store_true", help="build the next snapshot, staged"),
+        arg("--apply", action="store_true", help="switch to the staged snapshot"),
+    ),
+    arg("--offline", action="store_true", help="--apply without the registry's digest check"),
     REBOOT,
     IMAGE_SOURCE,
     DEVICE,
     events=True,
 )
 def _upgrade(args: argparse.Namespace, cfg: Config) -> int:
+    _upgrade_flags(args)
     if args.recovery:
         return _recovery(args.system, args, cfg)
-    from cos.actions.upgrade import UpgradeRequest, upgrade
+    from cos.actions import upgrade as action
 
-    req = UpgradeRequest(
+    req = action.UpgradeRequest(
         system=args.system,
         force=args.force,
         reboot=args.reboot,
         installed=installed(args, cfg),
         bootloader=args.bootloader,
+        download_only=args.download_only,
+        offline=args.offline,
     )
-    upgrade(req, cfg)
+    if args.check:
+        return ExitCode.OK if action.check(req, cfg) else ExitCode.NO_UPDATE
+    if args.apply:
+        action.apply(req, cfg)
+    else:
+        action.upgrade(req, cfg)
     return 0
+
+
+def _upgrade_flags(args: argparse.Namespace) -> None:
+    """Flags that do not go together: each part of a split upgrade takes its own."""
+    part = next((f for f in ("check", "download_only", "apply") if getattr(args, f)), None)
+    flag = f"--{part.replace('_', '-')}" if part else ""
+    misfits = {
+        "recovery": part is not None,
+        "offline": part != "apply",
+        "system": part == "apply",
+        "reboot": part in ("check", "download_only"),
+        "bootloader": part in ("check", "download_only"),
+    }
+    bad = [f"--{k}" for k, on in misfits.items() if on and getattr(args, k)]
+    if bad:
+        raise UsageError(
+            f"{bad[0]} does not go with {flag or 'a full upgrade'}",
+            hint="--offline goes with --apply; --reboot and --bootloader with the switch"
+            " (--apply or a full upgrade); --apply takes the staged snapshot's source",
+        )
 
 
 @verb(

@@ -474,9 +474,11 @@ HOOK_STAGES: dict[str, str] = {
     "before-install": "`cos install`, before the disk is partitioned",
     "after-install-chroot": "`cos install`, inside the new snapshot's tree",
     "after-install": "`cos install`, when the installation is complete",
-    "before-upgrade": "`cos upgrade`, when there is a new image, before its layers are pulled",
-    "after-upgrade-chroot": "`cos upgrade`, inside the new snapshot's tree before it is sealed",
-    "after-upgrade": "`cos upgrade`, after the switch to the new snapshot",
+    "before-upgrade": "`cos upgrade` (also `--download-only`), when there is a new image,"
+    " before its layers are pulled",
+    "after-upgrade-chroot": "`cos upgrade` (also `--download-only`), inside the new snapshot's"
+    " tree before it is sealed",
+    "after-upgrade": "`cos upgrade` (also `--apply`), after the switch to the new snapshot",
     "before-reset": "`cos reset`, before COS_STATE is formatted",
     "after-reset-chroot": "`cos reset`, inside the new snapshot's tree",
     "after-reset": "`cos reset`, when the system is redeployed",

@@ -22,6 +22,11 @@ active snapshot or the complete new one:
 
 A crash between 3 and 4 leaves state.yaml one step behind the link: readers trust
 the link (`active()`), and the next action rewrites state.yaml.
+
+A staged snapshot (`cos upgrade --download-only`) is complete but offered by no menu
+and picked by no rollback (`bootable`). Switching to it is the same four writes; its
+staged record goes only in 4, so a crash before the link leaves it staged (and
+`cos upgrade --apply` can run again), one after it leaves it active.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from cos.boot import assessment
 from cos.config import Filesystem, SnapshotterKind
 from cos.errors import StateError
 from cos.oci.image import LocalImage
-from cos.system.state import ImageState, InstallState, write_state
+from cos.system.state import ImageState, InstallState, Staged, write_state
 
 SNAPSHOTS_DIR = ".snapshots"
 ACTIVE_LINK = "active"
@@ -117,6 +122,20 @@ class Snapshotter(ABC):
     def mounted(self, n: int, where: Path) -> AbstractContextManager[Path]:
         """Snapshot n's tree, read-only, at where for the time of the block."""
 
+    def staged(self, state: InstallState | None) -> Staged | None:
+        """The staged snapshot: state.yaml's record, when its snapshot is complete and not
+        active (a record left by a build or a switch cut short stages nothing)."""
+        s = state.staged if state is not None else None
+        if s is None or s.snapshot not in self.numbers() or s.snapshot == self.active():
+            return None
+        return s
+
+    def bootable(self, state: InstallState | None) -> list[int]:
+        """Snapshots a boot menu may offer and a rollback may pick: all complete ones but
+        the staged one, which boots only through `cos upgrade --apply`."""
+        s = self.staged(state)
+        return [n for n in self.numbers() if s is None or n != s.snapshot]
+
     # -- making and removing -----------------------------------------------------
     @abstractmethod
     def next_number(self) -> int: ...
@@ -171,7 +190,8 @@ class Snapshotter(ABC):
         if image is not None:
             state.snapshots[n] = image
             write_state(self.state, state)
-        menu = [k for k in passive if k != n]
+        staged = self.staged(state)
+        menu = [k for k in passive if k != n and (staged is None or k != staged.snapshot)]
         if trial is not None:
             assessment.start_trial(oem_dir, n, trial.fallback, trial.attempts, menu)
         else:
@@ -179,5 +199,7 @@ class Snapshotter(ABC):
         self._link(n)
         for k, s in state.snapshots.items():
             s.active = k == n
+        if state.staged is not None and state.staged.snapshot == n:
+            state.staged = None
         state.record(reason, n, state.snapshots.get(n))
         write_state(self.state, state)

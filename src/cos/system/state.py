@@ -75,6 +75,17 @@ class ImageState:
 
 
 @dataclass
+class Staged:
+    """A snapshot `cos upgrade --download-only` built and no menu offers: it boots only
+    after `cos upgrade --apply` switches to it. The record is written before the build
+    starts, so a complete snapshot is never without one; a record whose snapshot is
+    missing (a build cut short) stages nothing (`Snapshotter.staged`)."""
+
+    snapshot: int
+    image: ImageState
+
+
+@dataclass
 class SnapshotterState:
     type: SnapshotterKind = SnapshotterKind.LOOP
     max_snaps: int = 2
@@ -104,6 +115,7 @@ class InstallState:
     snapshots: dict[int, ImageState] = field(default_factory=dict)
     recovery: ImageState | None = None
     history: list[HistoryEntry] = field(default_factory=list)  # oldest first
+    staged: Staged | None = None
 
     @classmethod
     def new(cls, cfg: Config, *, recovery: ImageState | None) -> InstallState:
@@ -149,6 +161,8 @@ class InstallState:
             "labels": self.labels,
             "snapshots": {n: _image_dict(s) for n, s in sorted(self.snapshots.items())},
         }
+        if self.staged is not None:
+            data["staged"] = {"snapshot": self.staged.snapshot, **_image_dict(self.staged.image)}
         if self.recovery is not None:
             data["recovery"] = _image_dict(self.recovery)
         data["history"] = [h.to_dict() for h in self.history]
@@ -170,6 +184,7 @@ class InstallState:
                 snapshots={int(n): _image(s) for n, s in (data.get("snapshots") or {}).items()},
                 recovery=_image(data["recovery"]) if data.get("recovery") else None,
                 history=[_history(h) for h in data.get("history") or []],
+                staged=_staged(data["staged"]) if data.get("staged") else None,
             )
         except (yaml.YAMLError, TypeError, ValueError, AttributeError, RecursionError) as exc:
             detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -185,6 +200,10 @@ class InstallState:
                 return n
         return None
 
+    def held(self) -> set[int]:
+        """Snapshots whose blobs the layer store keeps: the installed ones and the staged."""
+        return set(self.snapshots) | ({self.staged.snapshot} if self.staged else set())
+
 
 def _image_dict(image: ImageState) -> dict[str, Any]:
     d = asdict(image)
@@ -198,6 +217,13 @@ def _image(d: dict[str, Any]) -> ImageState:
     kw = {k.replace("-", "_"): v for k, v in d.items() if k.replace("-", "_") in known}
     kw["boot_assessment"] = Assessment(kw.get("boot_assessment") or "")
     return ImageState(**kw)
+
+
+def _staged(d: dict[str, Any]) -> Staged:
+    rest = {k: v for k, v in d.items() if k != "snapshot"}
+    if d.get("snapshot") is None:
+        raise ValueError("staged: no snapshot")
+    return Staged(snapshot=int(d["snapshot"]), image=_image(rest))
 
 
 def _snapshotter(d: dict[str, Any]) -> SnapshotterState:

@@ -82,7 +82,7 @@ _cos() {
             opts="-h --help --json"
             ;;
         upgrade)
-            opts="-h --help --system --force --recovery --bootloader --reboot --tls-verify --cosign-key --platform --json"
+            opts="-h --help --system --force --recovery --bootloader --check --download-only --apply --offline --reboot --tls-verify --cosign-key --platform --json"
             case "$prev" in
                 --system) return 0 ;;
                 --tls-verify) values="true false" ;;
