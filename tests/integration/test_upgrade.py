@@ -546,3 +546,101 @@ def test_upgrade_verifies_the_signature_when_configured(
     assert "Signature of" in r.stderr and "verified" in r.stderr
     assert device.active() == 2
     assert _cat(device.state / ".snapshots/2/snapshot.img", "/etc/cos-upgrade-test") == "v2\n"
+
+
+# An `upgrade --apply` cut by a power loss right before the rename of the `active` link
+# (grubenv and state.yaml written): SIGKILL, so no handler runs.
+_CUT_SWITCH = """
+import os, signal, sys
+from cos.snapshot.loop import LoopSnapshotter
+LoopSnapshotter._link = lambda self, n: os.kill(os.getpid(), signal.SIGKILL)
+from cos.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_staged_upgrade_in_a_maintenance_window(
+    device: Device, images: Images, registry_dir: Path
+) -> None:
+    """check → download-only (cut once at a random instant) → status → apply (cut before
+    the switch, refused for a moved tag, then done)."""
+    ref = push("upgrade-v2", images.registry, "cos/upgrade:window")  # blobs there already
+    flags = ("--system", ref, "--tls-verify=false")
+    log = registry_dir / "registry.log"
+
+    # --check: the manifest only; exit 9 without an update, 0 with one.
+    before, gets = TestRefusals.snapshot_of(device), _blob_gets(images, log)
+    r = device.cos("upgrade", "--check", "--system", images.v1, "--tls-verify=false", "--json",
+                   check=False)  # fmt: skip
+    assert r.returncode == 9 and "Up to date" in r.stderr
+    assert events.result(events.parse(r.stdout))["available"] is False
+    r = device.cos("upgrade", "--check", *flags, "--json")
+    res = events.result(events.parse(r.stdout))
+    assert (res["available"], res["staged"], res["exit_code"]) == (True, False, 0)
+    assert TestRefusals.snapshot_of(device) == before and _blob_gets(images, log) == gets
+
+    # --download-only cut at a random instant: no staged snapshot, or a complete one.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cos", "upgrade", "--download-only", *flags, *device.flags()],
+        env=cos_env(device.conf), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    delay = random.Random().uniform(0.5, 15.0)  # a download takes 15-20 s here
+    time.sleep(delay)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    _release(device)
+    st = device.status()
+    staged = st["staged"]
+    if staged is not None:
+        _fsck_clean(device.state / f".snapshots/{staged['snapshot']}/snapshot.img")
+    assert device.active() == 1 and "cos_trial" not in device.env(), f"cut at {delay:.1f} s"
+    assert [s["number"] for s in st["snapshots"]] == [1], f"cut at {delay:.1f} s"
+
+    # --download-only: built, staged, in no menu; it survives a reboot.
+    r = device.cos("upgrade", "--download-only", *flags, "--json")
+    res = events.result(events.parse(r.stdout))
+    n = res["snapshot"]
+    assert (res["staged"], res["changed"]) == (True, staged is None)
+    img = device.state / f".snapshots/{n}/snapshot.img"
+    _fsck_clean(img)
+    assert _cat(img, "/etc/cos-upgrade-test") == "v2\n"
+    assert device.active() == 1 and not device.env().get("passive_snaps")
+    device.boot("active", 1)
+    assert device.cos("boot-assessment").stdout.strip() == "none"
+    st = device.status()
+    assert (st["staged"]["snapshot"], st["staged"]["source"]) == (n, ref)
+    assert st["staged"]["digest"] == res["digest"] and [s["number"] for s in st["snapshots"]] == [1]
+    assert "Staged:    snapshot" in device.cos("status").stdout
+    assert "no other snapshot" in device.cos("rollback", check=False).stderr
+    r = device.cos("upgrade", "--check", *flags, "--json")
+    assert events.result(events.parse(r.stdout))["staged"] is True
+
+    # --apply cut before the link: the old snapshot boots, the new one is still staged.
+    r = subprocess.run(
+        [sys.executable, "-c", _CUT_SWITCH, "upgrade", "--apply", "--tls-verify=false",
+         *device.flags()],
+        env=cos_env(device.conf), capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    assert device.active() == 1 and device.env()["cos_trial"] == str(n)
+    st = device.status()
+    assert st["staged"]["snapshot"] == n and [s["number"] for s in st["snapshots"]] == [1]
+    assert device.cos("boot-assessment").stdout.strip() == "none"  # the next boot
+    assert "cos_trial" not in device.env() and not device.env().get("passive_snaps")
+
+    # The tag moved since: refused, nothing changed; back to the staged digest: applied.
+    push("vanilla", images.registry, "cos/upgrade:window")
+    TestRefusals().refused(device, 7, "was staged from", "upgrade", "--apply", "--tls-verify=false")
+    push("upgrade-v2", images.registry, "cos/upgrade:window")
+    r = device.cos("upgrade", "--apply", "--tls-verify=false", "--json")
+    res = events.result(events.parse(r.stdout))
+    assert (res["snapshot"], res["changed"], res["image"]) == (n, True, ref)
+    assert device.active() == n and device.env()["passive_snaps"] == "1"
+    st = device.status()
+    assert st["staged"] is None and [s["number"] for s in st["snapshots"] if s["active"]] == [n]
+    assert st["trial"] == {"snapshot": n, "tries_left": 3, "fallback": 1}
+    assert st["history"][-1]["action"] == "upgrade" and st["history"][-1]["snapshot"] == n
+    r = device.cos("upgrade", "--apply", "--offline", check=False)
+    assert r.returncode == 7 and "no snapshot is staged" in r.stderr
