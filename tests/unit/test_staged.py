@@ -20,7 +20,7 @@ from cos.config import Config, SnapshotterKind
 from cos.errors import ExitCode, StateError
 from cos.oci.reference import parse_ref
 from cos.oci.store import RemoteImage
-from cos.snapshot import base, open_snapshotter
+from cos.snapshot import BACKENDS, base, open_snapshotter
 from cos.snapshot.base import SNAPSHOTS_DIR
 from cos.snapshot.loop import LoopSnapshotter
 from cos.system.installed import Installed
@@ -337,3 +337,23 @@ def test_download_only_does_not_stage_a_move_to_another_backend(tmp_path: Path) 
             Config(snapshotter=SnapshotterKind.LAYERS),
         )
     assert "full `cos upgrade`" in err.value.hint and _tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("kind", list(SnapshotterKind))
+def test_only_incomplete_snapshots_are_debris(tmp_path: Path, kind: SnapshotterKind) -> None:
+    """What the next build clears: never a complete snapshot that is not active (a
+    staged one, a passive one), whatever the backend stores it as."""
+    snaps = BACKENDS[kind](tmp_path)
+    complete = {1: "snapshot.img", 2: "snapshot.img"}
+    if kind == SnapshotterKind.LAYERS:
+        complete[3] = "layers"
+    for n, name in complete.items():
+        (snaps.root / str(n)).mkdir(parents=True)
+        (snaps.root / str(n) / name).write_text("3/top.erofs\n" if name == "layers" else "img")
+    for n in (4, 5):
+        (snaps.root / str(n)).mkdir()
+    (snaps.root / "4/snapshot.img").write_text("img")
+    (snaps.root / "4/.partial").touch()
+    snaps._link(1)
+    assert sorted(snaps.clean_debris()) == [4, 5]
+    assert snaps.numbers() == sorted(complete)

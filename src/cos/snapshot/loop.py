@@ -142,8 +142,9 @@ class LoopSnapshotter(Snapshotter):
 
     def clean_debris(self) -> list[int]:
         removed = []
+        complete = set(self.numbers())  # what the backend (or a subclass) counts as whole
         for d in self.root.iterdir() if self.root.is_dir() else []:
-            if is_number(d.name) and ((d / PARTIAL).exists() or not (d / IMAGE_NAME).is_file()):
+            if is_number(d.name) and int(d.name) not in complete:
                 if int(d.name) == self.active():
                     continue
                 shutil.rmtree(d)
