@@ -7,11 +7,12 @@ import json
 import re
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import GuestRegistry
-from tests.support.images import LAYOUT
+from tests.support.images import LAYOUT, cached_disk
 from tests.support.signing import key_pair, sign
 from tests.support.vm import VMError
 
@@ -60,6 +61,13 @@ stages:
         - mkdir -p /etc/systemd/system/multi-user.target.wants
         - ln -sf ../e2e-hang.service /etc/systemd/system/multi-user.target.wants/
 """
+
+
+# A disk built with sharing snapshots (snapshot 1 made straight from the image's layers).
+LAYERS = (("COS_SNAPSHOTTER", "layers"),)
+
+# The grubenv variables that make GRUB boot anything but the `active` entry.
+GRUB_CHOICES = ("next_entry", "saved_entry", "cos_trial", "cos_tries", "cos_fallback")
 
 
 def _status(vm) -> dict:  # type: ignore[no-untyped-def,type-arg]
@@ -167,20 +175,37 @@ def test_upgrade_rollback_downgrade_from_passive(vm_factory, guest_registry: Gue
     _wait_good(vm, 3)
 
 
-def test_upgrade_that_cannot_boot_falls_back(vm_factory, guest_registry: GuestRegistry) -> None:  # type: ignore[no-untyped-def]
+def test_a_move_to_layers_that_cannot_boot_falls_back_to_loop(
+    vm_factory, guest_registry: GuestRegistry
+) -> None:  # type: ignore[no-untyped-def]
     vm = vm_factory("bios", net=True)
     vm.start()
     vm.wait_multi_user()
     _wait_network(vm)
     vm.ok(f"cat > /oem/95_e2e_break.yaml <<'EOF'\n{BREAK_INIT}\nEOF")
-    vm.ok(f"cos upgrade --system {guest_registry.v2} --tls-verify=false", timeout=1200)
+    # Two tries instead of the default three (the upgrade scenario checks that default):
+    # each try is a whole boot under emulation.
+    # This loop disk moves to layers snapshots with its next upgrade: GRUB on the ESP is
+    # rewritten first; snapshot 2 is a stack of layers, snapshot 1 stays a loop image.
+    vm.ok(
+        "mkdir -p /etc/cos/config.d && printf 'boot-attempts: 2\\nsnapshotter: layers\\n'"
+        " > /etc/cos/config.d/90-e2e.yaml"
+    )
+    out = vm.ok(f"cos upgrade --system {guest_registry.v2} --tls-verify=false 2>&1", timeout=1500)
+    assert "Moving to layers snapshots: GRUB is updated first" in out, out
+    assert vm.ok("readlink /run/cos/state/.snapshots/active").strip() == "2"
+    assert _status(vm)["snapshotter"] == "layers"
+    assert _status(vm)["trial"] == {"snapshot": 2, "tries_left": 2, "fallback": 1}
 
-    # Snapshot 2 has no working init: three tries, each a kernel panic and a reboot, then
+    # Snapshot 2 has no working init: two tries, each a kernel panic and a reboot, then
     # GRUB boots snapshot 1; nobody touches the machine meanwhile.
     vm.reboot(timeout=1500)
     console = vm.console()
-    assert console.count("trial boot of snapshot 2") == 3
+    assert console.count("trial boot of snapshot 2") == 2
     assert "snapshot 2 did not confirm a good boot; booting snapshot 1" in console
+    # GRUB took each kind's own path: snapshot 2's kernel as a plain file, 1 from its image.
+    assert "Loading the kernel of /.snapshots/active (active)" in console
+    assert "Loading /boot/vmlinuz from /.snapshots/1/snapshot.img (passive)" in console
     st = _status(vm)
     assert (st["mode"], st["booted_snapshot"]) == ("passive", 1)
     assert st["upgrade_failure"]["snapshot"] == 2
@@ -188,9 +213,11 @@ def test_upgrade_that_cannot_boot_falls_back(vm_factory, guest_registry: GuestRe
     assert _snap(st, 2)["boot_assessment"] == "failed"
     assert _snap(st, 1)["active"] and st["trial"] is None
 
-    # The failure was rolled back for good: the next boot is snapshot 1 as active.
-    vm.reboot()
-    assert _booted(vm)[:2] == ("active", 1)
+    # The failure was rolled back for good: what GRUB reads to choose the next boot
+    # (no trial, no one-shot or saved entry: `active`) and the active link say snapshot 1.
+    env = vm.ok("grub-editenv /oem/grubenv list").splitlines()
+    assert not [v for v in env if v.split("=")[0] in GRUB_CHOICES], env
+    assert vm.ok("readlink /run/cos/state/.snapshots/active").strip() == "1/snapshot.img"
 
 
 @pytest.mark.extended  # ~7 min under TCG; unit tests cover the deadline's arming and firing
@@ -213,26 +240,37 @@ def test_a_hanging_trial_boot_falls_back(vm_factory, guest_registry: GuestRegist
     console = vm.console()
     assert "trial boot of snapshot 2: it has 30 s to confirm a good boot" in console
     assert "snapshot 2 did not confirm a good boot; booting snapshot 1" in console
+    # GRUB took each kind's own path: snapshot 2's kernel as a plain file, 1 from its image.
+    assert "Loading the kernel of /.snapshots/active (active)" in console
+    assert "Loading /boot/vmlinuz from /.snapshots/1/snapshot.img (passive)" in console
     st = _status(vm)
     assert (st["mode"], st["booted_snapshot"]) == ("passive", 1)
     assert st["upgrade_failure"]["snapshot"] == 2
     assert _snap(st, 2)["boot_assessment"] == "failed"
 
 
-def test_recovery_reset_keeps_or_wipes_persistent(
-    vm_factory, guest_registry: GuestRegistry
+def _boot_recovery(vm) -> None:  # type: ignore[no-untyped-def]
+    vm.ok("grub-editenv /oem/grubenv set next_entry=recovery")
+    vm.reboot()
+    assert _status(vm)["mode"] == "recovery"
+
+
+def test_recovery_reset_and_install_onto_a_second_disk(
+    vm_factory, guest_registry: GuestRegistry, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    vm = vm_factory("bios", net=True)
+    """From the recovery system: a reset that keeps persistent data, one that wipes it,
+    and `cos install /dev/vdb`; the machine then boots from that second disk."""
+    target = tmp_path / "install-target.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(target), "16G"], check=True)
+    vm = vm_factory("bios", net=True, extra_disks=(target,))
     vm.start()
     vm.wait_multi_user()
     vm.ok("echo kept > /usr/local/e2e-persist && echo kept > /root/e2e-root && sync")
 
     # Reset from the recovery image: state is redeployed, persistent data survives.
-    vm.ok("grub-editenv /oem/grubenv set next_entry=recovery")
-    vm.reboot()
+    _boot_recovery(vm)
     # Recovery: the squashfs of COS_RECOVERY (through its boot link) is /, and the
     # persistent partition is never mounted.
-    assert _status(vm)["mode"] == "recovery"
     assert vm.sh("test -e /run/cos/active_mode").rc != 0
     src = vm.ok("findmnt -no SOURCE /").strip()
     assert re.search(r"/boot\.\d+/recovery\.img$", vm.ok(f"losetup -nO BACK-FILE {src}").strip())
@@ -247,35 +285,77 @@ def test_recovery_reset_keeps_or_wipes_persistent(
     assert [(s["number"], s["from_action"]) for s in st["snapshots"]] == [(1, "reset")]
     assert vm.ok("cat /usr/local/e2e-persist /root/e2e-root").split() == ["kept", "kept"]
 
-    # Reset from a registry image, wiping persistent data.
-    vm.ok("grub-editenv /oem/grubenv set next_entry=recovery")
-    vm.reboot()
+    # Reset from a registry image, wiping persistent data; then, in the same recovery
+    # boot, install onto the second disk (the booted one is in use: refused, nothing
+    # written). The reset goes first: once installed, both disks carry the same labels.
+    _boot_recovery(vm)
     _wait_network(vm)
+    r = vm.sh(f"cos install /dev/vda --system {guest_registry.v1} --tls-verify=false")
+    assert r.rc == 5 and "in use" in r.err, r.err
     vm.ok(
         f"cos reset --reset-persistent --system {guest_registry.v2} --tls-verify=false",
         timeout=1500,
     )
-    vm.reboot()
-    st = _status(vm)
-    assert _booted(vm) == ("active", 1, "v2")
+    node = "name: installed\nstages:\n  initramfs:\n    - hostname: installed-node\n"
+    vm.ok(f"printf '{node}' > /tmp/node.yaml")
+    vm.ok(
+        f"nohup cos install /dev/vdb --system {guest_registry.v1} --tls-verify=false"
+        " --cloud-init /tmp/node.yaml --poweroff > /run/e2e-install.log 2>&1 &"
+    )
+    deadline = time.monotonic() + 2400
+    while vm.proc.poll() is None:
+        assert time.monotonic() < deadline, "install did not finish"
+        try:
+            log = vm.sh("cat /run/e2e-install.log", timeout=20).out
+        except (VMError, OSError):
+            break  # powering off: the agent is gone
+        assert "cos: error" not in log and "internal error" not in log, log
+        time.sleep(5)
+    vm.wait_exit(timeout=120)
+
+    # Each disk boots alone from here on: the same labels on two disks are ambiguous.
+    reset = vm_factory("bios", disk=vm.disk)
+    reset.start()
+    reset.wait_multi_user()
+    st = _status(reset)
+    assert _booted(reset) == ("active", 1, "v2")
     assert st["snapshots"][0]["source"] == guest_registry.v2
-    assert vm.sh("test -e /usr/local/e2e-persist").rc != 0
-    assert vm.sh("test -e /root/e2e-root").rc != 0
+    assert reset.sh("test -e /usr/local/e2e-persist").rc != 0
+    assert reset.sh("test -e /root/e2e-root").rc != 0
+    reset.stop()
+
+    installed = vm_factory("bios", disk=target)
+    installed.start()
+    installed.wait_multi_user()
+    st = _status(installed)
+    assert (st["mode"], st["booted_snapshot"]) == ("active", 1)
+    assert st["snapshots"][0]["from_action"] == "install"
+    assert st["snapshots"][0]["source"] == guest_registry.v1
+    assert installed.ok("hostname").strip() == "installed-node"
 
 
 def test_power_loss_during_upgrade(vm_factory, guest_registry: GuestRegistry) -> None:  # type: ignore[no-untyped-def]
     """Hard resets before, during the pull/unpack, at the switch and right after the
     upgrade: every next boot reaches multi-user in a complete snapshot, and a final
     upgrade succeeds."""
-    vm = vm_factory("bios", net=True)
+    vm = vm_factory("bios", net=True, base=cached_disk("layers", config=LAYERS))
     vm.start()
     vm.wait_multi_user()
-    refs = [guest_registry.v2, guest_registry.v1]
-    points = ["Reading", "Unpacking", "Switching to snapshot", "Upgraded:"]
-    for i, point in enumerate(points):
+    # Every boot here is a stack of layers: the initrd mounted them under overlayfs.
+    assert vm.ok("findmnt -no FSTYPE /").strip() == "overlay"
+    assert vm.ok("readlink /run/cos/state/.snapshots/active").strip() == "1"
+    v1, v2 = guest_registry.v1, guest_registry.v2
+    # v2's own layer is unpacked only by an upgrade to v2; v1's are all on the disk.
+    cuts = [
+        (v2, "Unpacking layer"),
+        (v1, "Building snapshot"),
+        (v2, "Switching to snapshot"),
+        (v1, "Upgraded:"),
+    ]
+    for ref, point in cuts:
         _wait_network(vm)
         vm.ok(
-            f"nohup cos upgrade --force --tls-verify=false --system {refs[i % 2]}"
+            f"nohup cos upgrade --force --tls-verify=false --system {ref}"
             " > /run/e2e-upgrade.log 2>&1 &"
         )
         deadline = time.monotonic() + 900
@@ -295,47 +375,3 @@ def test_power_loss_during_upgrade(vm_factory, guest_registry: GuestRegistry) ->
     )
     assert "Switching to snapshot" in out
     assert not vm.ok("ls /run/cos/state/.snapshots/*/.partial 2>/dev/null || true").strip()
-
-
-def test_install_from_recovery_onto_a_second_disk(
-    vm_factory, guest_registry: GuestRegistry
-) -> None:  # type: ignore[no-untyped-def]
-    """Recovery boot runs `cos install /dev/vdb`; the machine then boots from that disk."""
-    target = guest_registry.log.parent / "install-target.qcow2"
-    target.unlink(missing_ok=True)
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(target), "16G"], check=True)
-    vm = vm_factory("bios", net=True, extra_disks=(target,))
-    vm.start()
-    vm.wait_multi_user()
-    vm.ok("grub-editenv /oem/grubenv set next_entry=recovery")
-    vm.reboot()
-    assert _status(vm)["mode"] == "recovery"
-    _wait_network(vm)
-    node = "name: installed\nstages:\n  initramfs:\n    - hostname: installed-node\n"
-    vm.ok(f"printf '{node}' > /tmp/node.yaml")
-    # The booted disk is in use: refused, nothing written.
-    r = vm.sh(f"cos install /dev/vda --system {guest_registry.v1} --tls-verify=false")
-    assert r.rc == 5 and "in use" in r.err, r.err
-    vm.ok(
-        f"nohup cos install /dev/vdb --system {guest_registry.v1} --tls-verify=false"
-        " --cloud-init /tmp/node.yaml --poweroff > /run/e2e-install.log 2>&1 &"
-    )
-    deadline = time.monotonic() + 2400
-    while vm.proc.poll() is None:
-        assert time.monotonic() < deadline, "install did not finish"
-        try:
-            log = vm.sh("cat /run/e2e-install.log", timeout=20).out
-        except (VMError, OSError):
-            break  # powering off: the agent is gone
-        assert "cos: error" not in log and "internal error" not in log, log
-        time.sleep(5)
-    vm.wait_exit(timeout=120)
-
-    installed = vm_factory("bios", disk=target)
-    installed.start()
-    installed.wait_multi_user()
-    st = _status(installed)
-    assert (st["mode"], st["booted_snapshot"]) == ("active", 1)
-    assert st["snapshots"][0]["from_action"] == "install"
-    assert st["snapshots"][0]["source"] == guest_registry.v1
-    assert installed.ok("hostname").strip() == "installed-node"

@@ -82,6 +82,10 @@ class VM:
             "2",
             "-display",
             "none",
+            # No graphics card: the kernel's framebuffer console would draw every line
+            # in software, and clearing its memory alone stalls an emulated boot.
+            "-vga",
+            "none",
             "-nic",
             "user,model=virtio-net-pci" if self.net else "none",
             "-chardev",
