@@ -3,15 +3,11 @@ unpacking makes, entry for entry, and a second snapshot writes only its new laye
 
 from __future__ import annotations
 
-import json
 import os
-import random
-import signal
 import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +21,7 @@ from cos.oci.unpack import unpack_image
 from cos.snapshot.layers import LAYERS_DIR, LayersSnapshotter
 from tests.conftest import need
 from tests.support.changeset import changeset_layers
-from tests.support.device import Device, booted_copy, cos_env, partition
+from tests.support.device import Device, booted_copy, cos_env, kill_upgrades, partition
 from tests.support.images import LAYOUT, derive, push
 from tests.support.malicious_layers import Layer, oci_layout
 from tests.support.trees import Entry, differences, tree
@@ -237,37 +233,13 @@ def _moves_and_survives(dev: Device, images: Images) -> None:
 
     # SIGKILL at ≥ 20 random instants: the selection always names whole snapshots.
     dev.boot("active", 3)
-    t0 = time.monotonic()
-    dev.cos("upgrade", "--system", images.v2, "--tls-verify=false", "--force")
-    full = time.monotonic() - t0
-    rng = random.Random(20261202)
-    kills = 0
-    for i in range(60):
-        if kills == 20:
-            break
-        dev.boot("active", dev.active())
-        argv = [sys.executable, "-m", "cos", "upgrade", "--tls-verify=false", "--force"]
-        proc = subprocess.Popen(
-            [*argv, "--system", [images.v1, images.v2][i % 2], *dev.flags()],
-            env=cos_env(dev.conf),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        started = time.monotonic()
-        time.sleep(rng.uniform(0.1, full * 0.9))
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            kills += 1
-        else:
-            full = min(full, time.monotonic() - started)
-        proc.wait()
-        _release(dev)
+
+    def check(i: int) -> None:
         _complete(snaps, dev.active())
         for n in dev.env().get("passive_snaps", "").split():
             _complete(snaps, int(n))
-        json.dumps(dev.status())
-    assert kills >= 20
+
+    kill_upgrades(dev, [images.v1, images.v2], check, _release, seed=20261202)
     dev.boot("active", dev.active())
     dev.cos("upgrade", "--system", images.v2, "--tls-verify=false", "--force")
     assert not list((dev.state / ".snapshots").glob("*/.partial"))

@@ -26,7 +26,14 @@ import yaml
 
 from cos.boot import grubenv
 from tests.support import events
-from tests.support.device import Device, booted_copy, cos_env, mount_partition, partition
+from tests.support.device import (
+    Device,
+    booted_copy,
+    cos_env,
+    kill_upgrades,
+    mount_partition,
+    partition,
+)
 from tests.support.images import LAYOUT, derive, push
 from tests.support.signing import key_pair, sign
 
@@ -386,43 +393,8 @@ def test_killed_at_random_points_always_leaves_a_bootable_selection(
     """SIGKILL the upgrade (and its children) at ≥ 20 random instants: every time the
     active link names a complete, fsck-clean image, the boot env and state.yaml parse,
     and a later upgrade succeeds."""
-    t0 = time.monotonic()
-    device.cos("upgrade", "--system", images.v2, "--tls-verify=false")
-    full = time.monotonic() - t0
-    rng = random.Random(20261123)
-    targets = [images.v1, images.v2]
-    kills = 0
-    for i in range(60):
-        if kills == 20:
-            break
-        device.boot("active", device.active())
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "cos",
-                "upgrade",
-                "--system",
-                targets[i % 2],
-                "--tls-verify=false",
-                "--force",
-                *device.flags(),
-            ],
-            env=cos_env(device.conf),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        started = time.monotonic()
-        time.sleep(rng.uniform(0.2, full * 0.9))
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            kills += 1
-        else:
-            # Finished before the kill: aim the next instants within the shortest run seen.
-            full = min(full, time.monotonic() - started)
-        proc.wait()
-        _release(device)
+
+    def check(i: int) -> None:
         active = device.active()
         img = device.state / f".snapshots/{active}/snapshot.img"
         assert img.is_file() and not (img.parent / ".partial").exists(), f"round {i}: {active}"
@@ -432,8 +404,8 @@ def test_killed_at_random_points_always_leaves_a_bootable_selection(
         for n in device.env().get("passive_snaps", "").split():
             assert (device.state / f".snapshots/{n}/snapshot.img").is_file(), f"round {i}: {n}"
             assert not (device.state / f".snapshots/{n}/.partial").exists(), f"round {i}: {n}"
-        json.dumps(device.status())
-    assert kills >= 20
+
+    kill_upgrades(device, [images.v1, images.v2], check, _release, seed=20261123)
     # And the device still upgrades; debris of the interrupted runs is gone.
     device.boot("active", device.active())
     device.cos("upgrade", "--system", images.v2, "--tls-verify=false", "--force")

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,3 +124,46 @@ def booted_copy(pristine: Path, workdir: Path, conf: Path) -> Iterator[Device]:
         dev.run.mkdir()
         dev.boot("active", 1)
         yield dev
+
+
+def kill_upgrades(
+    dev: Device,
+    refs: Sequence[str],
+    check: Callable[[int], None],
+    release: Callable[[Device], None],
+    seed: int,
+    kills: int = 20,
+) -> None:
+    """SIGKILL `cos upgrade --force` (and its children) at `kills` random instants, the
+    refs taken in turn; after each, release() drops what the dead run left mounted and
+    check(round) looks at what a boot would find. Instants are drawn within the shortest
+    complete run seen, so most rounds cut an upgrade in the middle."""
+    t0 = time.monotonic()
+    dev.cos("upgrade", "--system", refs[-1], "--tls-verify=false", "--force")
+    full = time.monotonic() - t0
+    rng = random.Random(seed)
+    done = 0
+    for i in range(3 * kills):
+        if done == kills:
+            break
+        dev.boot("active", dev.active())
+        argv = [sys.executable, "-m", "cos", "upgrade", "--tls-verify=false", "--force"]
+        proc = subprocess.Popen(
+            [*argv, "--system", refs[i % len(refs)], *dev.flags()],
+            env=cos_env(dev.conf),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        started = time.monotonic()
+        time.sleep(rng.uniform(0.1, full * 0.9))
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            done += 1
+        else:
+            full = min(full, time.monotonic() - started)
+        proc.wait()
+        release(dev)
+        check(i)
+        json.dumps(dev.status())
+    assert done >= kills
