@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import GuestRegistry
-from tests.support.images import LAYOUT, cached_disk
+from tests.support.images import LAYOUT
 from tests.support.signing import key_pair, sign
 from tests.support.vm import VMError
 
@@ -62,9 +62,6 @@ stages:
         - ln -sf ../e2e-hang.service /etc/systemd/system/multi-user.target.wants/
 """
 
-
-# A disk built with sharing snapshots (snapshot 1 made straight from the image's layers).
-LAYERS = (("COS_SNAPSHOTTER", "layers"),)
 
 # The grubenv variables that make GRUB boot anything but the `active` entry.
 GRUB_CHOICES = ("next_entry", "saved_entry", "cos_trial", "cos_tries", "cos_fallback")
@@ -175,9 +172,7 @@ def test_upgrade_rollback_downgrade_from_passive(vm_factory, guest_registry: Gue
     _wait_good(vm, 3)
 
 
-def test_a_move_to_layers_that_cannot_boot_falls_back_to_loop(
-    vm_factory, guest_registry: GuestRegistry
-) -> None:  # type: ignore[no-untyped-def]
+def test_upgrade_that_cannot_boot_falls_back(vm_factory, guest_registry: GuestRegistry) -> None:  # type: ignore[no-untyped-def]
     vm = vm_factory("bios", net=True)
     vm.start()
     vm.wait_multi_user()
@@ -185,16 +180,8 @@ def test_a_move_to_layers_that_cannot_boot_falls_back_to_loop(
     vm.ok(f"cat > /oem/95_e2e_break.yaml <<'EOF'\n{BREAK_INIT}\nEOF")
     # Two tries instead of the default three (the upgrade scenario checks that default):
     # each try is a whole boot under emulation.
-    # This loop disk moves to layers snapshots with its next upgrade: GRUB on the ESP is
-    # rewritten first; snapshot 2 is a stack of layers, snapshot 1 stays a loop image.
-    vm.ok(
-        "mkdir -p /etc/cos/config.d && printf 'boot-attempts: 2\\nsnapshotter: layers\\n'"
-        " > /etc/cos/config.d/90-e2e.yaml"
-    )
-    out = vm.ok(f"cos upgrade --system {guest_registry.v2} --tls-verify=false 2>&1", timeout=1500)
-    assert "Moving to layers snapshots: GRUB is updated first" in out, out
-    assert vm.ok("readlink /run/cos/state/.snapshots/active").strip() == "2"
-    assert _status(vm)["snapshotter"] == "layers"
+    vm.ok("mkdir -p /etc/cos/config.d && echo 'boot-attempts: 2' > /etc/cos/config.d/90-e2e.yaml")
+    vm.ok(f"cos upgrade --system {guest_registry.v2} --tls-verify=false", timeout=1200)
     assert _status(vm)["trial"] == {"snapshot": 2, "tries_left": 2, "fallback": 1}
 
     # Snapshot 2 has no working init: two tries, each a kernel panic and a reboot, then
@@ -203,9 +190,6 @@ def test_a_move_to_layers_that_cannot_boot_falls_back_to_loop(
     console = vm.console()
     assert console.count("trial boot of snapshot 2") == 2
     assert "snapshot 2 did not confirm a good boot; booting snapshot 1" in console
-    # GRUB took each kind's own path: snapshot 2's kernel as a plain file, 1 from its image.
-    assert "Loading the kernel of /.snapshots/active (active)" in console
-    assert "Loading /boot/vmlinuz from /.snapshots/1/snapshot.img (passive)" in console
     st = _status(vm)
     assert (st["mode"], st["booted_snapshot"]) == ("passive", 1)
     assert st["upgrade_failure"]["snapshot"] == 2
@@ -240,9 +224,6 @@ def test_a_hanging_trial_boot_falls_back(vm_factory, guest_registry: GuestRegist
     console = vm.console()
     assert "trial boot of snapshot 2: it has 30 s to confirm a good boot" in console
     assert "snapshot 2 did not confirm a good boot; booting snapshot 1" in console
-    # GRUB took each kind's own path: snapshot 2's kernel as a plain file, 1 from its image.
-    assert "Loading the kernel of /.snapshots/active (active)" in console
-    assert "Loading /boot/vmlinuz from /.snapshots/1/snapshot.img (passive)" in console
     st = _status(vm)
     assert (st["mode"], st["booted_snapshot"]) == ("passive", 1)
     assert st["upgrade_failure"]["snapshot"] == 2
@@ -338,20 +319,11 @@ def test_power_loss_during_upgrade(vm_factory, guest_registry: GuestRegistry) ->
     """Hard resets before, during the pull/unpack, at the switch and right after the
     upgrade: every next boot reaches multi-user in a complete snapshot, and a final
     upgrade succeeds."""
-    vm = vm_factory("bios", net=True, base=cached_disk("layers", config=LAYERS))
+    vm = vm_factory("bios", net=True)
     vm.start()
     vm.wait_multi_user()
-    # Every boot here is a stack of layers: the initrd mounted them under overlayfs.
-    assert vm.ok("findmnt -no FSTYPE /").strip() == "overlay"
-    assert vm.ok("readlink /run/cos/state/.snapshots/active").strip() == "1"
     v1, v2 = guest_registry.v1, guest_registry.v2
-    # v2's own layer is unpacked only by an upgrade to v2; v1's are all on the disk.
-    cuts = [
-        (v2, "Unpacking layer"),
-        (v1, "Building snapshot"),
-        (v2, "Switching to snapshot"),
-        (v1, "Upgraded:"),
-    ]
+    cuts = [(v2, "Reading"), (v1, "Unpacking"), (v2, "Switching to snapshot"), (v1, "Upgraded:")]
     for ref, point in cuts:
         _wait_network(vm)
         vm.ok(
