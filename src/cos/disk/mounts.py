@@ -39,6 +39,16 @@ def mount_options(path: Path) -> set[str] | None:
     return found
 
 
+def mount_point_of(path: Path) -> str:
+    """The mount point of the filesystem path is on (the longest mounted prefix)."""
+    target = os.path.realpath(path)
+    best = "/"
+    for _, mnt in mount_table():
+        if (target == mnt or target.startswith(mnt.rstrip("/") + "/")) and len(mnt) > len(best):
+            best = mnt
+    return best
+
+
 def is_mountpoint(path: Path) -> bool:
     return mount_options(path) is not None
 

@@ -11,18 +11,23 @@ group sorted by depth so a parent is mounted before its children.
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
 from cos import run as runner
 from cos.config import Labels, Layout
-from cos.disk.mounts import find_device, is_mountpoint
+from cos.disk.mounts import find_device, is_mountpoint, mount_point_of
 from cos.errors import StateError
 from cos.fsutil import inside
 from cos.log import log, step
 from cos.system.installed import Mode
 
 OVERLAY_BASE = "/run/cos/overlay"
+# Where the initrd mounts a layers snapshot's images (0 = top), kept for the booted system.
+LAYERS_RUN = "/run/cos/layers"
+OPAQUE = "trusted.overlay.opaque"
 PERSISTENT_STATE_DIR = ".state"
 
 
@@ -44,7 +49,48 @@ def _mount(argv: list[str]) -> None:
     runner.run(["mount", *argv])
 
 
-def _overlay(target: Path, upper_root: Path) -> None:
+def stack_lowers(layers: list[Path], rel: str) -> list[Path]:
+    """The directories of a stack of layers (top first) that overlayfs merges at rel:
+    each layer's rel as long as no layer above hides it (a whiteout, a file, or an
+    opaque directory on the way)."""
+    lowers = list(layers)
+    parts = Path(rel).parts
+    for i in range(1, len(parts) + 1):
+        kept: list[Path] = []
+        for layer in lowers:
+            here = layer.joinpath(*parts[:i])
+            try:
+                st = os.lstat(here)
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                break  # a whiteout or a file: what lies below is hidden
+            kept.append(layer)
+            try:
+                if os.getxattr(here, OPAQUE, follow_symlinks=False) == b"y":
+                    break
+            except OSError:
+                pass
+        lowers = kept
+    return [layer.joinpath(*parts) for layer in lowers]
+
+
+def _lowers(target: Path, root: Path) -> str:
+    """What an overlay at target stacks on. A snapshot of layers is itself an overlay:
+    a path straight on it gets the layers' own directories instead, so the overlays
+    cos mounts on top stay within overlayfs's stacking depth of two."""
+    layers = sorted(
+        (p for p in (root / LAYERS_RUN.lstrip("/")).glob("*") if p.name.isdecimal()),
+        key=lambda p: int(p.name),
+    )
+    if not layers or not target.is_dir() or mount_point_of(target) != os.path.realpath(root):
+        return str(target)
+    rel = str(target.relative_to(root))
+    found = stack_lowers(layers, rel)
+    return ":".join(str(p) for p in found) if found else str(target)
+
+
+def _overlay(target: Path, upper_root: Path, root: Path = Path("/")) -> None:
     upper, work = upper_root / "upper", upper_root / "work"
     upper.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
@@ -54,7 +100,7 @@ def _overlay(target: Path, upper_root: Path) -> None:
             "overlay",
             "overlay",
             "-o",
-            f"lowerdir={target},upperdir={upper},workdir={work}",
+            f"lowerdir={_lowers(target, root)},upperdir={upper},workdir={work}",
             str(target),
         ]
     )
