@@ -100,53 +100,53 @@ def test_wildcard_prefix_and_pull_from_mirror() -> None:
     ]
     assert conf(EXAMPLE).find("corp.example/app") is None
     tag_only = conf(
-        '[[registry]]\nlocation = "r.io"\n[[registry.mirror]]\nlocation = "m.io"\n'
+        '[[registry]]\nlocation = "r.test"\n[[registry.mirror]]\nlocation = "m.test"\n'
         'pull-from-mirror = "tag-only"\n'
     )
-    assert names(tag_only, f"r.io/a@{DIGEST}") == [("r.io/a", False, False)]
-    assert names(tag_only, "r.io/a:1") == [("m.io/a", False, True), ("r.io/a", False, False)]
+    assert names(tag_only, f"r.test/a@{DIGEST}") == [("r.test/a", False, False)]
+    assert names(tag_only, "r.test/a:1") == [("m.test/a", False, True), ("r.test/a", False, False)]
     by_digest = conf(
-        '[[registry]]\nlocation = "r.io"\nmirror-by-digest-only = true\n'
-        '[[registry.mirror]]\nlocation = "m.io"\n'
+        '[[registry]]\nlocation = "r.test"\nmirror-by-digest-only = true\n'
+        '[[registry.mirror]]\nlocation = "m.test"\n'
     )
-    assert names(by_digest, "r.io/a:1") == [("r.io/a", False, False)]
-    assert len(names(by_digest, f"r.io/a:1@{DIGEST}")) == 2
+    assert names(by_digest, "r.test/a:1") == [("r.test/a", False, False)]
+    assert len(names(by_digest, f"r.test/a:1@{DIGEST}")) == 2
 
 
 def test_v1_format() -> None:
     c = conf(
-        '[registries.search]\nregistries = ["a.io"]\n[registries.insecure]\n'
-        'registries = ["b.io:5000"]\n[registries.block]\nregistries = ["c.io"]\n'
+        '[registries.search]\nregistries = ["a.test"]\n[registries.insecure]\n'
+        'registries = ["b.test:5000"]\n[registries.block]\nregistries = ["c.test"]\n'
     )
-    assert names(c, "b.io:5000/x:1") == [("b.io:5000/x", True, False)]
+    assert names(c, "b.test:5000/x:1") == [("b.test:5000/x", True, False)]
     with pytest.raises(ConfigError, match="blocked"):
-        c.sources(parse_ref("c.io/x:1"))
+        c.sources(parse_ref("c.test/x:1"))
 
 
 @pytest.mark.parametrize(
     ("text", "words"),
     [
         ("[[registry]\nlocation = 1", "not valid TOML"),
-        ('[[registry]]\nlocation = "r.io"\ninsecure = "yes"', "insecure must be true or false"),
-        ('[[registry]]\nlocation = "r.io"\nblock = true', "unknown key 'block'"),
-        ('[[registry]]\nlocation = "https://r.io"', "no URL scheme"),
-        ('[[registry]]\nprefix = "r.io"', "location is unset"),
+        ('[[registry]]\nlocation = "r.test"\ninsecure = "yes"', "insecure must be true or false"),
+        ('[[registry]]\nlocation = "r.test"\nblock = true', "unknown key 'block'"),
+        ('[[registry]]\nlocation = "https://127.0.0.1:5000"', "no URL scheme"),
+        ('[[registry]]\nprefix = "r.test"', "location is unset"),
         ("[[registry]]\ninsecure = true", "neither prefix nor location"),
-        ('[[registry]]\nprefix = "*.r.io/x"', "must be *.host"),
-        ('[[registry]]\nlocation = "r.io"\n[[registry.mirror]]\ninsecure = true', "unset"),
-        ('[[registry]]\nlocation = "r.io"\n[[registry.mirror]]\nlocation = "m"\nmirrors = 1', ""),
+        ('[[registry]]\nprefix = "*.r.test/x"', "must be *.host"),
+        ('[[registry]]\nlocation = "r.test"\n[[registry.mirror]]\ninsecure = true', "unset"),
+        ('[[registry]]\nlocation = "r.test"\n[[registry.mirror]]\nlocation = "m"\nmirrors = 1', ""),
         (
-            '[[registry]]\nlocation = "r.io"\n[[registry.mirror]]\nlocation = "m"\n'
+            '[[registry]]\nlocation = "r.test"\n[[registry.mirror]]\nlocation = "m"\n'
             'pull-from-mirror = "sometimes"',
             "use all, digest-only or tag-only",
         ),
         (
-            '[[registry]]\nlocation = "r.io"\nmirror-by-digest-only = true\n'
+            '[[registry]]\nlocation = "r.test"\nmirror-by-digest-only = true\n'
             '[[registry.mirror]]\nlocation = "m"\npull-from-mirror = "all"',
             "cannot be set with mirror-by-digest-only",
         ),
-        ('[[registry]]\nlocation = "r.io"\npull-from-mirror = "all"', "belongs in"),
-        ('registry = "r.io"', "array of tables"),
+        ('[[registry]]\nlocation = "r.test"\npull-from-mirror = "all"', "belongs in"),
+        ('registry = "r.test"', "array of tables"),
         ('[[registry]]\nlocation = "R io"', "not host[:port]"),
         ('[registries.block]\nregistries = ["a"]\n[[registry]]\nlocation = "b"', "mixes"),
     ],
@@ -161,8 +161,8 @@ def test_bad_files_are_refused_naming_the_file(text: str, words: str) -> None:
 
 def test_unknown_top_level_keys_are_only_warned_about(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING):
-        assert parse('future-key = 1\n[[registry]]\nlocation = "r.io"', Path("f")).keys() == {
-            "r.io"
+        assert parse('future-key = 1\n[[registry]]\nlocation = "r.test"', Path("f")).keys() == {
+            "r.test"
         }
     assert "future-key" in caplog.text
 
@@ -176,27 +176,27 @@ def _write(path: Path, text: str) -> Path:
 def test_files_are_found_where_the_containers_tools_look(tmp_path: Path) -> None:
     etc, home = tmp_path / "etc", tmp_path / "home"
     assert load({}, etc, home).registries == ()  # nothing there: no configuration
-    main = _write(etc / "registries.conf", '[[registry]]\nlocation = "a.io"\ninsecure = true\n')
-    _write(etc / "registries.conf.d/20-b.conf", '[[registry]]\nlocation = "a.io"\n')
-    _write(etc / "registries.conf.d/10-c.conf", '[[registry]]\nlocation = "c.io"\nblocked = true')
+    main = _write(etc / "registries.conf", '[[registry]]\nlocation = "a.test"\ninsecure = true\n')
+    _write(etc / "registries.conf.d/20-b.conf", '[[registry]]\nlocation = "a.test"\n')
+    _write(etc / "registries.conf.d/10-c.conf", '[[registry]]\nlocation = "c.test"\nblocked = true')
     _write(etc / "registries.conf.d/ignored.txt", "not toml")
     c = load({}, etc, home)
     # Drop-ins in name order; a later table with the same prefix replaces the earlier.
     assert [p.name for p in c.files] == ["registries.conf", "10-c.conf", "20-b.conf"]
-    assert names(c, "a.io/x:1") == [("a.io/x", False, False)]
-    assert c.find("c.io/x") is not None
+    assert names(c, "a.test/x:1") == [("a.test/x", False, False)]
+    assert c.find("c.test/x") is not None
 
-    other = _write(tmp_path / "other.conf", '[[registry]]\nlocation = "d.io"\n')
+    other = _write(tmp_path / "other.conf", '[[registry]]\nlocation = "d.test"\n')
     c = load({"CONTAINERS_REGISTRIES_CONF": str(other)}, etc, home)
     assert [p.name for p in c.files] == ["other.conf", "10-c.conf", "20-b.conf"]
-    assert c.find("a.io/x") is not None and c.find("d.io/x") is not None
+    assert c.find("a.test/x") is not None and c.find("d.test/x") is not None
     with pytest.raises(ConfigError, match="no such file"):
         load({"CONTAINERS_REGISTRIES_CONF": str(tmp_path / "missing.conf")}, etc, home)
 
     # A per-user file replaces the system file and the system drop-ins.
-    _write(home / ".config/containers/registries.conf", '[[registry]]\nlocation = "u.io"\n')
+    _write(home / ".config/containers/registries.conf", '[[registry]]\nlocation = "u.test"\n')
     c = load({}, etc, home)
-    assert [p.name for p in c.files] == ["registries.conf"] and c.find("u.io/x") is not None
+    assert [p.name for p in c.files] == ["registries.conf"] and c.find("u.test/x") is not None
     assert main not in c.files
 
     _write(etc / "registries.conf.d/30-v1.conf", '[registries.block]\nregistries = ["x"]\n')
@@ -205,11 +205,11 @@ def test_files_are_found_where_the_containers_tools_look(tmp_path: Path) -> None
 
 
 def test_a_rewrite_into_no_image_name_is_refused() -> None:
-    c = conf('[[registry]]\nprefix = "*.r.io"\nlocation = "m.io"\n')
-    assert names(c, "a.r.io/x/y:1") == [("m.io/x/y", False, False)]
-    bad = registries.Registry("r.io", registries.Endpoint("m.io/UP"), origin="f")
+    c = conf('[[registry]]\nprefix = "*.r.test"\nlocation = "m.test"\n')
+    assert names(c, "a.r.test/x/y:1") == [("m.test/x/y", False, False)]
+    bad = registries.Registry("r.test", registries.Endpoint("m.test/UP"), origin="f")
     with pytest.raises(ConfigError, match="no image name"):
-        RegistriesConf((bad,)).sources(parse_ref("r.io/a:1"))
+        RegistriesConf((bad,)).sources(parse_ref("r.test/a:1"))
 
 
 # -- the mirror walk -----------------------------------------------------------------
@@ -240,8 +240,8 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> type[FakeClient]:
 
 
 MIRRORED = conf(
-    '[[registry]]\nlocation = "o.io/ns"\n[[registry.mirror]]\nlocation = "m1.io/c"\n'
-    '[[registry.mirror]]\nlocation = "m2.io"\ninsecure = true\n'
+    '[[registry]]\nlocation = "o.test/ns"\n[[registry.mirror]]\nlocation = "m1.test/c"\n'
+    '[[registry.mirror]]\nlocation = "m2.test"\ninsecure = true\n'
 )
 
 
@@ -249,48 +249,51 @@ def test_a_failing_mirror_is_skipped_and_not_asked_again(
     fake: type[FakeClient], caplog: pytest.LogCaptureFixture
 ) -> None:
     fake.answers = {
-        "m1.io": [RegistryError("m1.io is not reachable: refused")],
-        "m2.io": [RegistryError("manifest unknown", status=404), b"two"],
-        "o.io": [b"one"],
+        "m1.test": [RegistryError("m1.test is not reachable: refused")],
+        "m2.test": [RegistryError("manifest unknown", status=404), b"two"],
+        "o.test": [b"one"],
     }
-    repo = remote.Repository(parse_ref("o.io/ns/app:1"), conf=MIRRORED)
+    repo = remote.Repository(parse_ref("o.test/ns/app:1"), conf=MIRRORED)
     with caplog.at_level(logging.INFO):
         assert repo.manifest("1") == (b"one", "application/vnd.oci.image.manifest.v1+json")
         assert repo.manifest("2")[0] == b"two"
     assert fake.calls == [
-        ("m1.io", "c/app"),
-        ("m2.io", "app"),
-        ("o.io", "ns/app"),
-        ("m2.io", "app"),
+        ("m1.test", "c/app"),
+        ("m2.test", "app"),
+        ("o.test", "ns/app"),
+        ("m2.test", "app"),
     ]
-    assert "mirror m1.io: m1.io is not reachable: refused; reading manifest 1 from m2.io" in (
+    assert "mirror m1.test: m1.test is not reachable: refused; reading manifest 1 from m2.test" in (
         caplog.text
     )
-    assert "Reading o.io/ns/app through mirror m2.io/app" in caplog.text
+    assert "Reading o.test/ns/app through mirror m2.test/app" in caplog.text
     assert repo._client(repo.sources[1]).tls_verify is False  # insecure = true
 
 
 def test_a_mirror_sending_other_content_is_an_error(fake: type[FakeClient]) -> None:
-    fake.answers = {"m1.io": [MismatchError("sent a manifest with digest sha256:b")], "o.io": []}
-    repo = remote.Repository(parse_ref(f"o.io/ns/app@{DIGEST}"), conf=MIRRORED)
+    fake.answers = {
+        "m1.test": [MismatchError("sent a manifest with digest sha256:b")],
+        "o.test": [],
+    }
+    repo = remote.Repository(parse_ref(f"o.test/ns/app@{DIGEST}"), conf=MIRRORED)
     with pytest.raises(MismatchError):
         repo.manifest(DIGEST)
-    assert fake.calls == [("m1.io", "c/app")]
+    assert fake.calls == [("m1.test", "c/app")]
 
 
 def test_the_registry_error_is_final(fake: type[FakeClient]) -> None:
     fake.answers = {
-        "m1.io": [RegistryError("HTTP 503 (after 5 attempts)")],
-        "m2.io": [RegistryError("asks for credentials", status=401)],
-        "o.io": [RegistryError("manifest unknown", status=404)],
+        "m1.test": [RegistryError("HTTP 503 (after 5 attempts)")],
+        "m2.test": [RegistryError("asks for credentials", status=401)],
+        "o.test": [RegistryError("manifest unknown", status=404)],
     }
-    repo = remote.Repository(parse_ref("o.io/ns/app:1"), conf=MIRRORED)
+    repo = remote.Repository(parse_ref("o.test/ns/app:1"), conf=MIRRORED)
     with pytest.raises(RegistryError, match="manifest unknown"):
         repo.manifest("1")
     # Writes and the reads that prepare them use the name as given.
-    fake.answers = {"o.io": [b"x"]}
-    assert remote.Repository(parse_ref("o.io/ns/app:1"), write=True, conf=MIRRORED).manifest("1")
-    assert fake.calls[-1] == ("o.io", "ns/app")
+    fake.answers = {"o.test": [b"x"]}
+    assert remote.Repository(parse_ref("o.test/ns/app:1"), write=True, conf=MIRRORED).manifest("1")
+    assert fake.calls[-1] == ("o.test", "ns/app")
 
 
 # -- credential helpers --------------------------------------------------------------
