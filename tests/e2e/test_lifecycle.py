@@ -7,7 +7,6 @@ import json
 import re
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
@@ -230,28 +229,20 @@ def test_a_hanging_trial_boot_falls_back(vm_factory, guest_registry: GuestRegist
     assert _snap(st, 2)["boot_assessment"] == "failed"
 
 
-def _boot_recovery(vm) -> None:  # type: ignore[no-untyped-def]
-    vm.ok("grub-editenv /oem/grubenv set next_entry=recovery")
-    vm.reboot()
-    assert _status(vm)["mode"] == "recovery"
-
-
-def test_recovery_reset_and_install_onto_a_second_disk(
-    vm_factory, guest_registry: GuestRegistry, tmp_path: Path
+def test_recovery_reset_keeps_or_wipes_persistent(
+    vm_factory, guest_registry: GuestRegistry
 ) -> None:  # type: ignore[no-untyped-def]
-    """From the recovery system: a reset that keeps persistent data, one that wipes it,
-    and `cos install /dev/vdb`; the machine then boots from that second disk."""
-    target = tmp_path / "install-target.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(target), "16G"], check=True)
-    vm = vm_factory("bios", net=True, extra_disks=(target,))
+    vm = vm_factory("bios", net=True)
     vm.start()
     vm.wait_multi_user()
     vm.ok("echo kept > /usr/local/e2e-persist && echo kept > /root/e2e-root && sync")
 
     # Reset from the recovery image: state is redeployed, persistent data survives.
-    _boot_recovery(vm)
+    vm.ok("grub-editenv /oem/grubenv set next_entry=recovery")
+    vm.reboot()
     # Recovery: the squashfs of COS_RECOVERY (through its boot link) is /, and the
     # persistent partition is never mounted.
+    assert _status(vm)["mode"] == "recovery"
     assert vm.sh("test -e /run/cos/active_mode").rc != 0
     src = vm.ok("findmnt -no SOURCE /").strip()
     assert re.search(r"/boot\.\d+/recovery\.img$", vm.ok(f"losetup -nO BACK-FILE {src}").strip())
@@ -266,53 +257,20 @@ def test_recovery_reset_and_install_onto_a_second_disk(
     assert [(s["number"], s["from_action"]) for s in st["snapshots"]] == [(1, "reset")]
     assert vm.ok("cat /usr/local/e2e-persist /root/e2e-root").split() == ["kept", "kept"]
 
-    # Reset from a registry image, wiping persistent data; then, in the same recovery
-    # boot, install onto the second disk (the booted one is in use: refused, nothing
-    # written). The reset goes first: once installed, both disks carry the same labels.
-    _boot_recovery(vm)
+    # Reset from a registry image, wiping persistent data.
+    vm.ok("grub-editenv /oem/grubenv set next_entry=recovery")
+    vm.reboot()
     _wait_network(vm)
-    r = vm.sh(f"cos install /dev/vda --system {guest_registry.v1} --tls-verify=false")
-    assert r.rc == 5 and "in use" in r.err, r.err
     vm.ok(
         f"cos reset --reset-persistent --system {guest_registry.v2} --tls-verify=false",
         timeout=1500,
     )
-    node = "name: installed\nstages:\n  initramfs:\n    - hostname: installed-node\n"
-    vm.ok(f"printf '{node}' > /tmp/node.yaml")
-    vm.ok(
-        f"nohup cos install /dev/vdb --system {guest_registry.v1} --tls-verify=false"
-        " --cloud-init /tmp/node.yaml --poweroff > /run/e2e-install.log 2>&1 &"
-    )
-    deadline = time.monotonic() + 2400
-    while vm.proc.poll() is None:
-        assert time.monotonic() < deadline, "install did not finish"
-        try:
-            log = vm.sh("cat /run/e2e-install.log", timeout=20).out
-        except (VMError, OSError):
-            break  # powering off: the agent is gone
-        assert "cos: error" not in log and "internal error" not in log, log
-        time.sleep(5)
-    vm.wait_exit(timeout=120)
-
-    # Each disk boots alone from here on: the same labels on two disks are ambiguous.
-    reset = vm_factory("bios", disk=vm.disk)
-    reset.start()
-    reset.wait_multi_user()
-    st = _status(reset)
-    assert _booted(reset) == ("active", 1, "v2")
+    vm.reboot()
+    st = _status(vm)
+    assert _booted(vm) == ("active", 1, "v2")
     assert st["snapshots"][0]["source"] == guest_registry.v2
-    assert reset.sh("test -e /usr/local/e2e-persist").rc != 0
-    assert reset.sh("test -e /root/e2e-root").rc != 0
-    reset.stop()
-
-    installed = vm_factory("bios", disk=target)
-    installed.start()
-    installed.wait_multi_user()
-    st = _status(installed)
-    assert (st["mode"], st["booted_snapshot"]) == ("active", 1)
-    assert st["snapshots"][0]["from_action"] == "install"
-    assert st["snapshots"][0]["source"] == guest_registry.v1
-    assert installed.ok("hostname").strip() == "installed-node"
+    assert vm.sh("test -e /usr/local/e2e-persist").rc != 0
+    assert vm.sh("test -e /root/e2e-root").rc != 0
 
 
 def test_power_loss_during_upgrade(vm_factory, guest_registry: GuestRegistry) -> None:  # type: ignore[no-untyped-def]
@@ -322,12 +280,12 @@ def test_power_loss_during_upgrade(vm_factory, guest_registry: GuestRegistry) ->
     vm = vm_factory("bios", net=True)
     vm.start()
     vm.wait_multi_user()
-    v1, v2 = guest_registry.v1, guest_registry.v2
-    cuts = [(v2, "Reading"), (v1, "Unpacking"), (v2, "Switching to snapshot"), (v1, "Upgraded:")]
-    for ref, point in cuts:
+    refs = [guest_registry.v2, guest_registry.v1]
+    points = ["Reading", "Unpacking", "Switching to snapshot", "Upgraded:"]
+    for i, point in enumerate(points):
         _wait_network(vm)
         vm.ok(
-            f"nohup cos upgrade --force --tls-verify=false --system {ref}"
+            f"nohup cos upgrade --force --tls-verify=false --system {refs[i % 2]}"
             " > /run/e2e-upgrade.log 2>&1 &"
         )
         deadline = time.monotonic() + 900
@@ -347,3 +305,47 @@ def test_power_loss_during_upgrade(vm_factory, guest_registry: GuestRegistry) ->
     )
     assert "Switching to snapshot" in out
     assert not vm.ok("ls /run/cos/state/.snapshots/*/.partial 2>/dev/null || true").strip()
+
+
+def test_install_from_recovery_onto_a_second_disk(
+    vm_factory, guest_registry: GuestRegistry
+) -> None:  # type: ignore[no-untyped-def]
+    """Recovery boot runs `cos install /dev/vdb`; the machine then boots from that disk."""
+    target = guest_registry.log.parent / "install-target.qcow2"
+    target.unlink(missing_ok=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(target), "16G"], check=True)
+    vm = vm_factory("bios", net=True, extra_disks=(target,))
+    vm.start()
+    vm.wait_multi_user()
+    vm.ok("grub-editenv /oem/grubenv set next_entry=recovery")
+    vm.reboot()
+    assert _status(vm)["mode"] == "recovery"
+    _wait_network(vm)
+    node = "name: installed\nstages:\n  initramfs:\n    - hostname: installed-node\n"
+    vm.ok(f"printf '{node}' > /tmp/node.yaml")
+    # The booted disk is in use: refused, nothing written.
+    r = vm.sh(f"cos install /dev/vda --system {guest_registry.v1} --tls-verify=false")
+    assert r.rc == 5 and "in use" in r.err, r.err
+    vm.ok(
+        f"nohup cos install /dev/vdb --system {guest_registry.v1} --tls-verify=false"
+        " --cloud-init /tmp/node.yaml --poweroff > /run/e2e-install.log 2>&1 &"
+    )
+    deadline = time.monotonic() + 2400
+    while vm.proc.poll() is None:
+        assert time.monotonic() < deadline, "install did not finish"
+        try:
+            log = vm.sh("cat /run/e2e-install.log", timeout=20).out
+        except (VMError, OSError):
+            break  # powering off: the agent is gone
+        assert "cos: error" not in log and "internal error" not in log, log
+        time.sleep(5)
+    vm.wait_exit(timeout=120)
+
+    installed = vm_factory("bios", disk=target)
+    installed.start()
+    installed.wait_multi_user()
+    st = _status(installed)
+    assert (st["mode"], st["booted_snapshot"]) == ("active", 1)
+    assert st["snapshots"][0]["from_action"] == "install"
+    assert st["snapshots"][0]["source"] == guest_registry.v1
+    assert installed.ok("hostname").strip() == "installed-node"
