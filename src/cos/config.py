@@ -183,11 +183,12 @@ class Config:
         ),
     )
     snapshotter: SnapshotterKind = field(
-        default=SnapshotterKind.LOOP,
+        default=SnapshotterKind.LAYERS,
         metadata=doc(
-            "how new installations store snapshots: loop (an ext image each) or layers"
-            " (each image layer once, shared by the snapshots; an upgrade writes only the"
-            " layers it adds). A loop system upgraded with layers keeps its old snapshots"
+            "how snapshots are stored: layers (each image layer once, shared by the"
+            " snapshots; an upgrade writes only the layers it adds) or loop (a whole ext"
+            " image each). A loop system moves to layers with its next upgrade and keeps"
+            " its old snapshots; loop keeps it on loop"
         ),
     )
     snapshot_fs: Filesystem = field(

@@ -24,12 +24,17 @@ def test_bios_boot_immutable_layout_and_persistence(vm_factory) -> None:  # type
     vm.start()
     vm.wait_multi_user()
 
-    # / is the snapshot image, mounted read-only through a loop device.
+    # / is snapshot 1 (the default snapshotter): the image's layers, each an erofs image
+    # on COS_STATE mounted through a loop device, stacked read-only by overlayfs.
     src, fstype, opts = vm.ok("findmnt -no SOURCE,FSTYPE,OPTIONS /").split()
-    assert src.startswith("/dev/loop") and fstype == "ext4"
-    assert "ro" in opts.split(",")
-    backing = vm.ok(f"losetup -nO BACK-FILE {src}").strip()
-    assert backing.endswith(".snapshots/1/snapshot.img"), backing
+    assert (src, fstype) == ("cos-root", "overlay") and "ro" in opts.split(",")
+    assert vm.ok("cat /run/cos/image").strip() == ".snapshots/1"
+    layers = vm.ok("cat /run/cos/state/.snapshots/1/layers").split()
+    for i, layer in enumerate(layers):
+        lsrc, lfs = vm.ok(f"findmnt -no SOURCE,FSTYPE /run/cos/layers/{i}").split()
+        assert lfs == "erofs" and lsrc.startswith("/dev/loop"), (layer, lsrc, lfs)
+        backing = vm.ok(f"losetup -nO BACK-FILE {lsrc}").strip()
+        assert backing.endswith(f".snapshots/{layer}"), (layer, backing)
     assert vm.ok("test -e /run/cos/active_mode && echo yes").strip() == "yes"
 
     # Writing to /usr fails: the root is immutable.

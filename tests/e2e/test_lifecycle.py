@@ -11,7 +11,7 @@ import time
 import pytest
 
 from tests.e2e.conftest import GuestRegistry
-from tests.support.images import LAYOUT
+from tests.support.images import LAYOUT, cached_disk
 from tests.support.signing import key_pair, sign
 from tests.support.vm import VMError
 
@@ -61,6 +61,9 @@ stages:
         - ln -sf ../e2e-hang.service /etc/systemd/system/multi-user.target.wants/
 """
 
+
+# A disk installed with the loop snapshotter (the default before layers).
+LOOP = (("COS_SNAPSHOTTER", "loop"),)
 
 # The grubenv variables that make GRUB boot anything but the `active` entry.
 GRUB_CHOICES = ("next_entry", "saved_entry", "cos_trial", "cos_tries", "cos_fallback")
@@ -157,22 +160,29 @@ def test_upgrade_rollback_downgrade_from_passive(vm_factory, guest_registry: Gue
     vm.ok("cos rollback 2 --once")
     vm.reboot()
     assert _booted(vm) == ("passive", 2, "v2")
-    src = vm.ok("findmnt -no SOURCE /").strip()
-    assert vm.ok(f"losetup -nO BACK-FILE {src}").strip().endswith(".snapshots/2/snapshot.img")
+    assert vm.ok("cat /run/cos/image").strip() == ".snapshots/2"
     assert vm.ok("findmnt -no SOURCE /usr/local").strip()  # passive keeps persistent data
     out = vm.ok(f"cos upgrade --system {guest_registry.v1} --tls-verify=false 2>&1", timeout=600)
     assert "Already up to date" in out
     vm.ok(f"cos upgrade --force --system {guest_registry.v1} --tls-verify=false", timeout=1200)
     st = _status(vm)
     assert st["trial"] == {"snapshot": 3, "tries_left": 3, "fallback": 2}
-    assert sorted(s["number"] for s in st["snapshots"]) == [2, 3]  # max-snaps 2: 1 pruned
+    # Layers snapshots (the default) keep 4; snapshot 3 is v1 again, whose layers
+    # snapshot 1 already holds: it costs its own small top and nothing else.
+    assert st["snapshotter"] == "layers"
+    assert sorted(s["number"] for s in st["snapshots"]) == [1, 2, 3]
+    assert _snap(st, 3)["bytes"] < 4 * 2**20 < _snap(st, 1)["bytes"], st
     vm.reboot()
     assert _booted(vm) == ("active", 3, "latest")
     _wait_good(vm, 3)
 
 
-def test_upgrade_that_cannot_boot_falls_back(vm_factory, guest_registry: GuestRegistry) -> None:  # type: ignore[no-untyped-def]
-    vm = vm_factory("bios", net=True)
+def test_a_move_to_layers_that_cannot_boot_falls_back_to_loop(
+    vm_factory, guest_registry: GuestRegistry
+) -> None:  # type: ignore[no-untyped-def]
+    """A disk installed with loop snapshots: its next upgrade moves it to layers (the
+    default), and that snapshot cannot boot; GRUB falls back across kinds."""
+    vm = vm_factory("bios", net=True, base=cached_disk("loop", config=LOOP))
     vm.start()
     vm.wait_multi_user()
     _wait_network(vm)
@@ -180,8 +190,15 @@ def test_upgrade_that_cannot_boot_falls_back(vm_factory, guest_registry: GuestRe
     # Two tries instead of the default three (the upgrade scenario checks that default):
     # each try is a whole boot under emulation.
     vm.ok("mkdir -p /etc/cos/config.d && echo 'boot-attempts: 2' > /etc/cos/config.d/90-e2e.yaml")
-    vm.ok(f"cos upgrade --system {guest_registry.v2} --tls-verify=false", timeout=1200)
-    assert _status(vm)["trial"] == {"snapshot": 2, "tries_left": 2, "fallback": 1}
+    assert vm.ok("readlink /run/cos/state/.snapshots/active").strip() == "1/snapshot.img"
+    out = vm.ok(f"cos upgrade --system {guest_registry.v2} --tls-verify=false 2>&1", timeout=1200)
+    # GRUB on the ESP is rewritten first (the new menu boots both kinds); snapshot 2 is
+    # a stack of layers, snapshot 1 stays a loop image.
+    assert "Moving to layers snapshots: GRUB is updated first" in out, out
+    assert vm.ok("readlink /run/cos/state/.snapshots/active").strip() == "2"
+    st = _status(vm)
+    assert st["snapshotter"] == "layers"
+    assert st["trial"] == {"snapshot": 2, "tries_left": 2, "fallback": 1}
 
     # Snapshot 2 has no working init: two tries, each a kernel panic and a reboot, then
     # GRUB boots snapshot 1; nobody touches the machine meanwhile.
@@ -189,6 +206,9 @@ def test_upgrade_that_cannot_boot_falls_back(vm_factory, guest_registry: GuestRe
     console = vm.console()
     assert console.count("trial boot of snapshot 2") == 2
     assert "snapshot 2 did not confirm a good boot; booting snapshot 1" in console
+    # GRUB took each kind's own path: 2's kernel as a plain file, 1's from its image.
+    assert "Loading the kernel of /.snapshots/active (active)" in console
+    assert "Loading /boot/vmlinuz from /.snapshots/1/snapshot.img (passive)" in console
     st = _status(vm)
     assert (st["mode"], st["booted_snapshot"]) == ("passive", 1)
     assert st["upgrade_failure"]["snapshot"] == 2
@@ -223,6 +243,9 @@ def test_a_hanging_trial_boot_falls_back(vm_factory, guest_registry: GuestRegist
     console = vm.console()
     assert "trial boot of snapshot 2: it has 30 s to confirm a good boot" in console
     assert "snapshot 2 did not confirm a good boot; booting snapshot 1" in console
+    # GRUB took each kind's own path: 2's kernel as a plain file, 1's from its image.
+    assert "Loading the kernel of /.snapshots/active (active)" in console
+    assert "Loading /boot/vmlinuz from /.snapshots/1/snapshot.img (passive)" in console
     st = _status(vm)
     assert (st["mode"], st["booted_snapshot"]) == ("passive", 1)
     assert st["upgrade_failure"]["snapshot"] == 2
@@ -274,18 +297,20 @@ def test_recovery_reset_keeps_or_wipes_persistent(
 
 
 def test_power_loss_during_upgrade(vm_factory, guest_registry: GuestRegistry) -> None:  # type: ignore[no-untyped-def]
-    """Hard resets before, during the pull/unpack, at the switch and right after the
+    """Hard resets while a layer image is written, at the switch and right after the
     upgrade: every next boot reaches multi-user in a complete snapshot, and a final
-    upgrade succeeds."""
+    upgrade succeeds. (Before the pull nothing is written: a reset there is any unclean
+    reset, which each of these is too.)"""
     vm = vm_factory("bios", net=True)
     vm.start()
     vm.wait_multi_user()
-    refs = [guest_registry.v2, guest_registry.v1]
-    points = ["Reading", "Unpacking", "Switching to snapshot", "Upgraded:"]
-    for i, point in enumerate(points):
+    v1, v2 = guest_registry.v1, guest_registry.v2
+    # v2's own layer is unpacked by an upgrade to v2 only: v1's are all on the disk.
+    cuts = [(v2, "Unpacking layer"), (v1, "Switching to snapshot"), (v2, "Upgraded:")]
+    for ref, point in cuts:
         _wait_network(vm)
         vm.ok(
-            f"nohup cos upgrade --force --tls-verify=false --system {refs[i % 2]}"
+            f"nohup cos upgrade --force --tls-verify=false --system {ref}"
             " > /run/e2e-upgrade.log 2>&1 &"
         )
         deadline = time.monotonic() + 900

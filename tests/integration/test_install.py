@@ -16,7 +16,7 @@ import yaml
 from cos.config import Labels, Partitions
 from cos.disk.plan import plan_disk
 from tests.support import events
-from tests.support.device import GIB, SMALL
+from tests.support.device import GIB, SMALL, snapshot_mounted
 from tests.support.images import LAYOUT
 
 
@@ -144,16 +144,9 @@ def test_install_then_refuse_to_overwrite(loopdev: Path, tmp_path: Path, vanilla
         st = yaml.safe_load((state / "state.yaml").read_text())
         snap = st["snapshots"][1]
         assert snap["from-action"] == "install" and snap["active"] and snap["digest"] == vanilla
-        assert os.readlink(state / ".snapshots/active") == "1/snapshot.img"
-        img = state / ".snapshots/1/snapshot.img"
-        subprocess.run(["e2fsck", "-fn", str(img)], check=True, capture_output=True)
-        marker = subprocess.run(
-            ["debugfs", "-R", "cat /etc/installed-marker", str(img)],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        assert marker == "chroot"
+        assert os.readlink(state / ".snapshots/active") == "1"  # layers, the default
+        with snapshot_mounted(state, 1, tmp_path / "snap") as snap:
+            assert (snap / "etc/installed-marker").read_text() == "chroot"
         index = json.loads((state / ".store/index.json").read_text())
         assert [
             m["annotations"]["org.opencontainers.image.ref.name"] for m in index["manifests"]

@@ -147,6 +147,7 @@ def loop_disk(tmp_path_factory: pytest.TempPathFactory, images: Images) -> Path:
     """A disk installed with loop snapshots (the default before layers)."""
     out = tmp_path_factory.mktemp("loop-disk")
     (out / "etc-cos").mkdir()
+    (out / "etc-cos/config.yaml").write_text("snapshotter: loop\n")
     disk = out / "disk.raw"
     argv = [sys.executable, "-m", "cos", "build-disk", images.v1, "-o", str(disk)]
     subprocess.run([*argv, "--tls-verify=false"], check=True, env=cos_env(out / "etc-cos"))
@@ -187,7 +188,7 @@ def test_a_loop_system_moves_to_layers_and_survives_kills(
 ) -> None:
     conf = tmp_path / "etc-cos"
     conf.mkdir()
-    (conf / "config.yaml").write_text("snapshotter: layers\nmax-snaps: 2\n")
+    (conf / "config.yaml").write_text("max-snaps: 2\n")  # the default snapshotter: layers
     with booted_copy(loop_disk, tmp_path, conf) as dev:
         try:
             _moves_and_survives(dev, images)

@@ -20,7 +20,7 @@ import yaml
 from cos.config import Labels, Partitions
 from cos.disk.plan import plan_disk
 from tests.support import events
-from tests.support.device import GIB, SMALL
+from tests.support.device import GIB, SMALL, snapshot_mounted
 from tests.support.images import LAYOUT
 
 pytestmark = pytest.mark.integration
@@ -128,11 +128,10 @@ def test_reset_from_the_recovery_image(installed: tuple[Path, Path], tmp_path: P
         st = yaml.safe_load((state / "state.yaml").read_text())
         assert st["snapshots"][1]["from-action"] == "reset"
         assert [h["action"] for h in st["history"]][-1] == "reset"
-        subprocess.run(
-            ["e2fsck", "-fn", str(state / ".snapshots/1/snapshot.img")],
-            check=True,
-            capture_output=True,
-        )
+        # Redeployed from the recovery tree as one layer (the default snapshotter).
+        assert (state / ".snapshots/1/layers").is_file()
+        with snapshot_mounted(state, 1, tmp_path / "snap") as snap:
+            assert (snap / "usr/bin/cos").is_file() and (snap / "etc/os-release").is_file()
 
     # Not in recovery mode: refused before any write, as an error event and a result.
     (run / "recovery_mode").rename(run / "active_mode")

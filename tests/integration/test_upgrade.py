@@ -48,6 +48,11 @@ class Images:
     registry: str
 
 
+# These scenarios hold for every backend; they run on loop snapshots, whose images
+# fsck and debugfs read directly (test_layers.py runs the layers backend's own).
+LOOP = "snapshotter: loop\n"
+
+
 @pytest.fixture(scope="module")
 def images(vanilla: str, local_registry: str) -> Images:
     derive("vanilla", "upgrade-v2", V2_FILES)
@@ -67,6 +72,7 @@ def pristine(tmp_path_factory: pytest.TempPathFactory, images: Images) -> Path:
     out = tmp_path_factory.mktemp("upgrade-disk")
     conf = out / "etc-cos"
     conf.mkdir()
+    (conf / "config.yaml").write_text(LOOP)
     disk = out / "disk.raw"
     subprocess.run(
         [
@@ -89,6 +95,7 @@ def pristine(tmp_path_factory: pytest.TempPathFactory, images: Images) -> Path:
 def device(pristine: Path, tmp_path: Path) -> Iterator[Device]:
     conf = tmp_path / "etc-cos"
     conf.mkdir()
+    (conf / "config.yaml").write_text(LOOP)
     with booted_copy(pristine, tmp_path, conf) as dev:
         yield dev
         _release(dev)
@@ -505,7 +512,7 @@ def test_upgrade_verifies_the_signature_when_configured(
     device: Device, images: Images, tmp_path: Path
 ) -> None:
     key_file, pub = key_pair(tmp_path)
-    (device.conf / "config.yaml").write_text(f"verify: true\ncosign-key: {pub}\n")
+    (device.conf / "config.yaml").write_text(f"{LOOP}verify: true\ncosign-key: {pub}\n")
     ref = push("upgrade-v2", images.registry, "cos/signed:v2")
 
     r = TestRefusals().refused(

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from typing import Any
 from cos.boot import grubenv
 from cos.config import Labels, Partitions
 from cos.disk.plan import plan_disk
+from cos.snapshot.layers import LayersSnapshotter
 from tests.support.images import LAYOUT
 
 # Small recovery and state partitions: the disks stay a few GiB.
@@ -62,6 +63,18 @@ def mount_partition(disk: Path, name: str, where: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-d", str(where)], check=True)
 
 
+def snapshot_mounted(state: Path, n: int, where: Path) -> AbstractContextManager[Path]:
+    """Snapshot n of a mounted COS_STATE, read-only, whichever its kind: its loop image,
+    or its layer images stacked as the initrd stacks them."""
+    return LayersSnapshotter(state).mounted(n, where)
+
+
+def booted_image(state: Path, n: int) -> str:
+    """What the initrd records in /run/cos/image for a boot of snapshot n."""
+    d = f".snapshots/{n}"
+    return d if LayersSnapshotter(state).is_stack(n) else f"{d}/snapshot.img"
+
+
 @dataclass
 class Device:
     disk: Path
@@ -97,7 +110,7 @@ class Device:
             f.unlink()
         (self.run / f"{mode}_mode").touch()
         (self.run / "upgrade_failure").unlink(missing_ok=True)
-        (self.run / "image").write_text(f".snapshots/{snapshot}/snapshot.img\n" if snapshot else "")
+        (self.run / "image").write_text(booted_image(self.state, snapshot) if snapshot else "")
 
     def active(self) -> int:
         return int(os.readlink(self.state / ".snapshots/active").split("/")[0])

@@ -147,6 +147,11 @@ def push(tag: str, registry: str, repo: str) -> str:
     return ref
 
 
+# No GRUB menu wait on test disks: the tests choose entries through the grubenv, and
+# the default wait would be paid on every boot of the suite.
+TEST_DISK_CONFIG = (("COS_GRUB_TIMEOUT", "0"),)
+
+
 def cached_disk(
     name: str,
     cloud_config: str | None = None,
@@ -157,8 +162,9 @@ def cached_disk(
     settings as COS_* variables), cached by image digest, toolkit, cloud-config, args and
     config, so the suite builds each once."""
     digest = ensure_e2e_image()
+    config = (*TEST_DISK_CONFIG, *config)
     recipe = digest + tree_hash(REPO / "src/cos") + (cloud_config or "") + repr(args)
-    key = hashlib.sha256((recipe + (repr(config) if config else "")).encode()).hexdigest()[:16]
+    key = hashlib.sha256((recipe + repr(config)).encode()).hexdigest()[:16]
     suffix = "qcow2" if "qcow2" in args else "raw"
     disk = BUILD / "e2e" / f"{name}-{key}.{suffix}"
     if not disk.exists():

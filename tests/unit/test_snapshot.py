@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from cos.boot import assessment
+from cos.config import Config
 from cos.snapshot import BACKENDS, new_snapshotter, open_snapshotter
 from cos.snapshot.base import Trial
 from cos.snapshot.loop import LoopSnapshotter
@@ -133,4 +134,6 @@ def test_backends_come_from_state_yaml(tmp_path: Path) -> None:
     assert set(BACKENDS) == set(SnapshotterKind)
     assert isinstance(open_snapshotter(tmp_path, state, state.snapshotter.fs), LoopSnapshotter)
     assert isinstance(open_snapshotter(tmp_path, None, state.snapshotter.fs), LoopSnapshotter)
-    assert new_snapshotter(tmp_path, state.snapshotter.fs).kind == SnapshotterKind.LOOP
+    kind = Config().snapshotter
+    assert kind == SnapshotterKind.LAYERS  # new installations share their layers
+    assert new_snapshotter(tmp_path, state.snapshotter.fs, kind).kind == kind

@@ -300,10 +300,14 @@ def _state_partition(
     cfg, part = b.cfg, b.plan.part("state")
     # Loop snapshots are whole images each; layers share theirs, and an upgrade that
     # changes every layer needs room for one more copy.
-    kept = cfg.kept_snapshots(snaps.kind)
-    copies = kept if snaps.kind == SnapshotterKind.LOOP else 2
+    if snaps.kind == SnapshotterKind.LOOP:
+        copies = cfg.kept_snapshots(snaps.kind)
+        what = f"{copies} snapshots of {size // MIB} MiB"
+    else:
+        copies = 2
+        what = f"{size // MIB} MiB of layers, twice for an upgrade that changes them all"
     _fits(
-        f"the state partition ({kept} snapshots of {size // MIB} MiB + layer store)",
+        f"the state partition ({what} + layer store)",
         size * copies + 2 * store_size + _ext_overhead(part.size),
         part.size,
         "raise partitions.state in config, or lower max-snaps",

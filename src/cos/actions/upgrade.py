@@ -43,7 +43,7 @@ from cos.log import log, step
 from cos.oci.digest import short_digest
 from cos.oci.reference import ImageRef, require_registry
 from cos.oci.store import LayerStore, RemoteImage, inspect_remote, snapshot_tag
-from cos.snapshot import open_snapshotter
+from cos.snapshot import BACKENDS, open_snapshotter
 from cos.snapshot.base import Snapshotter, Trial, snapshot_label
 from cos.snapshot.retention import Plan, plan_snapshots
 from cos.system.installed import Installed, Mode
@@ -51,7 +51,6 @@ from cos.system.kernel import check_bootable
 from cos.system.state import Assessment, ImageState, InstallState, Staged, now, write_state
 
 REQUIRED_TOOLS = ["skopeo", "mkfs.ext4", "e2fsck", "resize2fs", "dumpe2fs", "mount"]
-LAYERS_TOOLS = ["mkfs.erofs"]
 BOOTLOADER_TOOLS = ["sfdisk", "grub-mkimage", "mkfs.vfat", "mmd", "mcopy"]
 
 
@@ -129,10 +128,27 @@ def _open(req: UpgradeRequest, cfg: Config, *, move: bool) -> Upgrade:
         "boot the installed system (active or passive) to upgrade it",
     )
     state = inst.state()
-    want = cfg.snapshotter if move else None
-    snaps = open_snapshotter(inst.state_dir, state, cfg.snapshot_fs, want=want)
+    snaps = open_snapshotter(inst.state_dir, state, cfg.snapshot_fs, want=_wanted(cfg, move))
     assessment.check_env(inst.oem_dir)
     return Upgrade(cfg, inst, state, snaps, inst.booted_snapshot(), system_sources(cfg))
+
+
+def _wanted(cfg: Config, move: bool) -> SnapshotterKind | None:
+    """The backend this upgrade may move the installation to. A system without the
+    tools to write layer images (an image built before they were in the base) keeps
+    its backend: its upgrades go on working, and the move waits for an image that
+    has them."""
+    if not move:
+        return None
+    missing = [t for t in BACKENDS[cfg.snapshotter].tools if runner.which(t) is None]
+    if missing:
+        log.info(
+            "Keeping the recorded snapshotter: %s snapshots need %s, not on this system",
+            cfg.snapshotter,
+            ", ".join(missing),
+        )
+        return None
+    return cfg.snapshotter
 
 
 def _current(up: Upgrade) -> ImageState | None:
@@ -174,7 +190,7 @@ def upgrade(req: UpgradeRequest, cfg: Config) -> int | None:
     ref = _source(req, cfg, current)
     runner.require(
         *REQUIRED_TOOLS,
-        *(LAYERS_TOOLS if snaps.kind == SnapshotterKind.LAYERS else []),
+        *snaps.tools,
         *(BOOTLOADER_TOOLS if req.bootloader or migrating else []),
     )
     remote = _read(ref, cfg)

@@ -25,9 +25,7 @@ BACKENDS: dict[SnapshotterKind, type[Snapshotter]] = {
 MIGRATES = {(SnapshotterKind.LOOP, SnapshotterKind.LAYERS)}
 
 
-def new_snapshotter(
-    state_dir: Path, fs: Filesystem, kind: SnapshotterKind = SnapshotterKind.LOOP
-) -> Snapshotter:
+def new_snapshotter(state_dir: Path, fs: Filesystem, kind: SnapshotterKind) -> Snapshotter:
     """The backend of a new installation (build-disk, install, reset)."""
     return BACKENDS[kind](state_dir, fs)
 

@@ -87,6 +87,7 @@ class Snapshotter(ABC):
     """Numbered snapshots on COS_STATE, one of them active."""
 
     kind: ClassVar[SnapshotterKind]
+    tools: ClassVar[tuple[str, ...]] = ()  # beyond what every action needs
 
     def __init__(self, state_dir: Path, fs: Filesystem = Filesystem.EXT4):
         self.state = Path(state_dir)

@@ -87,6 +87,7 @@ class LayersSnapshotter(LoopSnapshotter):
     """Snapshots as stacks of shared layer images (and older loop images, read as such)."""
 
     kind = SnapshotterKind.LAYERS
+    tools = ("mkfs.erofs",)
 
     @property
     def layers_dir(self) -> Path:
