@@ -1,0 +1,77 @@
+"""A registry stand-in on 127.0.0.1 for unit tests: it serves whatever bytes it is given.
+
+The real registry (tests/support/registry.py) refuses malformed manifests; this one
+serves hostile documents, lying content types, odd token replies. Plain HTTP: tests
+point the client at it with `plain_http`.
+"""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from cos.oci import registry
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class StubRegistry:
+    host: str = ""
+    routes: dict[str, Reply] = field(default_factory=dict)  # request path -> reply
+    requests: list[str] = field(default_factory=list)  # paths asked for, in order
+
+    def serve(self, path: str, body: bytes, status: int = 200, **headers: str) -> None:
+        self.routes[path] = Reply(
+            status, body, {k.replace("_", "-"): v for k, v in headers.items()}
+        )
+
+
+@contextmanager
+def stub_registry() -> Iterator[StubRegistry]:
+    stub = StubRegistry()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            stub.requests.append(self.path)
+            reply = stub.routes.get(self.path)
+            if reply is None:
+                reply = Reply(200, b"{}") if self.path == "/v2/" else Reply(404, b"not found")
+            self.send_response(reply.status)
+            headers = {"Content-Type": "application/octet-stream", **reply.headers}
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(reply.body)))
+            self.end_headers()
+            self.wfile.write(reply.body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    stub.host = f"127.0.0.1:{server.server_address[1]}"
+    try:
+        yield stub
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def plain_http(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The registry client speaks plain HTTP at once (no TLS probe) and does not retry."""
+    monkeypatch.setattr(registry.Client, "_base", lambda self: "http")
+    monkeypatch.setattr(registry, "ATTEMPTS", 1)
