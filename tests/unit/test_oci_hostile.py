@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import hashlib
 import io
 import tarfile
 import time
@@ -17,11 +18,16 @@ import pytest
 
 from cos.actions.images import PullRequest, inspect_image, pull_image
 from cos.config import Config
-from cos.errors import CosError
-from cos.oci import streams
+from cos.errors import CosError, ImageError
+from cos.oci import bundle, cosign, referrers, streams
+from cos.oci.layout import MANIFEST_TYPES
+from cos.oci.reference import parse_ref
+from cos.oci.registry import Client, RegistryError
+from cos.oci.store import LayerStore, inspect_remote
 from cos.oci.streams import CappedTarInfo
-from tests.support.hostile_oci import Image, public_key
+from tests.support.hostile_oci import Image, Op, Raw, Signing, deep, public_key
 from tests.support.hostile_tar import assemble, header, octal, pad
+from tests.support.stub_registry import StubRegistry, plain_http, stub_registry
 
 
 def refused(action: Any) -> CosError:
@@ -38,6 +44,26 @@ def _inspect(tmp_path: Path, img: Image, key: bool = False) -> CosError:
     if key:
         cfg = replace(cfg, verify=True, cosign_key=str(public_key(tmp_path / "k.pub")))
     return refused(lambda: inspect_image(f"oci:{layout}:latest", cfg, as_json=False))
+
+
+# --- JSON nested deeper than the parser recurses ------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["index", "manifest", "config"])
+def test_deeply_nested_documents_are_refused(tmp_path: Path, where: str) -> None:
+    path = {"index": ("manifests", 0, "annotations"), "manifest": ("annotations",)}
+    ops = [Op("set", path.get(where, ("config",)), deep(100_000))]
+    err = _inspect(tmp_path, Image(**{where: ops}))
+    assert "nested too deeply" in err.message
+
+
+@pytest.mark.parametrize("kind", ["sig", "bundle"])
+def test_deeply_nested_signature_documents_are_refused(tmp_path: Path, kind: str) -> None:
+    """A signed payload or a bundle nested thousands deep: no signature, not a crash."""
+    doc = Op("doc", value=deep(30_000))  # under the payload's 64 KiB cap: it gets parsed
+    signing = Signing("sig", middle=[doc]) if kind == "sig" else Signing("bundle", inner=[doc])
+    err = _inspect(tmp_path, Image(signing=signing), key=True)
+    assert "refusing" in err.message
 
 
 # --- tar headers ---------------------------------------------------------------------------
@@ -118,3 +144,139 @@ def test_a_small_sparse_map_is_read() -> None:
         names = [m.name for m in tf]
     assert "f" in names and "etc/os-release" in names
     assert streams.MAX_MEMBER_HEADERS >= 2 * streams.MAX_EXT_HEADER
+
+
+# --- signatures ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "op",
+    [
+        Op("set", ("layers", 0, "size"), "12"),
+        Op("set", ("layers", 0, "size"), [1]),
+        Op("set", ("layers", 0, "annotations"), ["a"]),
+        Op("set", ("layers",), {"a": 1}),
+        Op("set", ("layers", 0), "x"),
+    ],
+    ids=["size-text", "size-list", "annotations-list", "layers-object", "layer-text"],
+)
+def test_malformed_signature_manifests_are_refused(tmp_path: Path, op: Op) -> None:
+    err = _inspect(tmp_path, Image(signing=Signing("sig", outer=[op])), key=True)
+    assert err.message.startswith("refusing")
+
+
+def test_a_referrers_index_without_a_list_is_refused(tmp_path: Path) -> None:
+    signing = Signing("bundle", outer=[Op("set", ("manifests",), 5)])
+    err = _inspect(tmp_path, Image(signing=signing), key=True)
+    assert "referrers" in err.message
+
+
+def test_a_referrer_whose_layers_are_not_a_list_is_skipped(tmp_path: Path) -> None:
+    signing = Signing("bundle", middle=[Op("set", ("layers",), {"": None})])
+    err = _inspect(tmp_path, Image(signing=signing), key=True)
+    assert err.message.endswith("the image is not signed")
+
+
+def test_log_entries_that_are_not_a_list_are_none() -> None:
+    doc = {"mediaType": bundle.BUNDLE_TYPE, "verificationMaterial": {"tlogEntries": 5}}
+    assert bundle.Bundle(doc).tlog_entries == []
+
+
+# --- the upgrade's pre-flight: the registry's manifest and config --------------------------
+
+
+@pytest.fixture
+def stub(monkeypatch: pytest.MonkeyPatch) -> Any:
+    plain_http(monkeypatch)
+    with stub_registry() as registry:
+        yield registry
+
+
+def _serve(stub: StubRegistry, img: Image) -> None:
+    blobs, docs = img.build()
+    for digest, data in blobs.items():
+        stub.serve(f"/v2/os/blobs/{digest}", data)
+        stub.serve(f"/v2/os/manifests/{digest}", data, Content_Type=MANIFEST_TYPES[0])
+    stub.serve("/v2/os/manifests/latest", docs["manifest"], Content_Type=MANIFEST_TYPES[0])
+
+
+@pytest.mark.parametrize(
+    ("op", "words"),
+    [
+        (Op("set", ("layers", 0, "size"), Raw("1e999")), "no valid size"),
+        (Op("set", ("layers", 0, "size"), "12"), "no valid size"),
+        (Op("set", ("layers", 0, "size"), -1), "no valid size"),
+        (Op("set", ("config", "size"), True), "no valid size"),
+        (Op("set", ("layers", 0, "mediaType"), "application/x-evil"), "unsupported media type"),
+        (Op("set", ("mediaType",), "text/plain"), "unsupported type"),
+        (Op("set", ("layers",), Raw("[" * 100_000 + "]" * 100_000)), "nested too deeply"),
+    ],
+    ids=["inf", "text", "negative", "bool", "layer-type", "manifest-type", "deep"],
+)
+def test_a_manifest_the_unpacker_would_refuse_is_refused_before_the_pull(
+    stub: StubRegistry, op: Op, words: str
+) -> None:
+    _serve(stub, Image(manifest=[op]))
+    err = refused(lambda: inspect_remote(parse_ref(f"{stub.host}/os:latest"), tls_verify=False))
+    assert isinstance(err, ImageError) and words in err.message
+
+
+@pytest.mark.parametrize(
+    ("ops", "words"),
+    [
+        ([Op("set", ("rootfs", "diff_ids"), [])], "lists 0 diff_ids"),
+        ([Op("del", ("rootfs",))], "no rootfs.diff_ids"),
+        ([Op("doc", value=[1])], "not a JSON object"),
+    ],
+)
+def test_the_config_is_checked_before_the_pull(
+    stub: StubRegistry, ops: list[Op], words: str
+) -> None:
+    img = Image(config=ops)
+    _serve(stub, img)
+    err = refused(lambda: inspect_remote(parse_ref(f"{stub.host}/os:latest"), tls_verify=False))
+    assert words in err.message
+    layer = hashlib.sha256(img.build()[1]["layer"]).hexdigest()
+    assert not any(layer in p for p in stub.requests)  # refused before any layer moved
+
+
+def test_the_config_is_read_once(stub: StubRegistry, tmp_path: Path) -> None:
+    img = Image()
+    _serve(stub, img)
+    docs = img.build()[1]
+    remote = inspect_remote(parse_ref(f"{stub.host}/os:latest"), tls_verify=False)
+    assert remote.config_blob == docs["config"]
+    store = LayerStore(tmp_path / "store")
+    store.pull(remote, "snapshot-1", tls_verify=False)
+    config = f"/v2/os/blobs/{remote.config[0]}"
+    assert stub.requests.count(config) == 1
+    assert store.layout.blob(remote.config[0]).read_bytes() == docs["config"]
+    assert store.layout.image_layers(remote.digest)
+
+
+# --- registry replies ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("token", [b"[1, 2]", b'{"token": "t\\r\\nX-Evil: 1"}', b'{"token": 5}'])
+def test_a_token_reply_that_is_no_token_means_no_credentials(
+    stub: StubRegistry, token: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reply that is not an object, or a token that would break the header line."""
+    monkeypatch.setenv("HOME", str(tmp_path))  # no auth.json of this machine
+    for name in ("REGISTRY_AUTH_FILE", "XDG_RUNTIME_DIR", "DOCKER_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    challenge = f'Bearer realm="http://{stub.host}/token",service="s"'
+    stub.serve("/v2/os/manifests/latest", b"", 401, WWW_Authenticate=challenge)
+    stub.serve("/token?service=s&scope=repository%3Aos%3Apull", token)
+    with pytest.raises(RegistryError, match="asks for credentials"):
+        Client(stub.host, tls_verify=False).manifest("os", "latest")
+
+
+@pytest.mark.parametrize(
+    "parse",
+    [bundle.parse, cosign.signed_digest, referrers._entries],
+    ids=["bundle", "payload", "referrers-index"],
+)
+def test_signature_documents_nested_too_deeply_are_bad_input(parse: Any) -> None:
+    with pytest.raises(ValueError, match="nested too deeply"):
+        parse(b"[" * 30_000 + b"]" * 30_000)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import http.client
-import json
 import logging
 import os
 import re
@@ -38,6 +37,7 @@ from typing import TypeVar
 from cos.errors import ImageError
 from cos.oci import credentials
 from cos.oci.digest import check_digest, sha256_digest, short_digest
+from cos.oci.jsondoc import load_json
 
 log = logging.getLogger("cos")
 
@@ -157,13 +157,14 @@ class Client:
                     hint="check the credentials (auth.json, config.json or its credential helper)",
                     status=resp.status,
                 )
-            doc = json.loads(body)
-            token = doc.get("token") or doc.get("access_token")
+            doc = load_json(body)
+            token = (doc.get("token") or doc.get("access_token")) if isinstance(doc, dict) else None
         except (OSError, http.client.HTTPException, ValueError) as exc:
             raise RegistryError(f"registry {self.host}: token request failed ({exc})") from exc
         finally:
             conn.close()
-        return f"Bearer {token}" if token else None
+        # A token goes into a header line: anything but printable text is no token.
+        return f"Bearer {token}" if isinstance(token, str) and token.isprintable() else None
 
     # -- requests ------------------------------------------------------------------------
     @contextmanager
