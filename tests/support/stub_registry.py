@@ -24,18 +24,25 @@ class Reply:
     status: int = 200
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
+    length: int | None = None  # Content-Length, when it is to lie (a reply cut short)
 
 
 @dataclass
 class StubRegistry:
     host: str = ""
-    routes: dict[str, Reply] = field(default_factory=dict)  # request path -> reply
+    routes: dict[str, list[Reply]] = field(default_factory=dict)  # path -> replies, in turn
     requests: list[str] = field(default_factory=list)  # paths asked for, in order
 
     def serve(self, path: str, body: bytes, status: int = 200, **headers: str) -> None:
-        self.routes[path] = Reply(
-            status, body, {k.replace("_", "-"): v for k, v in headers.items()}
-        )
+        named = {k.replace("_", "-"): v for k, v in headers.items()}
+        self.routes[path] = [Reply(status, body, named)]
+
+    def reply(self, path: str) -> Reply | None:
+        """The next reply for path: each one once, the last one for good."""
+        replies = self.routes.get(path)
+        if not replies:
+            return None
+        return replies.pop(0) if len(replies) > 1 else replies[0]
 
 
 @contextmanager
@@ -45,14 +52,15 @@ def stub_registry() -> Iterator[StubRegistry]:
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             stub.requests.append(self.path)
-            reply = stub.routes.get(self.path)
+            reply = stub.reply(self.path)
             if reply is None:
                 reply = Reply(200, b"{}") if self.path == "/v2/" else Reply(404, b"not found")
             self.send_response(reply.status)
             headers = {"Content-Type": "application/octet-stream", **reply.headers}
             for k, v in headers.items():
                 self.send_header(k, v)
-            self.send_header("Content-Length", str(len(reply.body)))
+            length = len(reply.body) if reply.length is None else reply.length
+            self.send_header("Content-Length", str(length))
             self.end_headers()
             self.wfile.write(reply.body)
 

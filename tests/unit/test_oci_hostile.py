@@ -19,7 +19,7 @@ import pytest
 from cos.actions.images import PullRequest, inspect_image, pull_image
 from cos.config import Config
 from cos.errors import CosError, ImageError
-from cos.oci import bundle, cosign, referrers, streams
+from cos.oci import bundle, cosign, referrers, registry, streams
 from cos.oci.layout import MANIFEST_TYPES
 from cos.oci.reference import parse_ref
 from cos.oci.registry import Client, RegistryError
@@ -27,7 +27,7 @@ from cos.oci.store import LayerStore, inspect_remote
 from cos.oci.streams import CappedTarInfo
 from tests.support.hostile_oci import Image, Op, Raw, Signing, deep, public_key
 from tests.support.hostile_tar import assemble, header, octal, pad
-from tests.support.stub_registry import StubRegistry, plain_http, stub_registry
+from tests.support.stub_registry import Reply, StubRegistry, plain_http, stub_registry
 
 
 def refused(action: Any) -> CosError:
@@ -255,6 +255,35 @@ def test_the_config_is_read_once(stub: StubRegistry, tmp_path: Path) -> None:
 
 
 # --- registry replies ----------------------------------------------------------------------
+
+
+def test_a_config_corrupted_on_the_way_is_fetched_again(
+    stub: StubRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(registry, "ATTEMPTS", 2)
+    img = Image()
+    _serve(stub, img)
+    config = img.build()[1]["config"]
+    path = f"/v2/os/blobs/sha256:{hashlib.sha256(config).hexdigest()}"
+    stub.routes[path].insert(0, Reply(200, config[:-1] + b"!"))
+    remote = inspect_remote(parse_ref(f"{stub.host}/os:latest"), tls_verify=False)
+    assert remote.config_blob == config and stub.requests.count(path) == 2
+
+
+@pytest.mark.parametrize("what", ["manifest", "config"])
+def test_a_reply_cut_short_is_a_clean_error(stub: StubRegistry, what: str) -> None:
+    """A connection that ends inside the body (a proxy, a reset) is a transient failure,
+    retried; the bytes that did arrive are not taken for the document."""
+    img = Image()
+    _serve(stub, img)
+    config = img.build()[1]["config"]
+    path = "/v2/os/manifests/latest"
+    if what == "config":
+        path = f"/v2/os/blobs/sha256:{hashlib.sha256(config).hexdigest()}"
+    good = stub.routes[path][0]
+    stub.routes[path] = [Reply(200, good.body[:10], good.headers, length=len(good.body))]
+    err = refused(lambda: inspect_remote(parse_ref(f"{stub.host}/os:latest"), tls_verify=False))
+    assert "cut short" in err.message
 
 
 @pytest.mark.parametrize("token", [b"[1, 2]", b'{"token": "t\\r\\nX-Evil: 1"}', b'{"token": 5}'])

@@ -237,7 +237,7 @@ class Client:
                     raise RegistryError(f"{what}: manifest unknown", status=404)
                 if r.status != 200:
                     raise RegistryError(f"{what}: HTTP {r.status}", status=r.status)
-                data = r.read(MAX_MANIFEST + 1)
+                data = _body(r, MAX_MANIFEST)
                 if len(data) > MAX_MANIFEST:
                     raise RegistryError(f"{what}: manifest larger than {MAX_MANIFEST} bytes")
                 return data, (r.getheader("Content-Type") or "").split(";")[0].strip()
@@ -375,12 +375,14 @@ class Client:
             ) as r:
                 if r.status != 200:
                     raise RegistryError(f"{what}: HTTP {r.status}", status=r.status)
-                return r.read(cap + 1)
+                data = _body(r, cap)
+            if len(data) > cap:
+                raise MismatchError(f"{what}: larger than {cap} bytes")
+            if sha256_digest(data) != digest:
+                raise _Retry("received bytes do not match the digest", mismatch=True)
+            return data
 
-        data = self._retrying(what, once)
-        if len(data) > cap or sha256_digest(data) != digest:
-            raise MismatchError(f"{what}: larger than {cap} bytes or not matching its digest")
-        return data
+        return self._retrying(what, once)
 
     def put_blob(self, repo: str, data: bytes) -> str:
         """Upload data as a blob (monolithic: POST, then PUT with the digest); its digest."""
@@ -423,6 +425,18 @@ class Client:
                 f"{body[:200].decode(errors='replace')})",
                 status=status,
             )
+
+
+def _body(resp: http.client.HTTPResponse, cap: int) -> bytes:
+    """At most cap + 1 bytes of a response body; a connection that breaks while it is
+    read is a transient failure like one that breaks before the reply."""
+    try:
+        data = resp.read(cap + 1)
+    except (OSError, http.client.HTTPException) as exc:
+        raise _Retry(f"reply interrupted ({type(exc).__name__}: {exc})") from exc
+    if len(data) <= cap and resp.length:  # the connection closed before Content-Length
+        raise _Retry(f"reply cut short ({resp.length} bytes missing)")
+    return data
 
 
 def split_name(name: str) -> tuple[str, str]:
