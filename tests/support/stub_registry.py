@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from cos.oci import registry
+from cos.oci import registries, registry
 
 
 @dataclass
@@ -80,6 +80,8 @@ def stub_registry() -> Iterator[StubRegistry]:
 
 
 def plain_http(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The registry client speaks plain HTTP at once (no TLS probe) and does not retry."""
+    """The registry client speaks plain HTTP at once (no TLS probe) and does not retry;
+    reads go to the stub itself, whatever registries.conf this machine has."""
     monkeypatch.setattr(registry.Client, "_base", lambda self: "http")
     monkeypatch.setattr(registry, "ATTEMPTS", 1)
+    monkeypatch.setattr(registries, "load", lambda *a, **kw: registries.RegistriesConf())

@@ -20,12 +20,13 @@ from cos.actions.images import PullRequest, inspect_image, pull_image
 from cos.config import Config
 from cos.errors import CosError, ImageError
 from cos.oci import bundle, cosign, referrers, registry, streams
-from cos.oci.layout import MANIFEST_TYPES
+from cos.oci.layout import MANIFEST_TYPES, LayerBlob
+from cos.oci.overlayform import unpack_layer
 from cos.oci.reference import parse_ref
 from cos.oci.registry import Client, RegistryError
 from cos.oci.store import LayerStore, inspect_remote
 from cos.oci.streams import CappedTarInfo
-from tests.support.hostile_oci import Image, Op, Raw, Signing, deep, public_key
+from tests.support.hostile_oci import TAR, Image, Op, Raw, Signing, deep, public_key
 from tests.support.hostile_tar import assemble, header, octal, pad
 from tests.support.stub_registry import Reply, StubRegistry, plain_http, stub_registry
 
@@ -144,6 +145,33 @@ def test_a_small_sparse_map_is_read() -> None:
         names = [m.name for m in tf]
     assert "f" in names and "etc/os-release" in names
     assert streams.MAX_MEMBER_HEADERS >= 2 * streams.MAX_EXT_HEADER
+
+
+@pytest.mark.parametrize(
+    ("piece", "words"),
+    [
+        (
+            header(name=b"././@PaxHeader", type=b"x") * 3000 + header(name=b"m"),
+            f"more than {streams.MAX_EXT_CHAIN} chained",
+        ),
+        (header(name=b".wh..wh..opq", size=b"\x80" + (1 << 40).to_bytes(11, "big")), "ends"),
+        (_sparse_10(1_000_000), "sparse map"),
+        (_old_gnu_sparse(20_000), "sparse map"),
+    ],
+    ids=["chain", "size", "gnu-1.0", "old-gnu"],
+)
+def test_a_layer_in_overlayfs_form_has_the_same_header_limits(
+    tmp_path: Path, piece: bytes, words: str
+) -> None:
+    """The layers backend unpacks each layer on its own (overlayform), through the
+    unpacker's tar reader: the same headers are refused there, and nothing is left."""
+    blob = tmp_path / "layer.tar"
+    blob.write_bytes(piece + b"\0" * 1024)
+    start = time.monotonic()
+    err = refused(lambda: unpack_layer(LayerBlob(blob, TAR, "layer 1/1"), tmp_path / "tree"))
+    assert words in err.message
+    assert time.monotonic() - start < 30
+    assert not (tmp_path / "tree").exists()
 
 
 # --- signatures ----------------------------------------------------------------------------
