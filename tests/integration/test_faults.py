@@ -7,6 +7,7 @@ blobs whose bytes match their digest, and no half tree carries the name asked fo
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cli import cos, push, refused, tiny_layout
+from tests.support.cli import cos, push_manifest, refused, tiny_layout
 from tests.support.faultproxy import Fault, FaultProxy
 
 pytestmark = pytest.mark.integration
@@ -49,9 +50,14 @@ def images(local_registry: str, tmp_path_factory: pytest.TempPathFactory) -> dic
     subprocess.run(
         ["umoci", "raw", "add-layer", "--image", f"{layout}:plus", str(small)], check=True
     )
-    push(layout, "base", f"{local_registry}/faults/img:base")
-    push(layout, "plus", f"{local_registry}/faults/img:plus")
-    return {"layout": str(layout), "payload": hashlib.sha256(payload.encode()).hexdigest()}
+    base = json.loads(push_manifest(layout, "base", f"{local_registry}/faults/img:base"))
+    push_manifest(layout, "plus", f"{local_registry}/faults/img:plus")
+    return {
+        "layout": str(layout),
+        "payload": hashlib.sha256(payload.encode()).hexdigest(),
+        # Faults aim at the big layer: the config is read (whole, retried) before the pull.
+        "big": f"/blobs/{base['layers'][0]['digest']}",
+    }
 
 
 @pytest.fixture
@@ -115,6 +121,7 @@ def blob_gets(proxy: FaultProxy) -> list:  # type: ignore[type-arg]
 def test_transient_faults_are_survived(
     fault: Fault, proxy: FaultProxy, images: dict[str, str], cache: Path, tmp_path: Path
 ) -> None:
+    fault = dataclasses.replace(fault, path=images["big"])
     proxy.inject(fault)
     pull(proxy, "base", tmp_path / "tree")
     tree_hash = hashlib.sha256((tmp_path / "tree/big").read_bytes()).hexdigest()
@@ -130,7 +137,7 @@ def test_transient_faults_are_survived(
 def test_persistent_corruption_fails_cleanly(
     proxy: FaultProxy, images: dict[str, str], cache: Path, tmp_path: Path
 ) -> None:
-    proxy.inject(Fault("corrupt", times=100))
+    proxy.inject(Fault("corrupt", times=100, path=images["big"]))
     r = pull(proxy, "base", tmp_path / "tree", check=False)
     refused(r, 4, "do not match the digest")
     assert not (tmp_path / "tree").exists() and not (tmp_path / ".tree.partial").exists()
@@ -141,7 +148,11 @@ def test_dropped_link_then_later_pull_resumes(
     proxy: FaultProxy, images: dict[str, str], cache: Path, tmp_path: Path
 ) -> None:
     # Some bytes arrive, then the link stays down for good.
-    proxy.inject(Fault("drop", after_bytes=BIG // 8), Fault("drop", times=100, after_bytes=0))
+    big = images["big"]
+    proxy.inject(
+        Fault("drop", after_bytes=BIG // 8, path=big),
+        Fault("drop", times=100, after_bytes=0, path=big),
+    )
     r = pull(proxy, "base", tmp_path / "tree", check=False)
     refused(r, 4, "attempts")
     assert tags(cache) == [] and not (tmp_path / "tree").exists()
@@ -156,7 +167,7 @@ def test_ctrl_c_leaves_the_store_consistent(
     proxy: FaultProxy, images: dict[str, str], cache: Path, tmp_path: Path
 ) -> None:
     # Slow enough (≈ 9 s for the big blob) that a loaded machine still catches it mid-blob.
-    proxy.inject(Fault("slow", delay=0.5, chunk=128 * 1024, times=100))
+    proxy.inject(Fault("slow", delay=0.5, chunk=128 * 1024, times=100, path=images["big"]))
     proc = subprocess.Popen(
         [
             sys.executable,

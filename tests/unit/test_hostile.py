@@ -358,6 +358,12 @@ def test_a_damaged_layer_is_estimated_not_fatal(tmp_path: Path) -> None:
     assert not (store.path / TAR_SIZES / digest.removeprefix("sha256:")).exists()
 
 
+def test_a_double_dash_as_a_value_is_a_missing_value(capsys: pytest.CaptureFixture[str]) -> None:
+    """argparse hands a positional an empty list when `--` is its value after `--`."""
+    rc, _, err = run(capsys, "pull-image", "--", "--cosign-key", "--")
+    assert rc == ExitCode.USAGE and "DIR: expected one value" in one_error(err)
+
+
 @pytest.mark.parametrize("prefix", ["", ".", "/", ".."])
 def test_generate_key_pair_needs_a_name(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefix: str

@@ -25,7 +25,8 @@ from cos.boot.bootloader import (
 )
 from cos.boot.oem import write_oem
 from cos.boot.recovery import RECOVERY_LABEL, write_recovery
-from cos.cloudinit.hooks import run_hook, run_sandboxed_hook
+from cos.cloudinit.hooks import run_hook
+from cos.cloudinit.sandbox import run_sandboxed_hook
 from cos.cloudinit.sources import build_sources, check_cloud_init
 from cos.config import Config, SnapshotterKind
 from cos.disk import formats

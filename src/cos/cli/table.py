@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -26,6 +26,18 @@ if TYPE_CHECKING:
 class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one line + hint, exit 2, like every other error
         raise UsageError(message, hint=f"see '{self.prog} --help'")
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        """argparse (before 3.12) drops a `--` given as a value after `--` and hands the
+        positional that took it an empty list: that is a missing value."""
+        ns, extra = super().parse_known_args(args, namespace)
+        for action in self._actions:
+            one = not action.option_strings and action.nargs is None
+            if one and isinstance(getattr(ns, action.dest, None), list):
+                self.error(f"argument {action.metavar or action.dest}: expected one value")
+        return ns, extra
 
 
 @dataclass(frozen=True)

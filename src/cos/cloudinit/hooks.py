@@ -2,18 +2,17 @@
 
 before-/after-<action> run on the running system; after-<action>-chroot runs inside
 the tree being installed, with /dev, /proc and /sys bound in so that commands behave
-as they would on the booted system. Hook errors are reported, not fatal, as in
+as they would on the booted system (on a build machine, in a sandbox:
+cos.cloudinit.sandbox). Hook errors are reported, not fatal, as in
 Elemental: a hook can make a system unbootable, which boot assessment then catches.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from cos import run as runner
 from cos.cloudinit.loader import LoadResult, load_cmdline, load_source
 from cos.cloudinit.plugins.base import Context
 from cos.cloudinit.runner import Summary, run_stage, template_values
@@ -71,26 +70,6 @@ def run_hook(name: str, sources: list[str], root: Path = Path("/")) -> None:
     report(name, loaded, summary)
     if summary.failed:
         log.warning("hook %s: %s", name, summary.render())
-
-
-def run_sandboxed_hook(name: str, sources: list[str], tree: Path, *, network: bool) -> None:
-    """A build-time hook over an image's own cloud-configs, on the build machine.
-
-    The image may be hostile, so the stage runs in a child of its own: new mount,
-    PID, IPC and UTS namespaces (its mounts, processes and hostname never reach the
-    build machine), a network namespace without interfaces unless network is allowed,
-    and cos's confinement of every step to the tree (commands run chrooted in it).
-    """
-    if not sources:
-        return
-    argv = ["unshare", "--mount", "--propagation", "private", "--pid", "--fork"]
-    argv += ["--ipc", "--uts", *([] if network else ["--net"])]
-    argv += [sys.executable, "-m", "cos", "cloud-init", "-s", name, "--root", str(tree)]
-    res = runner.run([*argv, *sources], check=False, timeout=3600)
-    for line in res.stderr.splitlines():
-        log.info("  [%s] %s", name, line)
-    if res.returncode != 0:
-        log.warning("hook %s: exit %d (see above)", name, res.returncode)
 
 
 @contextmanager

@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
 from cos.oci.cosign import PrivateKey, PublicKey, sign, signature_valid
 from cos.oci.digest import check_digest
+from cos.oci.jsondoc import load_json
 
 BUNDLE_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 BUNDLE_PREFIX = "application/vnd.dev.sigstore.bundle"
@@ -168,15 +169,15 @@ class Bundle:
 
     @property
     def tlog_entries(self) -> list[dict[str, Any]]:
-        entries = self.doc.get("verificationMaterial", {}).get("tlogEntries") or []
-        return [e for e in entries if isinstance(e, dict)]
+        entries = self.doc.get("verificationMaterial", {}).get("tlogEntries")
+        return [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
 
 
 def parse(data: bytes) -> Bundle:
     """The bundle document (ValueError when it is not a v0.3+ key-based bundle)."""
     if len(data) > MAX_BUNDLE:
         raise ValueError("bundle too large")
-    doc = json.loads(data, object_pairs_hook=_no_duplicates)
+    doc = load_json(data, _no_duplicates)
     if not isinstance(doc, dict):
         raise ValueError("not a JSON object")
     m = _VERSION.fullmatch(str(doc.get("mediaType", "")))
@@ -222,7 +223,7 @@ def signed_digests(key: PublicKey, bundle: Bundle) -> set[str]:
             isinstance(s, dict) and signature_valid(key, message, _bytes(s, "sig")) for s in sigs
         ):
             raise InvalidSignature
-        st = json.loads(payload, object_pairs_hook=_no_duplicates)
+        st = load_json(payload, _no_duplicates)
         if not isinstance(st, dict) or st.get("_type") not in STATEMENT_TYPES:
             raise ValueError("the payload is not an in-toto statement")
         if st.get("predicateType") != SIGN_PREDICATE:

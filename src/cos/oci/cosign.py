@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
 from cos.errors import ImageError
 from cos.oci.digest import check_digest, sha256_digest
+from cos.oci.jsondoc import load_json
 
 PAYLOAD_TYPE = "application/vnd.dev.cosign.simplesigning.v1+json"
 SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
@@ -105,7 +106,7 @@ def load_private_key(path: Path, password: bytes) -> PrivateKey:
             hint="expected a PEM block 'ENCRYPTED SIGSTORE PRIVATE KEY'",
         )
     try:
-        doc = json.loads(base64.b64decode("".join(m.group(2).split()), validate=True))
+        doc = load_json(base64.b64decode("".join(m.group(2).split()), validate=True))
         kdf, cipher = doc["kdf"], doc["cipher"]
         if kdf.get("name") != "scrypt" or cipher.get("name") != "nacl/secretbox":
             raise ValueError(f"unsupported kdf/cipher {kdf.get('name')}/{cipher.get('name')}")
@@ -245,7 +246,7 @@ def signed_digest(data: bytes) -> str:
     """The manifest digest a verified payload vouches for (ValueError if malformed)."""
     if len(data) > MAX_PAYLOAD:
         raise ValueError("payload too large")
-    doc = json.loads(data, object_pairs_hook=_pairs_no_duplicates)
+    doc = load_json(data, _pairs_no_duplicates)
     critical = _get(doc, "critical") if isinstance(doc, dict) else None
     if not isinstance(critical, dict):
         raise ValueError("payload has no 'critical' section")

@@ -19,7 +19,6 @@ pull that opens several connections asks the helper once.
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import os
 import re
@@ -28,6 +27,7 @@ from typing import Any
 
 from cos import run as runner
 from cos.errors import ImageError, ToolError
+from cos.oci.jsondoc import load_json
 
 log = logging.getLogger("cos")
 
@@ -102,7 +102,7 @@ def from_helper(name: str, host: str, where: Path) -> tuple[str, str] | None:
 
 def _parse_answer(text: str, tool: str, host: str) -> tuple[str, str] | None:
     try:
-        doc: Any = json.loads(text)
+        doc: Any = load_json(text)
         user, secret = doc["Username"], doc["Secret"]
         if not isinstance(user, str) or not isinstance(secret, str):
             raise TypeError("Username and Secret must be strings")
@@ -148,7 +148,7 @@ def credentials(host: str) -> tuple[str, str] | None:
     """user, password for host from the first auth file that yields them."""
     for f in auth_files():
         try:
-            doc = json.loads(f.read_text())
+            doc = load_json(f.read_text())
         except (OSError, ValueError):
             continue
         if isinstance(doc, dict):

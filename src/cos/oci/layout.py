@@ -10,13 +10,13 @@ cover) is then exactly what gets unpacked.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cos.errors import ImageError
 from cos.oci.digest import blob_path, check_digest, sha256_digest, short_digest
+from cos.oci.jsondoc import load_json
 
 REF_NAME = "org.opencontainers.image.ref.name"
 MAX_JSON = 4 << 20  # manifest, index and config
@@ -101,7 +101,7 @@ class OciLayout:
                 raw = f.read(MAX_JSON + 1)
             if len(raw) > MAX_JSON:
                 raise ValueError(f"larger than {MAX_JSON} bytes")
-            doc = json.loads(raw)
+            doc = load_json(raw)
         except (OSError, ValueError) as exc:
             raise self._damaged(exc) from exc
         if not isinstance(doc, dict):
@@ -164,7 +164,7 @@ class OciLayout:
         """A manifest, index or config: checked like read_blob, and a JSON object."""
         raw = self.read_blob(digest, what, MAX_JSON, size)
         try:
-            doc = json.loads(raw)
+            doc = load_json(raw)
         except ValueError as exc:
             raise LayoutError(f"{what} {digest} is not valid JSON: {exc}") from exc
         if not isinstance(doc, dict):
@@ -182,51 +182,79 @@ class OciLayout:
         manifest_digest = check_digest(manifest_digest, "manifest")
         self.require()
         manifest = self.read_json(manifest_digest, "manifest")
-        if "manifests" in manifest:
-            raise LayoutError(
-                f"{manifest_digest} is an image index, not a manifest",
-                hint="pass the digest of the platform manifest",
-            )
-        media_type = manifest.get("mediaType", MANIFEST_TYPES[0])
-        if media_type not in MANIFEST_TYPES or manifest.get("schemaVersion") != 2:
-            raise LayoutError(
-                f"manifest {manifest_digest}: unsupported type {media_type!r}",
-                hint="only OCI and Docker schema 2 image manifests can be unpacked",
-            )
-        cdigest, csize, _ = _descriptor(manifest.get("config"), "config")
-        config = self.read_json(cdigest, "config", csize)
-        rootfs = config.get("rootfs")
-        if not isinstance(rootfs, dict):
-            rootfs = {}
-        diff_ids = rootfs.get("diff_ids")
-        if not isinstance(diff_ids, list) or rootfs.get("type") != "layers":
-            raise LayoutError(f"config {cdigest} has no rootfs.diff_ids", hint="rebuild the image")
-        layers = manifest.get("layers")
-        if not isinstance(layers, list):
-            raise LayoutError(f"manifest {manifest_digest} has no layer list")
-        if len(layers) != len(diff_ids):
-            raise LayoutError(
-                f"manifest {manifest_digest} has {len(layers)} layers, "
-                f"its config lists {len(diff_ids)} diff_ids",
-                hint="the image is inconsistent; rebuild it",
-            )
-        out = []
-        for i, (desc, diff_id) in enumerate(zip(layers, diff_ids, strict=True), 1):
-            what = f"layer {i}/{len(layers)}"
-            digest, size, mt = _descriptor(desc, what)
-            label = f"{what} ({short_digest(digest)})"
-            if mt not in LAYER_MEDIA_TYPES:
-                raise LayoutError(
-                    f"{label}: unsupported media type {mt!r}",
-                    hint="layers must be tar, tar+gzip or tar+zstd",
-                )
-            diff_id = check_digest(diff_id, f"{what} diff_id")
-            out.append(LayerBlob(self.blob(digest), mt, label, digest, size, diff_id))
-        return out
+        config, layers = image_descriptors(manifest, manifest_digest)
+        diff_ids = config_diff_ids(
+            self.read_json(config.digest, "config", config.size), config.digest, len(layers)
+        )
+        return [
+            LayerBlob(self.blob(d.digest), d.media_type, d.label, d.digest, d.size, diff_id)
+            for d, diff_id in zip(layers, diff_ids, strict=True)
+        ]
 
 
-def _descriptor(doc: object, what: str) -> tuple[str, int, str]:
-    """(digest, size, media type) of a descriptor, the digest checked."""
+@dataclass(frozen=True)
+class Descriptor:
+    """A checked descriptor: a well-formed digest, a size, a media type, how errors name it."""
+
+    digest: str
+    size: int
+    media_type: str
+    label: str
+
+
+def image_descriptors(
+    manifest: dict[str, Any], manifest_digest: str
+) -> tuple[Descriptor, list[Descriptor]]:
+    """The config and layer descriptors of an image manifest, checked as the unpacker needs
+    them: the one place that says what a usable manifest is (layouts and registries)."""
+    if "manifests" in manifest:
+        raise LayoutError(
+            f"{manifest_digest} is an image index, not a manifest",
+            hint="pass the digest of the platform manifest",
+        )
+    media_type = manifest.get("mediaType", MANIFEST_TYPES[0])
+    if media_type not in MANIFEST_TYPES or manifest.get("schemaVersion") != 2:
+        raise LayoutError(
+            f"manifest {manifest_digest}: unsupported type {str(media_type)[:80]!r}",
+            hint="only OCI and Docker schema 2 image manifests can be unpacked",
+        )
+    config = _descriptor(manifest.get("config"), "config")
+    layers = manifest.get("layers")
+    if not isinstance(layers, list):
+        raise LayoutError(f"manifest {manifest_digest} has no layer list")
+    out = []
+    for i, desc in enumerate(layers, 1):
+        d = _descriptor(desc, f"layer {i}/{len(layers)}")
+        if d.media_type not in LAYER_MEDIA_TYPES:
+            raise LayoutError(
+                f"{d.label}: unsupported media type {d.media_type[:80]!r}",
+                hint="layers must be tar, tar+gzip or tar+zstd",
+            )
+        out.append(d)
+    return config, out
+
+
+def config_diff_ids(config: dict[str, Any], config_digest: str, layers: int) -> list[str]:
+    """The config's diff_ids, one well-formed digest per layer of the manifest."""
+    rootfs = config.get("rootfs")
+    if not isinstance(rootfs, dict):
+        rootfs = {}
+    diff_ids = rootfs.get("diff_ids")
+    if not isinstance(diff_ids, list) or rootfs.get("type") != "layers":
+        raise LayoutError(
+            f"config {config_digest} has no rootfs.diff_ids", hint="rebuild the image"
+        )
+    if len(diff_ids) != layers:
+        raise LayoutError(
+            f"the manifest has {layers} layers, config {config_digest} lists"
+            f" {len(diff_ids)} diff_ids",
+            hint="the image is inconsistent; rebuild it",
+        )
+    return [check_digest(d, f"layer {i}/{layers} diff_id") for i, d in enumerate(diff_ids, 1)]
+
+
+def _descriptor(doc: object, what: str) -> Descriptor:
+    """A descriptor object's digest (checked), size and media type."""
     if not isinstance(doc, dict):
         raise LayoutError(f"{what}: descriptor is not an object")
     digest = check_digest(doc.get("digest"), what)
@@ -234,4 +262,5 @@ def _descriptor(doc: object, what: str) -> tuple[str, int, str]:
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise LayoutError(f"{what}: descriptor has no valid size")
     media_type = doc.get("mediaType")
-    return digest, size, media_type if isinstance(media_type, str) else ""
+    label = what if what == "config" else f"{what} ({short_digest(digest)})"
+    return Descriptor(digest, size, media_type if isinstance(media_type, str) else "", label)

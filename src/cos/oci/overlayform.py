@@ -5,9 +5,10 @@ becomes a read-only filesystem image and overlayfs stacks them. Overlayfs reads
 deletions from the layer itself, spelled differently from OCI: a whiteout is a
 character device 0/0 named like the deleted entry (OCI: ``.wh.NAME``), an opaque
 directory carries the xattr ``trusted.overlay.opaque=y`` (OCI: ``.wh..wh..opq``).
-Everything else is unpacked by the same unpacker, with the same containment and
-digest checks, so the stack shows what applying the layers shows (checked against
-the unpacker, entry for entry, by the layers backend's integration tests).
+Everything else is unpacked by the same unpacker, with the same containment, tar header
+limits (cos.oci.streams) and digest checks, so the stack shows what applying the layers
+shows (checked against the unpacker, entry for entry, by the layers backend's
+integration tests).
 
 Refused, because a layer image cannot hold them: a character device 0/0 of the image
 itself (overlayfs would take it for a whiteout), and a hard link to a file of a lower

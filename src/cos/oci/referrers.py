@@ -26,6 +26,7 @@ from cos.errors import ImageError
 from cos.fsutil import atomic_write
 from cos.oci import bundle
 from cos.oci.digest import check_digest, sha256_digest, short_digest
+from cos.oci.jsondoc import load_json
 from cos.oci.layout import REF_NAME, OciLayout
 from cos.oci.reference import ImageRef, Transport
 from cos.oci.registry import RegistryError
@@ -123,7 +124,7 @@ class _Layout:
 
     def subject(self, digest: str) -> dict[str, Any]:
         raw = self.oci.read_blob(digest, "manifest")
-        media = json.loads(raw).get("mediaType") or bundle.MANIFEST_TYPE
+        media = load_json(raw).get("mediaType") or bundle.MANIFEST_TYPE
         return {"mediaType": media, "size": len(raw), "digest": digest}
 
 
@@ -138,10 +139,12 @@ def _place(ref: ImageRef, tls_verify: bool, write: bool = False) -> _Place:
 def _entries(raw: bytes | None) -> list[dict[str, Any]]:
     if raw is None:
         return []
-    doc = json.loads(raw)
+    doc = load_json(raw)
     if not isinstance(doc, dict) or doc.get("schemaVersion") != 2:
         raise ValueError("the referrers index is not an OCI index")
     manifests = doc.get("manifests") or []
+    if not isinstance(manifests, list):
+        raise ValueError("the referrers index has no list of manifests")
     return [m for m in manifests if isinstance(m, dict)][:MAX_REFERRERS]
 
 
@@ -158,10 +161,10 @@ def fetch_bundles(ref: ImageRef, digest: str, tls_verify: bool = True) -> list[b
     out = []
     for entry in entries:
         try:
-            doc = json.loads(place.manifest(check_digest(entry.get("digest"), "referrer")))
-            layers = doc.get("layers") or []
+            doc = load_json(place.manifest(check_digest(entry.get("digest"), "referrer")))
+            layers = doc.get("layers")
             subject = (doc.get("subject") or {}).get("digest")
-            if len(layers) != 1 or subject not in (None, digest):
+            if not isinstance(layers, list) or len(layers) != 1 or subject not in (None, digest):
                 continue
             layer = layers[0]
             if not str(layer.get("mediaType", "")).startswith(bundle.BUNDLE_PREFIX):

@@ -22,7 +22,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import http.client
-import json
 import logging
 import os
 import re
@@ -38,6 +37,7 @@ from typing import TypeVar
 from cos.errors import ImageError
 from cos.oci import credentials
 from cos.oci.digest import check_digest, sha256_digest, short_digest
+from cos.oci.jsondoc import load_json
 
 log = logging.getLogger("cos")
 
@@ -157,13 +157,14 @@ class Client:
                     hint="check the credentials (auth.json, config.json or its credential helper)",
                     status=resp.status,
                 )
-            doc = json.loads(body)
-            token = doc.get("token") or doc.get("access_token")
+            doc = load_json(body)
+            token = (doc.get("token") or doc.get("access_token")) if isinstance(doc, dict) else None
         except (OSError, http.client.HTTPException, ValueError) as exc:
             raise RegistryError(f"registry {self.host}: token request failed ({exc})") from exc
         finally:
             conn.close()
-        return f"Bearer {token}" if token else None
+        # A token goes into a header line: anything but printable text is no token.
+        return f"Bearer {token}" if isinstance(token, str) and token.isprintable() else None
 
     # -- requests ------------------------------------------------------------------------
     @contextmanager
@@ -236,7 +237,7 @@ class Client:
                     raise RegistryError(f"{what}: manifest unknown", status=404)
                 if r.status != 200:
                     raise RegistryError(f"{what}: HTTP {r.status}", status=r.status)
-                data = r.read(MAX_MANIFEST + 1)
+                data = _body(r, MAX_MANIFEST)
                 if len(data) > MAX_MANIFEST:
                     raise RegistryError(f"{what}: manifest larger than {MAX_MANIFEST} bytes")
                 return data, (r.getheader("Content-Type") or "").split(";")[0].strip()
@@ -374,12 +375,14 @@ class Client:
             ) as r:
                 if r.status != 200:
                     raise RegistryError(f"{what}: HTTP {r.status}", status=r.status)
-                return r.read(cap + 1)
+                data = _body(r, cap)
+            if len(data) > cap:
+                raise MismatchError(f"{what}: larger than {cap} bytes")
+            if sha256_digest(data) != digest:
+                raise _Retry("received bytes do not match the digest", mismatch=True)
+            return data
 
-        data = self._retrying(what, once)
-        if len(data) > cap or sha256_digest(data) != digest:
-            raise MismatchError(f"{what}: larger than {cap} bytes or not matching its digest")
-        return data
+        return self._retrying(what, once)
 
     def put_blob(self, repo: str, data: bytes) -> str:
         """Upload data as a blob (monolithic: POST, then PUT with the digest); its digest."""
@@ -422,6 +425,18 @@ class Client:
                 f"{body[:200].decode(errors='replace')})",
                 status=status,
             )
+
+
+def _body(resp: http.client.HTTPResponse, cap: int) -> bytes:
+    """At most cap + 1 bytes of a response body; a connection that breaks while it is
+    read is a transient failure like one that breaks before the reply."""
+    try:
+        data = resp.read(cap + 1)
+    except (OSError, http.client.HTTPException) as exc:
+        raise _Retry(f"reply interrupted ({type(exc).__name__}: {exc})") from exc
+    if len(data) <= cap and resp.length:  # the connection closed before Content-Length
+        raise _Retry(f"reply cut short ({resp.length} bytes missing)")
+    return data
 
 
 def split_name(name: str) -> tuple[str, str]:

@@ -23,6 +23,7 @@ from cos.errors import ImageError, ToolError
 from cos.fsutil import atomic_write
 from cos.oci import bundle, cosign, referrers
 from cos.oci.digest import blob_path, check_digest, sha256_digest
+from cos.oci.jsondoc import load_json
 from cos.oci.layout import REF_NAME, OciLayout
 from cos.oci.reference import ImageRef, Transport
 from cos.oci.registries import load as registries_conf
@@ -58,7 +59,7 @@ def _read_layout(layout: Path, tag: str) -> tuple[dict[str, Any], dict[str, byte
     try:
         manifest = oci.read_json(digest, "signature manifest")
         payloads = {}
-        for layer in manifest.get("layers", [])[:MAX_SIGNATURES]:
+        for layer in _signature_layers(manifest):
             if layer.get("mediaType") == cosign.PAYLOAD_TYPE:
                 d = str(layer.get("digest"))
                 # cosign.verify checks each payload against its digest and names a mismatch.
@@ -89,9 +90,11 @@ def _read_registry(
             if exc.status == 404:
                 return None
             raise
-        manifest = json.loads(raw)
+        manifest = load_json(raw)
+        if not isinstance(manifest, dict):
+            raise ValueError("not a JSON object")
         payloads = {}
-        for layer in manifest.get("layers", [])[:MAX_SIGNATURES]:
+        for layer in _signature_layers(manifest):
             if layer.get("mediaType") == cosign.PAYLOAD_TYPE:
                 d = check_digest(layer.get("digest"), "signature payload")
                 payloads[d] = repo.small_blob(d, cosign.MAX_PAYLOAD)
@@ -121,16 +124,24 @@ def fetch_signatures(
         return []
     manifest, payloads = found
     out = []
-    for layer in manifest.get("layers", [])[:MAX_SIGNATURES]:
+    for layer in _signature_layers(manifest):
         d = str(layer.get("digest"))
-        ann = layer.get("annotations") or {}
-        if d in payloads and isinstance(ann.get(cosign.SIGNATURE_ANNOTATION), str):
-            out.append(
-                cosign.Signature(
-                    payloads[d], ann[cosign.SIGNATURE_ANNOTATION], d, int(layer.get("size", -1))
-                )
-            )
+        ann = layer.get("annotations")
+        b64 = ann.get(cosign.SIGNATURE_ANNOTATION) if isinstance(ann, dict) else None
+        size = layer.get("size")
+        if not isinstance(size, int) or isinstance(size, bool):
+            size = -1  # matches no payload: verify names the mismatch
+        if d in payloads and isinstance(b64, str):
+            out.append(cosign.Signature(payloads[d], b64, d, size))
     return out
+
+
+def _signature_layers(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The layer descriptors of a `.sig` manifest that are objects, at most MAX_SIGNATURES."""
+    layers = manifest.get("layers")
+    if not isinstance(layers, list):
+        return []
+    return [x for x in layers if isinstance(x, dict)][:MAX_SIGNATURES]
 
 
 def require_signed(

@@ -22,7 +22,17 @@ from cos.fsutil import atomic_write, fsync_dir
 from cos.log import log
 from cos.oci.digest import check_digest, sha256_digest, short_digest
 from cos.oci.image import LocalImage
-from cos.oci.layout import INDEX_TYPES, MANIFEST_TYPES, REF_NAME, OciLayout
+from cos.oci.jsondoc import load_json
+from cos.oci.layout import (
+    INDEX_TYPES,
+    MANIFEST_TYPES,
+    MAX_JSON,
+    REF_NAME,
+    LayoutError,
+    OciLayout,
+    config_diff_ids,
+    image_descriptors,
+)
 from cos.oci.progress import PullProgress
 from cos.oci.reference import ImageRef, Transport
 from cos.oci.registry import RegistryError
@@ -50,57 +60,90 @@ class RemoteImage:
     config: tuple[str, int]
     manifest: bytes = b""  # the raw manifest (stored as read, so the digest stays)
     media_type: str = MANIFEST_TYPES[0]
+    config_blob: bytes = b""  # the config as read and checked (b"": not read)
+
+
+def _document(raw: bytes) -> dict[str, Any]:
+    doc = load_json(raw)
+    if not isinstance(doc, dict):
+        raise ValueError("not a JSON object")
+    return doc
+
+
+def _platform_manifest(index: dict[str, Any], arch: str) -> str | None:
+    """Digest of the linux/arch manifest an image index lists (None: it lists none)."""
+    manifests = index.get("manifests", [])
+    if not isinstance(manifests, list):
+        raise ValueError("'manifests' is not a list")
+    for m in manifests:
+        platform = m.get("platform") if isinstance(m, dict) else None
+        if (
+            isinstance(platform, dict)
+            and platform.get("os") == "linux"
+            and platform.get("architecture") == arch
+        ):
+            return check_digest(m.get("digest"), "platform manifest")
+    return None
 
 
 def inspect_remote(
     ref: ImageRef, tls_verify: bool = True, arch: str = "amd64", key: Path | None = None
 ) -> RemoteImage:
-    """Read the manifest (resolving a multi-platform index to linux/arch).
+    """Read the manifest (resolving a multi-platform index to linux/arch) and the config.
 
-    With key, the image must carry a signature by it (on the index or on the
-    platform manifest, as cosign signs either) before the caller writes anything.
+    Both are checked as the unpacker checks them, so an image that could never be
+    unpacked is refused before its layers are pulled. With key, the image must carry
+    a signature by it (on the index or on the platform manifest, as cosign signs
+    either) before the config is read and before the caller writes anything.
     """
     signed: set[str] = set()
     try:
         client = Repository(ref, tls_verify)
         raw, media = client.manifest(ref.digest or ref.tag or "latest")
-        doc = json.loads(raw)
-        if not isinstance(doc, dict):
-            raise ValueError("not a JSON object")
+        doc = _document(raw)
         if "manifests" in doc and "layers" in doc:
             raise ValueError("both 'manifests' and 'layers' (ambiguous document)")
         if doc.get("mediaType") in INDEX_TYPES or "manifests" in doc:
-            pick = [
-                m
-                for m in doc.get("manifests", [])
-                if m.get("platform", {}).get("os") == "linux"
-                and m.get("platform", {}).get("architecture") == arch
-            ]
-            if not pick:
+            pick = _platform_manifest(doc, arch)
+            if pick is None:
                 raise ImageError(
                     f"image {ref} has no linux/{arch} variant",
                     hint="build or push the image for this architecture, or pass --platform",
                 )
             signed.add(sha256_digest(raw))
-            raw, media = client.manifest(check_digest(str(pick[0]["digest"])))
-            doc = json.loads(raw)
+            raw, media = client.manifest(pick)
+            doc = _document(raw)
+        digest = sha256_digest(raw)
+        config, layers = image_descriptors(doc, digest)
+        if key is not None:
+            require_signed(ref, {digest, *signed}, key, tls_verify)
+        config_blob = client.small_blob(config.digest, MAX_JSON)
+        if len(config_blob) != config.size:
+            raise ValueError(
+                f"config is {len(config_blob)} bytes, its descriptor says {config.size}"
+            )
+        config_diff_ids(_document(config_blob), config.digest, len(layers))
     except RegistryError as exc:
         raise ImageError(
             f"cannot read image {ref}: {exc.message}",
             hint=exc.hint or "check the reference and that the registry is reachable",
         ) from exc
-    except (ValueError, AttributeError, KeyError, TypeError) as exc:
-        raise ImageError(f"image {ref} has an unreadable manifest: {exc}") from exc
-    digest = sha256_digest(raw)
-    try:
-        layers = tuple((check_digest(str(x["digest"])), int(x["size"])) for x in doc["layers"])
-        config = (check_digest(str(doc["config"]["digest"])), int(doc["config"]["size"]))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ImageError(f"image {ref}: manifest without layers or config ({exc})") from exc
-    if key is not None:
-        require_signed(ref, {digest, *signed}, key, tls_verify)
-    media = str(doc.get("mediaType") or media or MANIFEST_TYPES[0])
-    return RemoteImage(ref, digest, layers, config, raw, media)
+    except LayoutError as exc:
+        raise ImageError(f"image {ref}: {exc.message}", hint=exc.hint) from exc
+    except ValueError as exc:
+        raise ImageError(f"image {ref} has an unreadable manifest or config: {exc}") from exc
+    media = next(
+        (m for m in (doc.get("mediaType"), media) if m in MANIFEST_TYPES), MANIFEST_TYPES[0]
+    )
+    return RemoteImage(
+        ref,
+        digest,
+        tuple((d.digest, d.size) for d in layers),
+        (config.digest, config.size),
+        raw,
+        str(media),
+        config_blob,
+    )
 
 
 class LayerStore:
@@ -209,6 +252,10 @@ class LayerStore:
         report = progress or PullProgress.for_terminal()
         with report.running(sum(s for _, s in missing)):
             for digest, size in missing:
+                if digest == remote.config[0] and remote.config_blob:
+                    atomic_write(self.layout.blob(digest), remote.config_blob)  # checked
+                    report.track(digest, size)(size)
+                    continue
                 try:
                     dest = self.layout.blob(digest)
                     client.blob(digest, size, dest, report.track(digest, size))

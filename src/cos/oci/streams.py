@@ -37,6 +37,8 @@ from cos.oci.layout import LAYER_MEDIA_TYPES, LayerBlob
 
 MAX_TRAILING = 256 << 20  # decompressed bytes after the end-of-archive marker
 MAX_EXT_HEADER = 1 << 20  # a PAX or GNU long-name header larger than this is not a real one
+MAX_EXT_CHAIN = 32  # extended headers before one member (real archives have two or three)
+MAX_MEMBER_HEADERS = 2 * MAX_EXT_HEADER  # all header bytes of one member, sparse maps included
 RECOPY = "the blob is damaged; re-copy or re-pull the image"
 _IN = 1 << 20  # compressed bytes per read
 _OUT = 4 << 20  # decompressed bytes per chunk at most (a bomb cannot fill memory)
@@ -272,6 +274,7 @@ _PROC_MEMBER: Callable[..., tarfile.TarInfo] | None = vars(tarfile.TarInfo).get(
 _END_OF_ARCHIVE: tuple[type[Exception], ...] = tuple(
     vars(tarfile)[n] for n in ("EOFHeaderError", "EmptyHeaderError") if n in vars(tarfile)
 )
+_CHAIN = "_cos_ext_chain"  # on the TarFile: extended headers read for the current member
 _MALFORMED = (ValueError, IndexError, KeyError, OverflowError, UnicodeError, EOFError)
 
 
@@ -289,16 +292,63 @@ class CappedTarInfo(tarfile.TarInfo):
             raise ImageError(f"corrupt tar header ({exc})", hint=HOSTILE) from exc
 
     def _proc_member(self, tf: tarfile.TarFile) -> tarfile.TarInfo:
-        if self.type in _EXT_TYPES and self.size > MAX_EXT_HEADER:
+        """tarfile reads the member an extended header belongs to by recursing, so a
+        chain of them is bounded here rather than by the interpreter's stack; and
+        everything read for one member's headers (extended headers, GNU sparse maps,
+        which tarfile keeps in lists) shares one budget, so memory stays bounded."""
+        if not isinstance(tf.fileobj, _HeaderBudget):
+            stream = tf.fileobj
+            tf.fileobj = _HeaderBudget(stream)
+            try:
+                return self._proc_member(tf)
+            finally:
+                tf.fileobj = stream
+        if self.type not in _EXT_TYPES:
+            return self._proc(tf)
+        if self.size > MAX_EXT_HEADER:
             raise ImageError(
                 f"tar extended header of {self.size} bytes (limit {MAX_EXT_HEADER})",
                 hint=HOSTILE,
             )
+        depth = vars(tf).get(_CHAIN, 0)
+        if depth >= MAX_EXT_CHAIN:
+            raise ImageError(
+                f"more than {MAX_EXT_CHAIN} chained tar extended headers", hint=HOSTILE
+            )
+        vars(tf)[_CHAIN] = depth + 1
+        try:
+            return self._proc(tf)
+        finally:
+            vars(tf)[_CHAIN] = depth
+
+    def _proc(self, tf: tarfile.TarFile) -> tarfile.TarInfo:
         assert _PROC_MEMBER is not None  # tarfile calls this hook only where it has it
         try:
             return _PROC_MEMBER(self, tf)
         except _MALFORMED as exc:
             raise ImageError(f"malformed tar header ({exc})", hint=HOSTILE) from exc
+
+
+class _HeaderBudget:
+    """tarfile's stream while it reads one member's headers: reads are counted."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._left = MAX_MEMBER_HEADERS
+
+    def read(self, n: int) -> bytes:
+        data: bytes = self._stream.read(n)
+        self._left -= len(data)
+        if self._left < 0:
+            raise ImageError(
+                f"tar headers of more than {MAX_MEMBER_HEADERS} bytes for one member"
+                " (extended headers or a sparse map)",
+                hint=HOSTILE,
+            )
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 # --- a layer ---------------------------------------------------------------------------
@@ -364,6 +414,27 @@ def entries(tf: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
     while (m := tf.next()) is not None:
         seen.clear()
         yield m
+        _skip_data(tf)  # whatever of m's data the caller did not read
+
+
+def _skip_data(tf: tarfile.TarFile) -> None:
+    """Read to where the next header starts, failing where the stream ends.
+
+    tarfile's stream seek reads forward block by block for as many blocks as the last
+    header's size says, and keeps going after the data ran out: a header claiming a
+    member of 2**70 bytes would spin forever on a layer of a few hundred bytes.
+    """
+    stream = tf.fileobj
+    assert stream is not None
+    left = tf.offset - stream.tell()
+    while left > 0:
+        data = stream.read(min(left, _IN))
+        if not data:
+            raise ImageError(
+                f"the archive ends {left} bytes short of where its last member's data ends",
+                hint=RECOPY,
+            )
+        left -= len(data)
 
 
 def _verify(layer: LayerBlob, src: Source, inflater: Inflater) -> None:
