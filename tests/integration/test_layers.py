@@ -3,6 +3,7 @@ unpacking makes, entry for entry, and a second snapshot writes only its new laye
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -168,6 +169,18 @@ def _release(dev: Device) -> None:
             subprocess.run(["umount", "-d", mnt], check=False, capture_output=True)
 
 
+def _layers(tag: str) -> list[str]:
+    out = subprocess.run(
+        ["skopeo", "inspect", f"oci:{LAYOUT}:{tag}"], capture_output=True, text=True, check=True
+    ).stdout
+    return list(json.loads(out)["Layers"])
+
+
+def _layer_blobs(dev: Device) -> set[str]:
+    blobs = dev.state / ".store/blobs/sha256"
+    return {f"sha256:{b.name}" for b in blobs.iterdir()} if blobs.is_dir() else set()
+
+
 def _complete(snaps: LayersSnapshotter, n: int) -> None:
     """Snapshot n is whole: every layer it lists is there and matches its sum."""
     d = snaps.root / str(n)
@@ -215,6 +228,9 @@ def _moves_and_survives(dev: Device, images: Images) -> None:
         env={**os.environ, "MTOOLS_SKIP_CHECK": "1"},
     ).stdout
     assert '"($1)$2/vmlinuz"' in esp
+    # The layers are on the device as layer images now: their compressed blobs are not
+    # kept beside them (manifests and configs are).
+    assert not _layer_blobs(dev) & set(_layers("layers-v2"))
 
     # Rollback across kinds: the loop snapshot boots again, as the link says.
     dev.boot("active", 2)
@@ -225,7 +241,8 @@ def _moves_and_survives(dev: Device, images: Images) -> None:
     # Back to v1 as layers: no layer is made (v2's stack holds v1's), and v2's own layer
     # goes with snapshot 2 (max-snaps 2).
     before = set(snaps.layers_dir.glob("*.erofs"))
-    dev.cos("upgrade", "--system", images.v1, "--tls-verify=false", "--force")
+    r = dev.cos("upgrade", "--system", images.v1, "--tls-verify=false", "--force")
+    assert "(0 of " in r.stderr, r.stderr  # every layer is held, v1's config kept
     after = set(snaps.layers_dir.glob("*.erofs"))
     assert after < before and len(before - after) == 1
     assert snaps.numbers() == [1, 3] and dev.active() == 3  # max-snaps 2: 2 pruned

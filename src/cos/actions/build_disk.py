@@ -296,6 +296,7 @@ def _state_partition(
         store = LayerStore.on(statedir)
         if b.ref.transport != "dir":  # a tree has no layers to seed
             store.add(system.image, snapshot_tag(n))
+            store.release(snaps.has_layer)  # layers kept as layer images need no blob
     store_size = sum(f.stat().st_size for f in store.path.rglob("*") if f.is_file())
     size = snaps.size(n)
     cfg, part = b.cfg, b.plan.part("state")

@@ -237,6 +237,7 @@ def _deploy(run: _Install) -> None:
         snaps.activate(
             1, state=state, oem_dir=oem_dir, reason="install", passive=[], image=snapshot
         )
+        store.release(snaps.has_layer)
         write_state(rec_dir, state)
         with step("Installing GRUB (ESP and BIOS boot code)"):
             install_bootloader(run.dev, plan, bl, sparse=False)

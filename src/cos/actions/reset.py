@@ -132,6 +132,8 @@ def reset(req: ResetRequest, cfg: Config) -> None:
         snaps.activate(
             p.number, state=new, oem_dir=inst.oem_dir, reason="reset", passive=[], image=snap
         )
+        if remote is not None:
+            store.release(snaps.has_layer)
     with step("Resetting the boot menu"):
         env_path = assessment.env_path(inst.oem_dir)
         if req.reset_oem:

@@ -330,13 +330,17 @@ def _build(up: Upgrade, remote: RemoteImage, *, stage: bool) -> Built:
     reclaim = sum(snaps.size(n) for n in plan.drop) + (snaps.size(staged.snapshot) if staged else 0)
     tags_before = set(store.tags())
 
-    # Pre-flight before anything is written: blobs to pull + the new snapshot.
-    missing = store.missing(remote)
+    # Pre-flight before anything is written: blobs to pull + what the new snapshot
+    # writes. Layers the snapshotter holds intact travel no more.
+    ids = remote.layer_ids()
+    intact = snaps.intact_layers([i for _, i in ids])
+    held = {d for d, i in ids if i in intact}
+    missing = store.missing(remote, held)
     pull_bytes = sum(s for _, s in missing)
     what = f"the new snapshot of {remote.ref}"
-    _check_space(
-        inst.state_dir, pull_bytes + snaps.estimate(store.estimated_tar_size(remote)), reclaim, what
-    )
+    sizes = store.estimated_tar_sizes(remote)
+    new_bytes = snaps.new_bytes([(i, t) for (_, i), t in zip(ids, sizes, strict=True)])
+    _check_space(inst.state_dir, pull_bytes + new_bytes, reclaim, what)
     _drop_staged(up)
     n = snaps.next_number()
     try:
@@ -344,8 +348,9 @@ def _build(up: Upgrade, remote: RemoteImage, *, stage: bool) -> Built:
             f"Pulling {remote.ref} ({len(missing)} of {len(remote.layers) + 1} blobs, "
             f"{_mib(pull_bytes)})"
         ):
-            image = store.pull(remote, snapshot_tag(n), cfg.tls_verify)
-        size = snaps.estimate(store.unpacked_size(snapshot_tag(n)))
+            image = store.pull(remote, snapshot_tag(n), cfg.tls_verify, held=held)
+        sizes = [store.tar_size(d) if store.has(d) else 0 for d, _ in remote.layers]
+        size = snaps.new_bytes([(i, t) for (_, i), t in zip(ids, sizes, strict=True)])
         if plan.drop and size > free_bytes(inst.state_dir):
             # Make room: drop old snapshots now (the menu first), keep the fallback.
             assessment.set_passive(inst.oem_dir, [k for k in plan.keep if k != snaps.active()])
@@ -498,6 +503,7 @@ def _cleanup(up: Upgrade, store: LayerStore, drop: list[int], new: int) -> None:
     try:
         write_state(up.inst.state_dir, state)
         freed = store.keep_only({snapshot_tag(k) for k in state.held()})
+        freed += store.release(snaps.has_layer)
         if freed:
             log.info("Layer store: %s of unused blobs removed", _mib(freed))
     except (OSError, CosError) as exc:

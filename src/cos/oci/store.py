@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,12 @@ class RemoteImage:
     manifest: bytes = b""  # the raw manifest (stored as read, so the digest stays)
     media_type: str = MANIFEST_TYPES[0]
     config_blob: bytes = b""  # the config as read and checked (b"": not read)
+    diff_ids: tuple[str, ...] = ()  # the config's, one per layer (): not read)
+
+    def layer_ids(self) -> list[tuple[str, str | None]]:
+        """(blob digest, diff_id) per layer, base first."""
+        ids: list[str | None] = list(self.diff_ids) or [None] * len(self.layers)
+        return [(d, i) for (d, _), i in zip(self.layers, ids, strict=True)]
 
 
 def _document(raw: bytes) -> dict[str, Any]:
@@ -122,7 +129,7 @@ def inspect_remote(
             raise ValueError(
                 f"config is {len(config_blob)} bytes, its descriptor says {config.size}"
             )
-        config_diff_ids(_document(config_blob), config.digest, len(layers))
+        diff_ids = config_diff_ids(_document(config_blob), config.digest, len(layers))
     except RegistryError as exc:
         raise ImageError(
             f"cannot read image {ref}: {exc.message}",
@@ -143,6 +150,7 @@ def inspect_remote(
         raw,
         str(media),
         config_blob,
+        tuple(diff_ids),
     )
 
 
@@ -161,8 +169,14 @@ class LayerStore:
     def has(self, digest: str) -> bool:
         return self.layout.blob(digest).is_file()
 
-    def missing(self, remote: RemoteImage) -> list[tuple[str, int]]:
-        return [(d, s) for d, s in (*remote.layers, remote.config) if not self.has(d)]
+    def missing(
+        self, remote: RemoteImage, held: Collection[str] = frozenset()
+    ) -> list[tuple[str, int]]:
+        """Blobs to fetch: those the store lacks, but for the layers (by blob digest) in
+        held, whose content the snapshotter keeps in its own form."""
+        return [
+            (d, s) for d, s in (*remote.layers, remote.config) if d not in held and not self.has(d)
+        ]
 
     def _index(self) -> dict[str, Any]:
         if not self.layout.exists():
@@ -227,9 +241,13 @@ class LayerStore:
 
     def estimated_tar_size(self, remote: RemoteImage) -> int:
         """Unpacked size of remote: exact for layers held here, estimated for the rest."""
-        return sum(
+        return sum(self.estimated_tar_sizes(remote))
+
+    def estimated_tar_sizes(self, remote: RemoteImage) -> list[int]:
+        """Each layer's unpacked size, base first (exact when held, else estimated)."""
+        return [
             self.tar_size(d) if self.has(d) else s * COMPRESSION_RATIO for d, s in remote.layers
-        )
+        ]
 
     # -- writing ------------------------------------------------------------------
     def pull(
@@ -238,8 +256,11 @@ class LayerStore:
         tag: str,
         tls_verify: bool = True,
         progress: PullProgress | None = None,
+        held: Collection[str] = frozenset(),
     ) -> LocalImage:
         """Fetch the blobs the store lacks (resuming partial ones), then tag the manifest.
+        Layers in held (blob digests) are not fetched: their content is on the device
+        in the snapshotter's form already.
 
         Blobs land under their digest only once verified; the tag is written last, so
         an interrupted pull leaves the store as it was plus verified blobs and
@@ -248,7 +269,7 @@ class LayerStore:
         client = Repository(remote.ref, tls_verify)
         self.layout.blobs.mkdir(parents=True, exist_ok=True)
         self.heal(remote)
-        missing = self.missing(remote)
+        missing = self.missing(remote, held)
         report = progress or PullProgress.for_terminal()
         with report.running(sum(s for _, s in missing)):
             for digest, size in missing:
@@ -325,6 +346,25 @@ class LayerStore:
             # Counted here, on the machine that builds the disk, and kept with the store:
             # the device's first upgrade need not decompress what it already has.
             self.tar_size(digest)
+
+    def release(self, held: Callable[[str], bool]) -> int:
+        """Drop the blobs of layers whose content the snapshotter holds (held(diff_id)):
+        no second copy of a layer on the device. Manifests, configs and recorded tar
+        sizes stay, so what an image is made of and what the next upgrade lacks are still
+        known. Returns the bytes freed."""
+        freed = 0
+        for digest in set(self.tags().values()):
+            try:
+                for layer in self.layout.image_layers(digest):
+                    blob = layer.path
+                    if layer.diff_id is not None and blob.is_file() and held(layer.diff_id):
+                        freed += blob.stat().st_size
+                        blob.unlink()
+            except (ImageError, LayoutError):  # unreadable: kept as it is
+                continue
+        if freed:
+            fsync_dir(self.layout.blobs)
+        return freed
 
     def keep_only(self, tags: set[str]) -> int:
         """Drop other tags and every blob no kept tag references; returns bytes freed."""

@@ -145,6 +145,16 @@ class Snapshotter(ABC):
     def estimate(self, tar_bytes: int) -> int:
         """Bytes a new snapshot of layers whose tar streams total tar_bytes takes."""
 
+    def has_layer(self, diff_id: str) -> bool:
+        """Whether a layer's content is kept on the device in this backend's own form
+        (then its compressed blob need not be)."""
+        return False
+
+    def intact_layers(self, diff_ids: Sequence[str | None]) -> set[str]:
+        """Of diff_ids, the layers kept here and checked whole: an upgrade need not
+        fetch them. A damaged one is not in it, so it is fetched and made again."""
+        return set()
+
     def new_bytes(self, layers: Sequence[tuple[str | None, int]]) -> int:
         """Bytes a new snapshot of an image with these layers ((diff_id, tar bytes),
         base first) writes: what the space check before a build counts."""

@@ -30,6 +30,7 @@ why container runtimes get plain binds from COS_PERSISTENT (layout.persistent-bi
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -40,7 +41,7 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 
 from cos import run as runner
-from cos.config import SnapshotterKind
+from cos.config import Filesystem, SnapshotterKind
 from cos.disk.mount import mounted
 from cos.disk.plan import MIB
 from cos.errors import ImageError, StateError
@@ -80,7 +81,22 @@ def _sha256(path: Path) -> str:
 def mkfs_erofs(image: Path, tree: Path) -> None:
     """An uncompressed erofs image of tree: fast to make and to read; the registry's
     blobs are the compressed copy."""
-    runner.run(["mkfs.erofs", "--quiet", "--preserve-mtime", str(image), str(tree)])
+    argv = ["mkfs.erofs", "--quiet", "--preserve-mtime"]
+    if not _has_xattrs(tree):
+        argv += ["-x", "-1"]  # else mkfs.erofs fails on the first llistxattr
+    runner.run([*argv, str(image), str(tree)])
+
+
+def _has_xattrs(tree: Path) -> bool:
+    """Whether tree's filesystem keeps extended attributes at all (a squashfs made or
+    mounted without them does not: it has none to lose)."""
+    try:
+        os.listxattr(tree, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno == errno.EOPNOTSUPP:
+            return False
+        raise
+    return True
 
 
 class LayersSnapshotter(LoopSnapshotter):
@@ -88,6 +104,10 @@ class LayersSnapshotter(LoopSnapshotter):
 
     kind = SnapshotterKind.LAYERS
     tools = ("mkfs.erofs",)
+
+    def __init__(self, state_dir: Path, fs: Filesystem = Filesystem.EXT4):
+        super().__init__(state_dir, fs)
+        self._checked: dict[tuple[str, int, int, int], str] = {}  # image → sum seen whole
 
     @property
     def layers_dir(self) -> Path:
@@ -199,7 +219,17 @@ class LayersSnapshotter(LoopSnapshotter):
         return ceil_div(int(tar_bytes * _OVERHEAD) + _BOOT_ROOM, MIB) * MIB
 
     def new_bytes(self, layers: Sequence[tuple[str | None, int]]) -> int:
-        return self.estimate(sum(n for d, n in layers if not self._has_layer(d)))
+        return self.estimate(sum(n for d, n in layers if d is None or not self.has_layer(d)))
+
+    def has_layer(self, diff_id: str) -> bool:
+        return self._layer_meta(self._layer_image(diff_id)).is_file()
+
+    def intact_layers(self, diff_ids: Sequence[str | None]) -> set[str]:
+        return {
+            d
+            for d in diff_ids
+            if d is not None and self.has_layer(d) and self._intact(self._layer_image(d))
+        }
 
     def _layer_image(self, diff_id: str) -> Path:
         return self.layers_dir / f"{diff_id.removeprefix('sha256:')}.erofs"
@@ -207,21 +237,21 @@ class LayersSnapshotter(LoopSnapshotter):
     def _layer_meta(self, image: Path) -> Path:
         return image.with_suffix(".json")
 
-    def _has_layer(self, diff_id: str | None) -> bool:
-        return diff_id is not None and self._layer_meta(self._layer_image(diff_id)).is_file()
-
     def _intact(self, image: Path) -> dict[str, object] | None:
-        """The layer's description when its image is whole (checked byte for byte)."""
+        """The layer's description when its image is whole (checked byte for byte, once
+        per run: the pre-pull check and the build read the same file)."""
         try:
             meta = json.loads(self._layer_meta(image).read_text())
+            st = image.stat()
         except (OSError, ValueError):
             return None
-        if (
-            not isinstance(meta, dict)
-            or not image.is_file()
-            or meta.get("sha256") != _sha256(image)
-        ):
+        key = (str(image), st.st_ino, st.st_size, st.st_mtime_ns)
+        if not isinstance(meta, dict):
             return None
+        if self._checked.get(key) != meta.get("sha256"):
+            if meta.get("sha256") != _sha256(image):
+                return None
+            self._checked[key] = str(meta["sha256"])
         return meta
 
     def _make_layer(
