@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ from cos.boot import assessment
 from cos.config import Config
 from cos.snapshot import BACKENDS, new_snapshotter, open_snapshotter
 from cos.snapshot.base import Trial
+from cos.snapshot.layers import LayersSnapshotter
 from cos.snapshot.loop import LoopSnapshotter
 from cos.system.state import (
     ImageState,
@@ -137,3 +140,30 @@ def test_backends_come_from_state_yaml(tmp_path: Path) -> None:
     kind = Config().snapshotter
     assert kind == SnapshotterKind.LAYERS  # new installations share their layers
     assert new_snapshotter(tmp_path, state.snapshotter.fs, kind).kind == kind
+
+
+def _layer(snaps: LayersSnapshotter, diff_id: str, content: bytes) -> Path:
+    snaps.layers_dir.mkdir(parents=True, exist_ok=True)
+    image = snaps.layers_dir / f"{diff_id.removeprefix('sha256:')}.erofs"
+    image.write_bytes(content)
+    meta = {"sha256": hashlib.sha256(content).hexdigest(), "root": None}
+    image.with_suffix(".json").write_text(json.dumps(meta))
+    return image
+
+
+def test_an_upgrade_reuses_only_layer_images_that_match_their_sum(tmp_path: Path) -> None:
+    snaps = LayersSnapshotter(tmp_path)
+    good, bad, absent = ("sha256:" + c * 64 for c in "abc")
+    _layer(snaps, good, b"layer a")
+    damaged = _layer(snaps, bad, b"layer b")
+    damaged.write_bytes(b"layer B")  # bit rot after it was described
+    assert snaps.has_layer(good) and snaps.has_layer(bad) and not snaps.has_layer(absent)
+    assert snaps.intact_layers([good, bad, absent, None]) == {good}
+    # Checked once per run, but a file that changes since is checked again.
+    image = _layer(snaps, good, b"layer a")
+    assert snaps.intact_layers([good]) == {good}
+    image.write_bytes(b"layer A, longer")
+    assert snaps.intact_layers([good]) == set()
+    # What a new snapshot writes leaves out what is held; loop snapshots hold nothing.
+    assert snaps.new_bytes([(good, 10**9)]) < snaps.new_bytes([(absent, 10**9)])
+    assert LoopSnapshotter(tmp_path).intact_layers([good]) == set()

@@ -357,3 +357,17 @@ def test_only_incomplete_snapshots_are_debris(tmp_path: Path, kind: SnapshotterK
     snaps._link(1)
     assert sorted(snaps.clean_debris()) == [4, 5]
     assert snaps.numbers() == sorted(complete)
+
+
+def test_a_system_without_mkfs_erofs_stays_on_its_snapshotter(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Layers is the default; a loop system moves with its next upgrade only when it can
+    write layer images: an older image lacking mkfs.erofs goes on upgrading as loop."""
+    monkeypatch.setattr(action.runner, "which", lambda tool: None)
+    assert action._wanted(Config(), move=True) is None
+    monkeypatch.setattr(action.runner, "which", lambda tool: f"/usr/bin/{tool}")
+    assert action._wanted(Config(), move=True) == SnapshotterKind.LAYERS
+    loop = Config(snapshotter=SnapshotterKind.LOOP)
+    assert action._wanted(loop, move=True) == SnapshotterKind.LOOP
+    assert action._wanted(Config(), move=False) is None
