@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -28,6 +29,7 @@ from tests.support.registry import registry
 REPO = Path(__file__).resolve().parents[1]
 
 MIB = 1 << 20
+MIDDLE_BYTES = 50 * 10**6  # the changed middle layer of Images.middle_refs
 # Machines under qemu are started only while holding this lock: the e2e suites and
 # the VM benchmarks of everyone on this machine take the same one.
 VM_LOCK = "/tmp/cos-vm.lock"
@@ -197,21 +199,39 @@ class Images:
         self.workdir = workdir
         self._stack = ExitStack()
         self._refs: tuple[str, str] | None = None
+        self._registry: str | None = None
 
-    def refs(self) -> tuple[str, str]:
-        if self._refs is None:
+    def _host(self) -> str:
+        if self._registry is None:
             ensure_vanilla()
-            derive("vanilla", "bench-v2", {"/etc/cos-bench-version": "v2\n"})
             reg = self.workdir / "cos-bench-registry"
             shutil.rmtree(reg, ignore_errors=True)
             self._stack.callback(shutil.rmtree, reg, True)
-            host = self._stack.enter_context(registry(reg))
+            self._registry = self._stack.enter_context(registry(reg))
+        return self._registry
+
+    def refs(self) -> tuple[str, str]:
+        if self._refs is None:
+            host = self._host()
+            derive("vanilla", "bench-v2", {"/etc/cos-bench-version": "v2\n"})
             print(f"registry on {host}: pushing v1 and v2", flush=True)
             self._refs = (
                 push("vanilla", host, "cos/bench:v1"),
                 push("bench-v2", host, "cos/bench:v2"),
             )
         return self._refs
+
+    def middle_refs(self) -> tuple[str, str]:
+        """Two images that differ in one ~50 MB layer below an identical top layer:
+        vanilla + MIDDLE (one of two contents) + the same small layer."""
+        host = self._host()
+        refs = []
+        for version in ("1", "2"):
+            blob = random.Random(version).randbytes(MIDDLE_BYTES // 2).hex()
+            derive("vanilla", f"bench-mid{version}", {"/opt/cos-bench/middle": blob})
+            derive(f"bench-mid{version}", f"bench-mid{version}-top", {"/etc/cos-bench": "top\n"})
+            refs.append(push(f"bench-mid{version}-top", host, f"cos/bench:mid{version}"))
+        return refs[0], refs[1]
 
     def close(self) -> None:
         self._stack.close()

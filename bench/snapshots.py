@@ -1,9 +1,10 @@
 """Snapshot backends side by side: what an upgrade costs with loop images and with
 shared layers, and what kept snapshots take on COS_STATE.
 
-For each backend a v1 disk is built once (`snapshotter` set through COS_SNAPSHOTTER);
-each run upgrades a fresh copy to v2 (v1 + one small layer) on the host, the way the
-upgrade tests do. Measured per run: the upgrade's wall time, and the bytes written to
+For each backend two v1 disks are built once (`snapshotter` set through
+COS_SNAPSHOTTER); each run upgrades a fresh copy of each on the host, the way the
+upgrade tests do: v1 → v2 (v1 + one small layer), and an image whose ~50 MB middle
+layer changes below an identical small top layer (Images.middle_refs). Measured per run: the upgrade's wall time, and the bytes written to
 the state partition's loop device (/sys/block/loopN/stat, sectors written, after a
 sync before and after). Then, once per backend, three more upgrades with max-snaps 4
 (v2 → v1 → v2 --force, each kept, as far as the 4 GiB test partition holds them): the
@@ -24,7 +25,18 @@ from pathlib import Path
 
 from tests.support.device import Device, booted_copy, cos_env
 
-from bench.common import MIB, Images, Metrics, Row, cos_cli, interleave, rows_of, scratch, settle
+from bench.common import (
+    MIB,
+    MIDDLE_BYTES,
+    Images,
+    Metrics,
+    Row,
+    cos_cli,
+    interleave,
+    rows_of,
+    scratch,
+    settle,
+)
 from cos.config import Filesystem, SnapshotterKind
 from cos.disk.mounts import mount_table
 from cos.oci.store import LayerStore, snapshot_tag
@@ -50,27 +62,36 @@ def _conf(seed: Path, kind: SnapshotterKind, max_snaps: int) -> Path:
 
 def bench(args: argparse.Namespace, images: Images) -> list[Row]:
     v1, v2 = images.refs()
+    m1, m2 = images.middle_refs()
+    scenarios = {"small": (v1, v2), "middle": (m1, m2)}
     workdir = Path(args.workdir)
     with scratch(workdir, "cos-bench-snapshots-seed") as seed:
         disks = {}
         for kind in KINDS:
-            print(f"building the v1 disk ({kind})", flush=True)
-            disks[kind] = seed / f"v1-{kind}.raw"
-            env = {**cos_env(_conf(seed, kind, 2)), "COS_SNAPSHOTTER": str(kind)}
-            cos_cli("build-disk", v1, "-o", str(disks[kind]), "--tls-verify=false", env=env)
+            for name, (source, _) in scenarios.items():
+                print(f"building the {name} v1 disk ({kind})", flush=True)
+                disks[kind, name] = seed / f"v1-{kind}-{name}.raw"
+                env = {**cos_env(_conf(seed, kind, 2)), "COS_SNAPSHOTTER": str(kind)}
+                disk = str(disks[kind, name])
+                cos_cli("build-disk", source, "-o", disk, "--tls-verify=false", env=env)
 
         def upgrade(kind: SnapshotterKind) -> Callable[[], Metrics]:
             def run() -> Metrics:
-                conf = _conf(seed, kind, 2)
-                with (
-                    scratch(workdir, "cos-bench-snapshots") as tmp,
-                    booted_copy(disks[kind], tmp, conf) as dev,
-                ):
-                    before = _written(dev.state)
-                    t0 = time.monotonic()
-                    dev.cos("upgrade", "--system", v2, "--tls-verify=false")
-                    wall = time.monotonic() - t0
-                    return {"s": wall, "MiB": (_written(dev.state) - before) / MIB}
+                out: Metrics = {}
+                for name, (_, target) in scenarios.items():
+                    conf = _conf(seed, kind, 2)
+                    with (
+                        scratch(workdir, "cos-bench-snapshots") as tmp,
+                        booted_copy(disks[kind, name], tmp, conf) as dev,
+                    ):
+                        before = _written(dev.state)
+                        t0 = time.monotonic()
+                        dev.cos("upgrade", "--system", target, "--tls-verify=false")
+                        out[f"{name} s"] = time.monotonic() - t0
+                        written = _written(dev.state) - before
+                        out[f"{name} MiB"] = written / MIB
+                        out[f"{name} x"] = written / MIDDLE_BYTES
+                return out
 
             return run
 
@@ -80,7 +101,7 @@ def bench(args: argparse.Namespace, images: Images) -> list[Row]:
             conf = _conf(seed, kind, 4)
             with (
                 scratch(workdir, "cos-bench-snapshots-kept") as tmp,
-                booted_copy(disks[kind], tmp, conf) as dev,
+                booted_copy(disks[kind, "small"], tmp, conf) as dev,
             ):
                 for ref in (v2, v1, v2):
                     r = dev.cos(
@@ -96,15 +117,37 @@ def bench(args: argparse.Namespace, images: Images) -> list[Row]:
                     new_snapshotter(dev.state, Filesystem.EXT4, SnapshotterKind.LAYERS).numbers()
                 )
                 kept[str(kind)] = [{"MiB": held / MIB, "x": held / unpacked, "kept": count}]
-    rows = rows_of(
+    small, middle = "upgrade v1→v2 (one small layer added)", "upgrade, a 50 MB middle layer changed"
+    rows = []
+    for name, what in (("small", small), ("middle", middle)):
+        rows += rows_of(
+            "snapshots",
+            samples,
+            [
+                (f"loop: {what} (floor)", "loop", f"{name} s", None),
+                (f"layers: {what}", "layers", f"{name} s", f"loop: {what} (floor)"),
+            ],
+            unit="s",
+        )
+        rows += rows_of(
+            "snapshots",
+            samples,
+            [
+                (f"loop: {what}, written (floor)", "loop", f"{name} MiB", None),
+                (
+                    f"layers: {what}, written",
+                    "layers",
+                    f"{name} MiB",
+                    f"loop: {what}, written (floor)",
+                ),
+            ],
+            unit="MiB",
+        )
+    rows += rows_of(
         "snapshots",
         samples,
-        [
-            ("loop: upgrade v1→v2 (floor)", "loop", "s", None),
-            ("layers: upgrade v1→v2", "layers", "s", "loop: upgrade v1→v2 (floor)"),
-            ("loop: written to COS_STATE (floor)", "loop", "MiB", None),
-            ("layers: written to COS_STATE", "layers", "MiB", "loop: written to COS_STATE (floor)"),
-        ],
+        [("layers: written ÷ the 50 MB changed", "layers", "middle x", None)],
+        unit="x",
     )
     rows += rows_of(
         "snapshots",

@@ -165,6 +165,15 @@ SNAPSHOT_FILESYSTEMS = (Filesystem.EXT2, Filesystem.EXT4)
 RECOVERY_FILESYSTEMS = (Filesystem.SQUASHFS, Filesystem.EXT2, Filesystem.EXT4)
 
 
+@dataclass(frozen=True)
+class Trust:
+    """The keys an image's signature is checked with: the signer's, and optionally the
+    transparency log's whose entry must prove it published the signature."""
+
+    key: Path
+    log_key: Path | None = None
+
+
 @dataclass
 class Config:
     """Settings of every cos command (/etc/cos/config.yaml and config.d)."""
@@ -257,6 +266,14 @@ class Config:
     cosign_key: str = field(
         default="", metadata=doc("public key (cosign.pub) signatures are checked with")
     )
+    tlog_key: str = field(
+        default="",
+        metadata=doc(
+            "public key of a transparency log (Rekor's); with verify, a signature counts only"
+            " in a bundle whose log entry proves, offline, that this log holds it. Empty: the"
+            " log is not checked (cosign's --insecure-ignore-tlog)"
+        ),
+    )
     platform: str = field(
         default="", metadata=doc("OS/ARCH picked from multi-platform images; empty: this machine's")
     )
@@ -309,9 +326,11 @@ class Config:
         self.labels.validate(where)
         self.layout.validate(where)
 
-    def signature_key(self) -> Path | None:
-        """The public key images must be signed with (None: signatures not required)."""
-        return Path(self.cosign_key) if self.verify else None
+    def signature_key(self) -> Trust | None:
+        """What an image's signature must check out against (None: not required)."""
+        if not self.verify:
+            return None
+        return Trust(Path(self.cosign_key), Path(self.tlog_key) if self.tlog_key else None)
 
     def arch(self) -> str:
         """OCI architecture to pick from an image index."""

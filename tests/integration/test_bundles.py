@@ -176,3 +176,45 @@ def test_oci_layout_bundle(tmp_path: Path, private_cache: Path) -> None:
         "pull-image", "--cosign-key", str(pub), f"oci:{layout}:e", str(tmp_path / "t2"), check=False
     )
     refused(r, 4, "not signed")
+
+
+@pytest.mark.parametrize("case", ["logged", "unlogged", "other-log", "sig-format"])
+def test_with_a_log_key_only_a_logged_signature_counts(
+    case: str, tmp_path: Path, local_registry: str, private_cache: Path
+) -> None:
+    """tlog-key: the bundle's transparency-log entry must prove, offline, that this log
+    holds the signature; a key-only signature (no entry, another log's entry, the
+    `.sig` format) is refused before anything is written."""
+    repo = f"bundle/tlog-{case}"
+    digest = _image(tmp_path, local_registry, repo, case)
+    key, log_key = cosign.generate_key(), cosign.generate_key()
+    ref = f"{local_registry}/{repo}:1"
+    if case == "sig-format":
+        key_file = tmp_path / "cosign.key"
+        key_file.write_bytes(cosign.encrypt_private_key(key, b"", n=32768))
+        cos("sign", "--key", str(key_file), "--tls-verify=false", ref, env={"COSIGN_PASSWORD": ""})
+    else:
+        log = {"logged": sigstore.Log(log_key), "other-log": sigstore.Log(cosign.generate_key())}
+        writer = sigstore.Writer(key, log=log.get(case))
+        sigstore.attach(local_registry, repo, digest, writer.bundle(digest))
+    log_pub = tmp_path / "rekor.pub"
+    log_pub.write_bytes(cosign.public_pem(log_key))
+    env = {"COS_TLOG_KEY": str(log_pub)}
+    pub, dest = _pub(tmp_path, key), tmp_path / "tree"
+    argv = ["pull-image", "--cosign-key", str(pub), "--tls-verify=false", ref, str(dest)]
+    r = cos(*argv, env=env, check=False)
+    if case == "logged":
+        assert r.returncode == 0, r.stderr
+        assert "transparency-log entry checks out" in r.stderr and "not checked" not in r.stderr
+        assert (dest / "f").read_text() == case
+        return
+    words = {
+        "unlogged": "no transparency-log entry",
+        "other-log": "from another log",
+        "sig-format": "no signature bundle",
+    }[case]
+    refused(r, 4, words)
+    assert not dest.exists()
+    # The key alone accepts it: the refusal came from the log check.
+    cos(*argv)
+    assert (dest / "f").read_text() == case

@@ -36,6 +36,102 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
+def _leaf(data: bytes) -> bytes:
+    return hashlib.sha256(b"\x00" + data).digest()
+
+
+def _split(n: int) -> int:
+    """The largest power of two below n (RFC 6962's k)."""
+    k = 1
+    while k * 2 < n:
+        k *= 2
+    return k
+
+
+def _mth(leaves: list[bytes]) -> bytes:
+    """RFC 6962 Merkle Tree Hash, by its recursive definition."""
+    if len(leaves) == 1:
+        return _leaf(leaves[0])
+    k = _split(len(leaves))
+    return hashlib.sha256(b"\x01" + _mth(leaves[:k]) + _mth(leaves[k:])).digest()
+
+
+def _audit_path(m: int, leaves: list[bytes]) -> list[bytes]:
+    """RFC 6962 PATH(m, D[n]), by its recursive definition."""
+    if len(leaves) == 1:
+        return []
+    k = _split(len(leaves))
+    if m < k:
+        return [*_audit_path(m, leaves[:k]), _mth(leaves[k:])]
+    return [*_audit_path(m - k, leaves[k:]), _mth(leaves[:k])]
+
+
+@dataclass
+class Log:
+    """A transparency log as a bundle records it (Rekor v1 shapes: a `dsse` 0.0.1 or
+    `hashedrekord` 0.0.1 body, an inclusion proof, a checkpoint signed as a note whose
+    signature starts with the first 4 bytes of the key's SHA-256 SPKI id)."""
+
+    key: ec.EllipticCurvePrivateKey
+    before: int = 5  # entries already in the log
+    after: int = 6  # entries logged after ours, before the checkpoint
+    origin: str = "rekor.test - 2605736670972794746"
+    tamper: str = ""  # "proof", "root", "checkpoint-sig", "checkpoint-size", "body", "log-id"
+
+    def key_id(self) -> bytes:
+        der = self.key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        return hashlib.sha256(der).digest()
+
+    def entry(self, kind: str, spec: dict[str, Any]) -> dict[str, Any]:
+        if self.tamper == "other":  # a genuine entry, but of another signed content
+            spec = json.loads(json.dumps(spec))
+            for part in ("payloadHash", "data"):
+                if part in spec:
+                    target = spec[part] if part == "payloadHash" else spec[part]["hash"]
+                    target["value"] = hashlib.sha256(b"another image").hexdigest()
+        body = json.dumps(
+            {"apiVersion": "0.0.1", "kind": kind, "spec": spec}, separators=(",", ":")
+        ).encode()
+        others = [b"other entry %d" % i for i in range(self.before + self.after)]
+        leaves = [*others[: self.before], body, *others[self.before :]]
+        index, size = self.before, len(leaves)
+        path, root = _audit_path(index, leaves), _mth(leaves)
+        if self.tamper == "proof":
+            path[0] = hashlib.sha256(path[0]).digest()
+        if self.tamper == "body":
+            body = body.replace(b'"sha256"', b'"sha256" ', 1)
+        note = f"{self.origin}\n{size + (self.tamper == 'checkpoint-size')}\n{_b64(root)}\n"
+        sig = self.key.sign(note.encode(), ec.ECDSA(hashes.SHA256()))
+        if self.tamper == "checkpoint-sig":
+            sig = self.key.sign(b"another note", ec.ECDSA(hashes.SHA256()))
+        name = self.origin.split(" ")[0]
+        envelope = f"{note}\n\u2014 {name} {_b64(self.key_id()[:4] + sig)}\n"
+        log_id = b"\x02" * 32 if self.tamper == "log-id" else self.key_id()
+        return {
+            "logIndex": str(1000 + index),
+            "logId": {"keyId": _b64(log_id)},
+            "kindVersion": {"kind": kind, "version": "0.0.1"},
+            "integratedTime": "1764600000",
+            "inclusionProof": {
+                "logIndex": str(index),
+                "rootHash": _b64(hashlib.sha256(root).digest() if self.tamper == "root" else root),
+                "treeSize": str(size),
+                "hashes": [_b64(h) for h in path],
+                "checkpoint": {"envelope": envelope},
+            },
+            "canonicalizedBody": _b64(body),
+        }
+
+
+def _pem_b64(key: ec.EllipticCurvePrivateKey) -> str:
+    pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return _b64(pem)
+
+
 @dataclass
 class Writer:
     """How the bundle is made; each field is a way real or forged bundles differ."""
@@ -46,6 +142,7 @@ class Writer:
     predicate_type: str = "https://sigstore.dev/cosign/sign/v1"
     message_signature: bool = False  # messageSignature over the manifest digest
     tlog: bool = False  # carry a (made-up) transparency-log entry
+    log: Log | None = None  # carry a real entry of this log
     tamper: bool = False  # change the payload after signing
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -84,10 +181,29 @@ class Writer:
                 "messageDigest": {"algorithm": "SHA2_256", "digest": _b64(md)},
                 "signature": _b64(sig),
             }
+            if self.log is not None:
+                spec = {
+                    "data": {"hash": {"algorithm": "sha256", "value": md.hex()}},
+                    "signature": {
+                        "content": _b64(sig),
+                        "publicKey": {"content": _pem_b64(self.key)},
+                    },
+                }
+                material["tlogEntries"] = [self.log.entry("hashedrekord", spec)]
         else:
             payload = self.statement(digest)
             pae = b"DSSEv1 %d %s %d %s" % (len(INTOTO), INTOTO.encode(), len(payload), payload)
             sig = self.key.sign(pae, ec.ECDSA(hashes.SHA256()))
+            if self.log is not None:
+                spec = {
+                    "envelopeHash": {"algorithm": "sha256", "value": "0" * 64},
+                    "payloadHash": {
+                        "algorithm": "sha256",
+                        "value": hashlib.sha256(payload).hexdigest(),
+                    },
+                    "signatures": [{"signature": _b64(sig), "verifier": _pem_b64(self.key)}],
+                }
+                material["tlogEntries"] = [self.log.entry("dsse", spec)]
             if self.tamper:
                 payload = payload.replace(b'"predicate"', b'"predicate" ')
             doc["dsseEnvelope"] = {

@@ -12,7 +12,8 @@ Bundles are parsed as JSON with duplicate keys refused; the signature is checked
 the exact payload bytes before the statement is read, and only the given public key
 counts (the bundle's key hint is not trusted). Bundles with a certificate (keyless
 signing) are not accepted: no trust root is configured for them. A transparency-log
-entry in a bundle is checked by `cos.oci.tlog` when a log key is configured.
+entry in a bundle is checked by `cos.oci.tlog` when a log key is configured
+(`tlog-key`): then only a bundle whose entry proves the log holds its signature counts.
 
 Pure: no registry, no files. Transport lives in `cos.oci.signatures`.
 """
@@ -32,6 +33,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
+from cos.oci import tlog
 from cos.oci.cosign import PrivateKey, PublicKey, sign, signature_valid
 from cos.oci.digest import check_digest
 from cos.oci.jsondoc import load_json
@@ -248,16 +250,41 @@ def signed_digests(key: PublicKey, bundle: Bundle) -> set[str]:
     raise ValueError("neither a DSSE envelope nor a message signature")
 
 
+def signed_by(key: PublicKey, bundle: Bundle) -> tlog.Signed:
+    """The bundle's signature that verifies with key, and what it covers (for matching
+    a transparency log's record of it). Call after signed_digests accepted it."""
+    doc = bundle.doc
+    if "dsseEnvelope" in doc:
+        env = _obj(doc, "dsseEnvelope")
+        payload = _bytes(env, "payload")
+        message = pae(INTOTO_TYPE, payload)
+        for s in env.get("signatures") or []:
+            sig = _bytes(s, "sig") if isinstance(s, dict) else b""
+            if signature_valid(key, message, sig):
+                return tlog.Signed(key, sig, payload=payload)
+        raise InvalidSignature
+    ms = _obj(doc, "messageSignature")
+    return tlog.Signed(
+        key, _bytes(ms, "signature"), digest=_bytes(_obj(ms, "messageDigest"), "digest")
+    )
+
+
 def verify(
-    key: PublicKey, digests: set[str], blobs: list[bytes]
+    key: PublicKey, digests: set[str], blobs: list[bytes], log: tlog.LogKey | None = None
 ) -> tuple[str | None, Bundle | None]:
-    """(None, the bundle) when one bundle's signature by key vouches for one of digests,
-    else (the last reason none does, None); reasons read like `cosign.verify`'s."""
+    """(None, the bundle) when one bundle's signature by key vouches for one of digests
+    (and, with log, that log's entry in it proves the log holds that signature), else
+    (the last reason none does, None); reasons read like `cosign.verify`'s."""
     reason = "the image is not signed"
     for data in blobs:
         try:
             b = parse(data)
             got = signed_digests(key, b)
+            if got & digests and log is not None:
+                why = tlog.verify(b.tlog_entries, log, signed_by(key, b))
+                if why is not None:
+                    reason = why
+                    continue
         except InvalidSignature:
             reason = "no signature verifies with the given key"
             continue

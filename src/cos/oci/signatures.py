@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from cos import run as runner
+from cos.config import Trust
 from cos.errors import ImageError, ToolError
 from cos.fsutil import atomic_write
-from cos.oci import bundle, cosign, referrers
+from cos.oci import bundle, cosign, referrers, tlog
 from cos.oci.digest import blob_path, check_digest, sha256_digest
 from cos.oci.jsondoc import load_json
 from cos.oci.layout import REF_NAME, OciLayout
@@ -144,37 +145,61 @@ def _signature_layers(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     return [x for x in layers if isinstance(x, dict)][:MAX_SIGNATURES]
 
 
-def require_signed(
-    ref: ImageRef, digests: set[str], key_path: Path, tls_verify: bool = True
-) -> None:
-    """Refuse the image unless a signature by key_path vouches for one of digests.
+def require_signed(ref: ImageRef, digests: set[str], trust: Trust, tls_verify: bool = True) -> None:
+    """Refuse the image unless a signature by trust.key vouches for one of digests
+    (with trust.log_key: a bundle whose log entry proves that log published it).
 
     Called after the manifest digest is known and before anything is written for the
     image: an unsigned, tampered or foreign-signed image never reaches a disk.
     """
+    key_path = trust.key
     key = cosign.load_public_key(key_path)
+    log_key = _log_key(trust.log_key)
     sigs: list[cosign.Signature] = []
-    for d in sorted(digests):
-        sigs += fetch_signatures(ref, d, tls_verify)
+    if log_key is None:  # a `.sig` signature carries no inclusion proof
+        for d in sorted(digests):
+            sigs += fetch_signatures(ref, d, tls_verify)
     reason = cosign.verify(key, digests, sigs)
     if reason is not None:
         blobs: list[bytes] = []
         for d in sorted(digests):
             blobs += referrers.fetch_bundles(ref, d, tls_verify)
-        if blobs:
-            why, verified = bundle.verify(key, digests, blobs)
+        if not blobs and log_key is not None:
+            reason = (
+                "it has no signature bundle (with tlog-key set only a bundle whose log"
+                " entry checks out counts; `.sig` signatures carry no inclusion proof)"
+            )
+        elif blobs:
+            why, verified = bundle.verify(key, digests, blobs, log_key)
             if verified is not None:
-                _tlog_unchecked(ref, verified)
+                if log_key is None:
+                    _tlog_unchecked(ref, verified)
+                else:
+                    log.info("%s: its transparency-log entry checks out", ref)
                 log.info("Signature bundle of %s verified with %s", ref, key_path)
                 return
             if not sigs:
                 reason = why
     if reason is not None:
-        raise SignatureError(
-            f"refusing {ref}: {reason}",
-            hint=f"sign it with `cos sign --key cosign.key {ref}` (public key: {key_path})",
-        )
+        hint = f"sign it with `cos sign --key cosign.key {ref}` (public key: {key_path})"
+        if log_key is not None:
+            hint = (
+                "sign it with cosign and its transparency log, or drop tlog-key from the"
+                " config to check the key alone"
+            )
+        raise SignatureError(f"refusing {ref}: {reason}", hint=hint)
     log.info("Signature of %s verified with %s", ref, key_path)
+
+
+def _log_key(path: Path | None) -> tlog.LogKey | None:
+    if path is None:
+        return None
+    try:
+        return tlog.LogKey.load(path)
+    except ValueError as exc:
+        raise SignatureError(
+            str(exc), hint="tlog-key names the log's ECDSA public key (PEM)"
+        ) from exc
 
 
 def _tlog_unchecked(ref: ImageRef, verified: bundle.Bundle) -> None:

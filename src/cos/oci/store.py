@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cos import run as runner
+from cos.config import Trust
 from cos.errors import ImageError, ToolError
 from cos.fsutil import atomic_write, fsync_dir
 from cos.log import log
@@ -94,7 +95,7 @@ def _platform_manifest(index: dict[str, Any], arch: str) -> str | None:
 
 
 def inspect_remote(
-    ref: ImageRef, tls_verify: bool = True, arch: str = "amd64", key: Path | None = None
+    ref: ImageRef, tls_verify: bool = True, arch: str = "amd64", key: Trust | None = None
 ) -> RemoteImage:
     """Read the manifest (resolving a multi-platform index to linux/arch) and the config.
 
@@ -426,7 +427,7 @@ def fetch(
     ref: ImageRef,
     cache: Path,
     tls_verify: bool = True,
-    key: Path | None = None,
+    key: Trust | None = None,
     arch: str | None = None,
 ) -> LocalImage:
     """Make the image available in an OCI layout: an `oci:` layout as it is, a registry
