@@ -6,7 +6,7 @@ DISK  ?= build/vanilla.raw
 REGISTRY ?=
 RECHUNK ?= 0
 
-.PHONY: setup vanilla disk demo test test-unit test-integration test-e2e test-extended lint clean bench docs
+.PHONY: setup vanilla disk demo test test-unit test-integration test-e2e test-extended lint clean bench docs registry registry-stop
 
 setup:
 	bash scripts/setup-host.sh
@@ -58,6 +58,13 @@ docs: setup
 # Side-by-side benchmarks (ratios against the bare tools); root, after `make vanilla`.
 bench: vanilla
 	$(VENV)/bin/python -m bench.run
+
+# A registry on 127.0.0.1:5000 (REGISTRY_PORT=...) for the README's lifecycle, plain HTTP.
+registry: setup
+	bash scripts/registry.sh start
+
+registry-stop:
+	bash scripts/registry.sh stop
 
 clean:
 	rm -rf build
