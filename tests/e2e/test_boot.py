@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.test_lifecycle import OVERLAY_UNDER_VAR_LIB
 from tests.support.images import cached_disk
 from tests.support.vm import overlay
 
@@ -50,11 +51,7 @@ def test_bios_boot_immutable_layout_and_persistence(vm_factory) -> None:  # type
 
     # Container state is a plain bind from COS_PERSISTENT, so a runtime's overlay works there.
     assert vm.ok("findmnt -no FSTYPE --mountpoint /var/lib/containers").strip() == "ext4"
-    vm.ok(
-        "d=/var/lib/containers/e2e && mkdir -p $d/l $d/u $d/w $d/m && echo low > $d/l/f"
-        " && mount -t overlay overlay -o lowerdir=$d/l,upperdir=$d/u,workdir=$d/w $d/m"
-        ' && echo up > $d/m/f && test "$(cat $d/u/f)" = up && umount $d/m'
-    )
+    vm.ok(OVERLAY_UNDER_VAR_LIB)
 
     # cos status tells what is booted.
     status = json.loads(vm.ok("cos status --json"))

@@ -62,6 +62,13 @@ stages:
 """
 
 
+# What a container runtime's overlay snapshotter does under its state directory.
+OVERLAY_UNDER_VAR_LIB = (
+    "d=/var/lib/containers/e2e && mkdir -p $d/l $d/u $d/w $d/m && echo low > $d/l/f"
+    " && mount -t overlay overlay -o lowerdir=$d/l,upperdir=$d/u,workdir=$d/w $d/m"
+    ' && echo up > $d/m/f && test "$(cat $d/u/f)" = up && umount $d/m'
+)
+
 # A disk installed with the loop snapshotter (the default before layers).
 LOOP = (("COS_SNAPSHOTTER", "loop"),)
 
@@ -191,6 +198,8 @@ def test_a_move_to_layers_that_cannot_boot_falls_back_to_loop(
     # each try is a whole boot under emulation.
     vm.ok("mkdir -p /etc/cos/config.d && echo 'boot-attempts: 2' > /etc/cos/config.d/90-e2e.yaml")
     assert vm.ok("readlink /run/cos/state/.snapshots/active").strip() == "1/snapshot.img"
+    # A container runtime's overlay works on the loop snapshot too (test_boot: on layers).
+    vm.ok(OVERLAY_UNDER_VAR_LIB)
     out = vm.ok(f"cos upgrade --system {guest_registry.v2} --tls-verify=false 2>&1", timeout=1200)
     # GRUB on the ESP is rewritten first (the new menu boots both kinds); snapshot 2 is
     # a stack of layers, snapshot 1 stays a loop image.
