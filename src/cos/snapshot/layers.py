@@ -219,7 +219,9 @@ class LayersSnapshotter(LoopSnapshotter):
         return ceil_div(int(tar_bytes * _OVERHEAD) + _BOOT_ROOM, MIB) * MIB
 
     def new_bytes(self, layers: Sequence[tuple[str | None, int]]) -> int:
-        return self.estimate(sum(n for d, n in layers if d is None or not self.has_layer(d)))
+        new = [n for d, n in layers if d is None or not self.has_layer(d)]
+        # Each new layer is unpacked on COS_STATE before its image is made; one at a time.
+        return self.estimate(sum(new) + max(new, default=0))
 
     def has_layer(self, diff_id: str) -> bool:
         return self._layer_meta(self._layer_image(diff_id)).is_file()
@@ -255,20 +257,22 @@ class LayersSnapshotter(LoopSnapshotter):
         return meta
 
     def _make_layer(
-        self, layer: LayerBlob, staging: Path, below: Sequence[Path]
+        self, layer: LayerBlob, stage: Path, mounts: Path, below: Sequence[Path]
     ) -> dict[str, object]:
         """One layer as an erofs image in the shared store, made durable before it is
-        named. below: the layer images under it, top first."""
+        named. below: the layer images under it, top first. The layer is unpacked in
+        stage (on COS_STATE, where the space was counted: /run is a small tmpfs);
+        mount points go in mounts."""
         assert layer.diff_id is not None
         final = self._layer_image(layer.diff_id)
         tmp = final.with_name(_TMP + final.name)
-        tree = staging / f"layer-{final.stem[:16]}"
+        tree = stage / f"layer-{final.stem[:16]}"
         shutil.rmtree(tree, ignore_errors=True)
         try:
             made = unpack_layer(layer, tree)
             root = made.root
             if made.implicit and below:
-                with self._stack_mounted(below, staging / "below") as lower:
+                with self._stack_mounted(below, mounts / "below") as lower:
                     adopt_lower(tree, lower, made.implicit, layer.label)
             tmp.unlink(missing_ok=True)
             mkfs_erofs(tmp, tree)
@@ -281,7 +285,9 @@ class LayersSnapshotter(LoopSnapshotter):
         fsync_dir(self.layers_dir)
         return meta
 
-    def _layers_of(self, image: LocalImage, staging: Path) -> list[tuple[Path, RootEntry | None]]:
+    def _layers_of(
+        self, image: LocalImage, stage: Path, mounts: Path
+    ) -> list[tuple[Path, RootEntry | None]]:
         """The image's layers in the store, base first: made where missing, checked where
         present (a damaged one is made again from its blob)."""
         blobs = OciLayout(image.layout).image_layers(image.digest)
@@ -301,7 +307,7 @@ class LayersSnapshotter(LoopSnapshotter):
                     )
                 below = [p for p, _ in reversed(out)]
                 with step(f"Unpacking layer {i}/{len(blobs)} ({short_digest(layer.diff_id)})"):
-                    meta = self._make_layer(layer, staging, below)
+                    meta = self._make_layer(layer, stage, mounts, below)
             out.append((final, _root_from(meta.get("root"))))
         return out
 
@@ -330,16 +336,19 @@ class LayersSnapshotter(LoopSnapshotter):
         n = self.next_number()
         d = self._begin(n)
         workdir.mkdir(parents=True, exist_ok=True)
-        upper = workdir / "upper"
+        # What the build writes (unpacked layers, the hooks' upper dir) lives on
+        # COS_STATE beside the layer images; workdir holds only mount points.
+        stage = self.layers_dir / f"{_TMP}build-{n}"
+        upper = stage / "upper"
         try:
+            shutil.rmtree(stage, ignore_errors=True)
+            stage.mkdir(parents=True)
             layers: list[tuple[Path, RootEntry | None]]
             if image.ref.transport == Transport.DIR:
                 with step(f"Making a layer of {image.ref}"):
                     layers = [self._tree_layer(image.layout)]
             else:
-                layers = self._layers_of(image, workdir)
-            shutil.rmtree(upper, ignore_errors=True)
-            shutil.rmtree(workdir / "work", ignore_errors=True)
+                layers = self._layers_of(image, stage, workdir)
             upper.mkdir(mode=0o755)
             _set_root(upper, [r for _, r in layers])
             stack = [p for p, _ in reversed(layers)]
@@ -351,8 +360,7 @@ class LayersSnapshotter(LoopSnapshotter):
             shutil.rmtree(d, ignore_errors=True)
             raise
         finally:
-            shutil.rmtree(upper, ignore_errors=True)
-            shutil.rmtree(workdir / "work", ignore_errors=True)
+            shutil.rmtree(stage, ignore_errors=True)
 
     def from_tree(self, tree: Path) -> int:
         """A finished tree (build-disk) as one layer of its own."""
@@ -413,7 +421,10 @@ class LayersSnapshotter(LoopSnapshotter):
         removed = super().clean_debris()
         for f in self.layers_dir.iterdir() if self.layers_dir.is_dir() else []:
             if f.name.startswith(_TMP):
-                f.unlink()
+                if f.is_dir() and not f.is_symlink():
+                    shutil.rmtree(f)
+                else:
+                    f.unlink()
         self.collect()
         return removed
 
