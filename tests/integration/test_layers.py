@@ -46,7 +46,7 @@ def _stack_tree(
     snaps: LayersSnapshotter, image: LocalImage, where: Path
 ) -> tuple[dict[str, Entry], list[list[str]]]:
     """The stack of image's layers (plus an empty top) as the initrd would mount it."""
-    layers = snaps._layers_of(image, where.parent)
+    layers = snaps._layers_of(image, where.parent, where.parent)
     top = where.parent / "top"
     top.mkdir()
     from cos.snapshot.layers import _set_root, mkfs_erofs
@@ -74,14 +74,14 @@ def test_layers_a_stack_cannot_hold_are_refused(work: Path) -> None:
     layout, digest = oci_layout(work / "a", [chr00])
     snaps = LayersSnapshotter(work / "state")
     with pytest.raises(ImageError, match="character device 0/0"):
-        snaps._layers_of(_image(layout, "latest", digest), work)
+        snaps._layers_of(_image(layout, "latest", digest), work, work)
     layout, digest = oci_layout(work / "c", changeset_layers())
     with pytest.raises(ImageError, match="passes through a symbolic link"):
-        snaps._layers_of(_image(layout, "latest", digest), work)
+        snaps._layers_of(_image(layout, "latest", digest), work, work)
     cross = [Layer().file("a", b"x").bytes(), Layer().hardlink("b", "a").bytes()]
     layout, digest = oci_layout(work / "b", cross)
     with pytest.raises(ImageError, match="not in the same layer"):
-        snaps._layers_of(_image(layout, "latest", digest), work)
+        snaps._layers_of(_image(layout, "latest", digest), work, work)
     assert not [p for p in (work / "state/.snapshots" / LAYERS_DIR).iterdir() if "tmp" in p.name]
 
 
