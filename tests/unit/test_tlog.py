@@ -11,26 +11,29 @@ import hashlib
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from cos.oci import bundle, cosign, tlog
 from tests.support import sigstore
 
+Key = ec.EllipticCurvePrivateKey
+Keys = tuple[Key, Key]
 DIGEST = "sha256:" + hashlib.sha256(b"manifest").hexdigest()
 
 
 @pytest.fixture(scope="module")
-def keys() -> tuple[cosign.PrivateKey, cosign.PrivateKey]:
+def keys() -> Keys:
     """(the signer's key, the log's key)"""
     return cosign.generate_key(), cosign.generate_key()
 
 
-def _log_key(key: cosign.PrivateKey) -> tlog.LogKey:
-    pub = key.public_key()
-    assert isinstance(pub, tlog.ec.EllipticCurvePublicKey)
-    return tlog.LogKey(pub, tlog.key_id(pub))
+def _log_key(key: ec.EllipticCurvePrivateKey) -> tlog.LogKey:
+    return tlog.LogKey(key.public_key(), tlog.key_id(key.public_key()))
 
 
-def _verify(blob: bytes, signer: cosign.PrivateKey, log: cosign.PrivateKey) -> str | None:
+def _verify(
+    blob: bytes, signer: ec.EllipticCurvePrivateKey, log: ec.EllipticCurvePrivateKey
+) -> str | None:
     reason, _ = bundle.verify(signer.public_key(), {DIGEST}, [blob], _log_key(log))
     return reason
 
@@ -38,11 +41,9 @@ def _verify(blob: bytes, signer: cosign.PrivateKey, log: cosign.PrivateKey) -> s
 @pytest.mark.parametrize("message", [False, True], ids=["dsse", "message-signature"])
 @pytest.mark.parametrize(("before", "after"), [(0, 0), (5, 6), (7, 0), (8, 8), (1000, 23)])
 def test_an_entry_of_the_log_proves_it_holds_the_signature(
-    keys: tuple[cosign.PrivateKey, cosign.PrivateKey], message: bool, before: int, after: int
+    keys: Keys, message: bool, before: int, after: int
 ) -> None:
     signer, log_key = keys
-    assert isinstance(signer, tlog.ec.EllipticCurvePrivateKey)
-    assert isinstance(log_key, tlog.ec.EllipticCurvePrivateKey)
     log = sigstore.Log(log_key, before=before, after=after)
     blob = sigstore.Writer(signer, log=log, message_signature=message).bundle(DIGEST)
     assert _verify(blob, signer, log_key) is None
@@ -64,11 +65,9 @@ def test_an_entry_of_the_log_proves_it_holds_the_signature(
 )
 @pytest.mark.parametrize("message", [False, True], ids=["dsse", "message-signature"])
 def test_an_entry_that_does_not_check_out_is_refused(
-    keys: tuple[cosign.PrivateKey, cosign.PrivateKey], tamper: str, why: str, message: bool
+    keys: Keys, tamper: str, why: str, message: bool
 ) -> None:
     signer, log_key = keys
-    assert isinstance(signer, tlog.ec.EllipticCurvePrivateKey)
-    assert isinstance(log_key, tlog.ec.EllipticCurvePrivateKey)
     log = sigstore.Log(log_key, tamper=tamper)
     blob = sigstore.Writer(signer, log=log, message_signature=message).bundle(DIGEST)
     reason = _verify(blob, signer, log_key)
@@ -76,22 +75,18 @@ def test_an_entry_that_does_not_check_out_is_refused(
 
 
 def test_a_bundle_without_an_entry_or_from_another_log_is_refused(
-    keys: tuple[cosign.PrivateKey, cosign.PrivateKey],
+    keys: Keys,
 ) -> None:
     signer, log_key = keys
-    assert isinstance(signer, tlog.ec.EllipticCurvePrivateKey)
-    assert isinstance(log_key, tlog.ec.EllipticCurvePrivateKey)
     plain = sigstore.Writer(signer).bundle(DIGEST)
     assert "no transparency-log entry" in str(_verify(plain, signer, log_key))
     made_up = sigstore.Writer(signer, tlog=True).bundle(DIGEST)
     assert _verify(made_up, signer, log_key) is not None
     other_log = cosign.generate_key()
-    assert isinstance(other_log, tlog.ec.EllipticCurvePrivateKey)
     signed_elsewhere = sigstore.Writer(signer, log=sigstore.Log(other_log)).bundle(DIGEST)
     assert "another log" in str(_verify(signed_elsewhere, signer, log_key))
     # The entry of a signature by another key: the signer's key is what counts first.
     intruder = cosign.generate_key()
-    assert isinstance(intruder, tlog.ec.EllipticCurvePrivateKey)
     theirs = sigstore.Writer(intruder, log=sigstore.Log(log_key)).bundle(DIGEST)
     assert "no signature verifies" in str(_verify(theirs, signer, log_key))
 
