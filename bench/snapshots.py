@@ -4,12 +4,13 @@ shared layers, and what kept snapshots take on COS_STATE.
 For each backend two v1 disks are built once (`snapshotter` set through
 COS_SNAPSHOTTER); each run upgrades a fresh copy of each on the host, the way the
 upgrade tests do: v1 → v2 (v1 + one small layer), and an image whose ~50 MB middle
-layer changes below an identical small top layer (Images.middle_refs). Measured per run: the upgrade's wall time, and the bytes written to
-the state partition's loop device (/sys/block/loopN/stat, sectors written, after a
-sync before and after). Then, once per backend, three more upgrades with max-snaps 4
-(v2 → v1 → v2 --force, each kept, as far as the 4 GiB test partition holds them): the
-space the snapshots take on COS_STATE (their files, shared content once) over the
-unpacked size of v1 (its layers' tar streams), and how many fit.
+layer changes below an identical small top layer (Images.middle_refs). Measured per
+run: the upgrade's wall time, and the bytes written to the state partition's loop
+device (/sys/block/loopN/stat, sectors written, after a sync before and after). Then,
+once per backend, three more upgrades with max-snaps 4 (v2 → v1 → v2 --force, each
+kept, as far as the 4 GiB test partition holds them): the space the snapshots take on
+COS_STATE (their files, shared content once) over the unpacked size of v1 (its layers'
+tar streams), and how many fit.
 
 The floor is the loop backend: ratios say what layers cost relative to it.
 
