@@ -179,9 +179,7 @@ def test_upgrade_rollback_downgrade_from_passive(vm_factory, guest_registry: Gue
     assert st["snapshotter"] == "layers"
     assert sorted(s["number"] for s in st["snapshots"]) == [1, 2, 3]
     assert _snap(st, 3)["bytes"] < 4 * 2**20 < 100 * 2**20 < st["snapshots_bytes"], st
-    vm.reboot()
-    assert _booted(vm) == ("active", 3, "latest")
-    _wait_good(vm, 3)
+    # (Booting a layers snapshot after an upgrade was shown with snapshot 2 above.)
 
 
 def test_a_move_to_layers_that_cannot_boot_falls_back_to_loop(
