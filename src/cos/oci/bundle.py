@@ -204,8 +204,9 @@ def _prehashed_valid(key: PublicKey, digest: bytes, signature: bytes) -> bool:
     return True
 
 
-def signed_digests(key: PublicKey, bundle: Bundle) -> set[str]:
-    """The manifest digests the bundle's signature by key vouches for.
+def signed_digests(key: PublicKey, bundle: Bundle) -> tuple[set[str], tlog.Signed]:
+    """The manifest digests the bundle's signature by key vouches for, and that
+    signature with what it covers (to match a transparency log's record of it).
 
     Raises ValueError naming why it vouches for nothing: no valid signature, or a
     malformed or foreign statement. The signature is checked before anything signed
@@ -221,9 +222,12 @@ def signed_digests(key: PublicKey, bundle: Bundle) -> set[str]:
         if not isinstance(sigs, list) or not sigs:
             raise ValueError("no DSSE signature")
         message = pae(INTOTO_TYPE, payload)
-        if not any(
-            isinstance(s, dict) and signature_valid(key, message, _bytes(s, "sig")) for s in sigs
-        ):
+        valid = [
+            sig
+            for sig in (_bytes(s, "sig") for s in sigs if isinstance(s, dict))
+            if signature_valid(key, message, sig)
+        ]
+        if not valid:
             raise InvalidSignature
         st = load_json(payload, _no_duplicates)
         if not isinstance(st, dict) or st.get("_type") not in STATEMENT_TYPES:
@@ -235,7 +239,7 @@ def signed_digests(key: PublicKey, bundle: Bundle) -> set[str]:
             hexd = subject.get("digest", {}).get("sha256") if isinstance(subject, dict) else None
             if isinstance(hexd, str) and re.fullmatch(r"[0-9a-f]{64}", hexd):
                 out.add(f"sha256:{hexd}")
-        return out
+        return out, tlog.Signed(key, valid[0], payload=payload)
     if "messageSignature" in doc:
         ms = _obj(doc, "messageSignature")
         md = _obj(ms, "messageDigest")
@@ -244,29 +248,11 @@ def signed_digests(key: PublicKey, bundle: Bundle) -> set[str]:
         digest = _bytes(md, "digest")
         if len(digest) != 32:
             raise ValueError("message digest is not SHA-256")
-        if not _prehashed_valid(key, digest, _bytes(ms, "signature")):
+        signature = _bytes(ms, "signature")
+        if not _prehashed_valid(key, digest, signature):
             raise InvalidSignature
-        return {"sha256:" + digest.hex()}
+        return {"sha256:" + digest.hex()}, tlog.Signed(key, signature, digest=digest)
     raise ValueError("neither a DSSE envelope nor a message signature")
-
-
-def signed_by(key: PublicKey, bundle: Bundle) -> tlog.Signed:
-    """The bundle's signature that verifies with key, and what it covers (for matching
-    a transparency log's record of it). Call after signed_digests accepted it."""
-    doc = bundle.doc
-    if "dsseEnvelope" in doc:
-        env = _obj(doc, "dsseEnvelope")
-        payload = _bytes(env, "payload")
-        message = pae(INTOTO_TYPE, payload)
-        for s in env.get("signatures") or []:
-            sig = _bytes(s, "sig") if isinstance(s, dict) else b""
-            if signature_valid(key, message, sig):
-                return tlog.Signed(key, sig, payload=payload)
-        raise InvalidSignature
-    ms = _obj(doc, "messageSignature")
-    return tlog.Signed(
-        key, _bytes(ms, "signature"), digest=_bytes(_obj(ms, "messageDigest"), "digest")
-    )
 
 
 def verify(
@@ -279,9 +265,9 @@ def verify(
     for data in blobs:
         try:
             b = parse(data)
-            got = signed_digests(key, b)
+            got, signed = signed_digests(key, b)
             if got & digests and log is not None:
-                why = tlog.verify(b.tlog_entries, log, signed_by(key, b))
+                why = tlog.verify(b.tlog_entries, log, signed)
                 if why is not None:
                     reason = why
                     continue
