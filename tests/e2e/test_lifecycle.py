@@ -13,7 +13,6 @@ import pytest
 from tests.e2e.conftest import GuestRegistry
 from tests.support.images import LAYOUT, cached_disk
 from tests.support.signing import key_pair, sign
-from tests.support.vm import VMError
 
 pytestmark = pytest.mark.e2e
 
@@ -259,15 +258,18 @@ def test_a_hanging_trial_boot_falls_back(vm_factory, guest_registry: GuestRegist
     assert _snap(st, 2)["boot_assessment"] == "failed"
 
 
-def test_recovery_reset_keeps_or_wipes_persistent(
-    vm_factory, guest_registry: GuestRegistry
-) -> None:  # type: ignore[no-untyped-def]
-    vm = vm_factory("bios", net=True)
+def test_recovery_installs_and_resets(vm_factory, guest_registry: GuestRegistry) -> None:  # type: ignore[no-untyped-def]
+    """From the recovery boot: `cos install` onto a second disk (which then boots), a reset
+    from the recovery image that keeps persistent data, and, from a second recovery boot,
+    a reset from a registry image that wipes it."""
+    target = guest_registry.log.parent / "install-target.qcow2"
+    target.unlink(missing_ok=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(target), "16G"], check=True)
+    vm = vm_factory("bios", net=True, extra_disks=(target,))
     vm.start()
     vm.wait_multi_user()
     vm.ok("echo kept > /usr/local/e2e-persist && echo kept > /root/e2e-root && sync")
 
-    # Reset from the recovery image: state is redeployed, persistent data survives.
     vm.ok("grub-editenv /oem/grubenv set next_entry=recovery")
     vm.reboot()
     # Recovery: the squashfs of COS_RECOVERY (through its boot link) is /, and the
@@ -280,6 +282,20 @@ def test_recovery_reset_keeps_or_wipes_persistent(
     assert vm.sh("findmnt /usr/local").rc != 0
     r = vm.sh("cos upgrade --system x/y:z")
     assert r.rc == 7 and "recovery mode" in r.err
+
+    # Install onto the second disk; the booted one is in use: refused, nothing written.
+    _wait_network(vm)
+    r = vm.sh(f"cos install /dev/vda --system {guest_registry.v1} --tls-verify=false")
+    assert r.rc == 5 and "in use" in r.err, r.err
+    node = "name: installed\nstages:\n  initramfs:\n    - hostname: installed-node\n"
+    vm.ok(f"printf '{node}' > /tmp/node.yaml")
+    vm.ok(
+        f"cos install /dev/vdb --system {guest_registry.v1} --tls-verify=false"
+        " --cloud-init /tmp/node.yaml 2>&1",
+        timeout=2400,
+    )
+
+    # Reset from the recovery image: state is redeployed, persistent data survives.
     vm.ok("cos reset 2>&1", timeout=1500)
     vm.reboot()
     st = _status(vm)
@@ -301,6 +317,17 @@ def test_recovery_reset_keeps_or_wipes_persistent(
     assert st["snapshots"][0]["source"] == guest_registry.v2
     assert vm.sh("test -e /usr/local/e2e-persist").rc != 0
     assert vm.sh("test -e /root/e2e-root").rc != 0
+    vm.stop()
+
+    # The machine installed from recovery boots from its own disk.
+    installed = vm_factory("bios", disk=target)
+    installed.start()
+    installed.wait_multi_user()
+    st = _status(installed)
+    assert (st["mode"], st["booted_snapshot"]) == ("active", 1)
+    assert st["snapshots"][0]["from_action"] == "install"
+    assert st["snapshots"][0]["source"] == guest_registry.v1
+    assert installed.ok("hostname").strip() == "installed-node"
 
 
 def test_power_loss_during_upgrade(vm_factory, guest_registry: GuestRegistry) -> None:  # type: ignore[no-untyped-def]
@@ -337,47 +364,3 @@ def test_power_loss_during_upgrade(vm_factory, guest_registry: GuestRegistry) ->
     )
     assert "Switching to snapshot" in out
     assert not vm.ok("ls /run/cos/state/.snapshots/*/.partial 2>/dev/null || true").strip()
-
-
-def test_install_from_recovery_onto_a_second_disk(
-    vm_factory, guest_registry: GuestRegistry
-) -> None:  # type: ignore[no-untyped-def]
-    """Recovery boot runs `cos install /dev/vdb`; the machine then boots from that disk."""
-    target = guest_registry.log.parent / "install-target.qcow2"
-    target.unlink(missing_ok=True)
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(target), "16G"], check=True)
-    vm = vm_factory("bios", net=True, extra_disks=(target,))
-    vm.start()
-    vm.wait_multi_user()
-    vm.ok("grub-editenv /oem/grubenv set next_entry=recovery")
-    vm.reboot()
-    assert _status(vm)["mode"] == "recovery"
-    _wait_network(vm)
-    node = "name: installed\nstages:\n  initramfs:\n    - hostname: installed-node\n"
-    vm.ok(f"printf '{node}' > /tmp/node.yaml")
-    # The booted disk is in use: refused, nothing written.
-    r = vm.sh(f"cos install /dev/vda --system {guest_registry.v1} --tls-verify=false")
-    assert r.rc == 5 and "in use" in r.err, r.err
-    vm.ok(
-        f"nohup cos install /dev/vdb --system {guest_registry.v1} --tls-verify=false"
-        " --cloud-init /tmp/node.yaml --poweroff > /run/e2e-install.log 2>&1 &"
-    )
-    deadline = time.monotonic() + 2400
-    while vm.proc.poll() is None:
-        assert time.monotonic() < deadline, "install did not finish"
-        try:
-            log = vm.sh("cat /run/e2e-install.log", timeout=20).out
-        except (VMError, OSError):
-            break  # powering off: the agent is gone
-        assert "cos: error" not in log and "internal error" not in log, log
-        time.sleep(5)
-    vm.wait_exit(timeout=120)
-
-    installed = vm_factory("bios", disk=target)
-    installed.start()
-    installed.wait_multi_user()
-    st = _status(installed)
-    assert (st["mode"], st["booted_snapshot"]) == ("active", 1)
-    assert st["snapshots"][0]["from_action"] == "install"
-    assert st["snapshots"][0]["source"] == guest_registry.v1
-    assert installed.ok("hostname").strip() == "installed-node"

@@ -92,3 +92,24 @@ def test_logs_refuses_a_boot_it_does_not_keep(tmp_path: Path) -> None:
     with pytest.raises(StateError, match="no record of boot 7"):
         show_logs(Config(), boot=7, installed=inst)
     assert show_logs(Config(), installed=inst) == 0
+
+
+def test_stages_not_started_are_listed_once_by_the_next_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = tmp_path / "run"
+    (run / trail.SKIPPED_DIR).mkdir(parents=True)
+    for name in ("fs", "network"):
+        (run / trail.SKIPPED_DIR / name).touch()  # what cos-stage-wanted leaves
+    t = Trail(run, tmp_path / "kept", "active", 1)
+    _boot(monkeypatch, "a")
+    _stage(t, "boot")
+    t.record(assessment="good")
+    (rec,) = kept_boots(tmp_path / "kept")
+    assert [(s["stage"], s.get("skipped")) for s in rec["stages"]] == [
+        ("boot", None),
+        ("fs", trail.NOT_STARTED),
+        ("network", trail.NOT_STARTED),
+    ]
+    assert failures(rec) == []
+    assert f"stage fs: {trail.NOT_STARTED}" in render_record(rec)

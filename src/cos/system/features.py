@@ -195,6 +195,8 @@ def _layout(root: Path) -> None:
 def _systemd(root: Path) -> None:
     for entry in data_path("systemd").iterdir():
         _write(root, f"/etc/systemd/system/{entry.name}", entry.read_text())
+    for entry in data_path("libexec").iterdir():
+        _write(root, f"/usr/libexec/{entry.name}", entry.read_text(), 0o755)
     _enable_unit(root, "cos-status.service", "multi-user.target")
     _enable_unit(root, "cos-setup-fs.service", "sysinit.target")
     _enable_unit(root, "cos-setup-boot.service", "multi-user.target")

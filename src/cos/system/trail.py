@@ -11,6 +11,11 @@ after the next boot and recovery mode can read it too.
 Writing the trail must never hurt a boot: every write is atomic (a power loss keeps
 the previous version), sizes are bounded (steps, messages, stages, boots), and a
 failure to write is a warning, not an error.
+
+A stage that no cloud-config can name is not started at all (the units'
+ExecCondition, /usr/libexec/cos-stage-wanted, leaves a marker in
+/run/cos/skipped-stages/); the next write of the record, or a read of the running
+boot's, lists it as not started.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ from cos.system.state import now
 log = logging.getLogger("cos")
 
 RUN_RECORD = "boot-trail.json"  # in /run/cos: the running boot's record
+SKIPPED_DIR = "skipped-stages"  # in /run/cos: stages this boot did not start
+NOT_STARTED = "not started: no cloud-config names this stage"
 TRAIL_DIR = ".cos/boots"  # below the persistent mount: one file per boot
 KEEP = 20
 MAX_STAGES = 30
@@ -43,6 +50,32 @@ MAX_TEXT = 200
 
 def _short(text: str) -> str:
     return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 1] + "…"
+
+
+def _with_skipped(rec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """The record with this boot's not-started stages (markers in run_dir) added."""
+    try:
+        names = sorted(p.name for p in (run_dir / SKIPPED_DIR).iterdir())
+    except OSError:
+        return rec
+    stages = rec.get("stages")
+    if not isinstance(stages, list):
+        return rec
+    have = {st.get("stage") for st in stages if isinstance(st, dict)}
+    for name in names[:MAX_STAGES]:
+        if name not in have:
+            stages.append(
+                {
+                    "stage": _short(name),
+                    "seconds": 0,
+                    "documents": [],
+                    "steps": [],
+                    "invalid": [],
+                    "skipped": NOT_STARTED,
+                }
+            )
+    rec["stages"] = stages[-MAX_STAGES:]
+    return rec
 
 
 @dataclass(frozen=True)
@@ -126,6 +159,7 @@ class Trail:
             if rec.get("boot") is None and self.kept_dir is not None:
                 rec["boot"] = self._next_number()  # made before the partition was mounted
             change(rec)
+            _with_skipped(rec, self.run_dir)
             text = json.dumps(rec, indent=1) + "\n"
             atomic_write(self.run_dir / RUN_RECORD, text)
             if self.kept_dir is not None and rec.get("boot") is not None:
@@ -214,7 +248,7 @@ def boots(inst: Installed, persistent_mount: str, label: str) -> list[dict[str, 
     except (OSError, ValueError):
         current = None
     if isinstance(current, dict) and current.get("boot") not in {r.get("boot") for r in records}:
-        records.append(current)
+        records.append(_with_skipped(current, inst.run_dir))
     return records
 
 
@@ -226,6 +260,9 @@ def render_record(record: dict[str, Any]) -> str:
         + (f", boot assessment: {record['assessment']}" if record.get("assessment") else "")
     ]
     for st in record.get("stages", []):
+        if st.get("skipped"):
+            lines.append(f"  stage {st.get('stage')}: {st['skipped']}")
+            continue
         steps = st.get("steps", [])
         counts = {k: sum(s.get("status") == k for s in steps) for k in ("ran", "skipped", "failed")}
         lines.append(

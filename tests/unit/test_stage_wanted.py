@@ -1,0 +1,76 @@
+"""cos-stage-wanted, the cos-setup-* units' ExecCondition: a stage's Python start is
+skipped only when no cloud-config can name that stage."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from cos.data import data_path
+
+SCRIPT = data_path("libexec", "cos-stage-wanted")
+
+YIP = "name: d\nstages:\n  {stage}:\n    - commands: [true]\n"
+
+
+def _wanted(root: Path, stage: str) -> bool:
+    env = {"PATH": os.environ["PATH"], "COS_STAGE_ROOT": str(root)}
+    r = subprocess.run(["sh", str(SCRIPT), stage], env=env, check=False)
+    assert r.returncode in (0, 1)
+    return r.returncode == 0
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc/cmdline").write_text("BOOT_IMAGE=/vmlinuz root=LABEL=COS_STATE quiet\n")
+    (tmp_path / "system/oem").mkdir(parents=True)
+    # The toolkit's own defaults name initramfs only.
+    for f in data_path("oem").iterdir():
+        (tmp_path / "system/oem" / f.name).write_text(f.read_text())
+    return tmp_path
+
+
+def test_a_stage_no_document_names_is_skipped_and_marked(root: Path) -> None:
+    assert not _wanted(root, "fs")
+    assert not _wanted(root, "network")
+    assert _wanted(root, "initramfs")
+    assert sorted(p.name for p in (root / "run/cos/skipped-stages").iterdir()) == [
+        "fs",
+        "network",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("where", "text"),
+    [
+        ("oem/90_fs.yaml", YIP.format(stage="fs")),
+        ("oem/90_fs.yaml", YIP.format(stage="fs.after")),
+        ("usr/local/cloud-config/sub/x.yml", '{"stages": {"fs": []}}'),
+        ("oem/users.yaml", "#cloud-config\nusers:\n  - name: kairos\n"),
+        ("etc/cos/config.d/10.yaml", "cloud-init-paths: [/srv/configs]\n"),
+        ("proc/cmdline", "root=LABEL=COS_STATE cos.setup=/run/cos/state/iso-config\n"),
+        ("proc/cmdline", "quiet elemental.setup=http://10.0.2.2/c.yaml\n"),
+    ],
+)
+def test_anything_that_may_name_the_stage_runs_it(root: Path, where: str, text: str) -> None:
+    (root / where).parent.mkdir(parents=True, exist_ok=True)
+    (root / where).write_text(text)
+    assert _wanted(root, "fs")
+    assert not (root / "run/cos/skipped-stages").exists()
+
+
+def test_a_word_that_only_contains_the_name_does_not_count(root: Path) -> None:
+    (root / "oem").mkdir()
+    (root / "oem/x.yaml").write_text(YIP.format(stage="boot") + "# mkfs, initramfs, fsck\n")
+    assert not _wanted(root, "fs")
+    assert _wanted(root, "boot")
+
+
+def test_an_odd_stage_name_runs_the_stage(root: Path) -> None:
+    assert _wanted(root, "")
+    assert _wanted(root, "fs;rm")
+    assert _wanted(root, "../fs")
