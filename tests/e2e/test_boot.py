@@ -86,6 +86,10 @@ def test_bios_boot_immutable_layout_and_persistence(vm_factory) -> None:  # type
     failed = [st for st in boot_stage["steps"] if st["status"] == "failed"]
     assert len(failed) == 1 and "false" in failed[0]["detail"]
     assert {st["stage"] for st in record["stages"]} >= {"rootfs", "initramfs", "fs", "network"}
+    # No cloud-config names fs or network: their units were not started (no Python start).
+    not_started = {st["stage"] for st in record["stages"] if st.get("skipped")}
+    assert not_started == {"fs", "network"}, record["stages"]
+    assert vm.ok("systemctl show -p ConditionResult --value cos-setup-fs").strip() == "no"
     assert record["mode"] == "active" and record["snapshot"] == 1
     assert "FAILED" in vm.ok(f"cos logs --boot {m[1]}")
     vm.ok("rm /oem/96_e2e_fails.yaml")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from cos.boot import assessment, grubenv
 from cos.data import data_path
 
 SCRIPT = data_path("libexec", "cos-stage-wanted")
@@ -74,3 +75,27 @@ def test_an_odd_stage_name_runs_the_stage(root: Path) -> None:
     assert _wanted(root, "")
     assert _wanted(root, "fs;rm")
     assert _wanted(root, "../fs")
+
+
+def _trial_pending(root: Path) -> bool:
+    script = data_path("libexec", "cos-trial-pending")
+    env = {"PATH": os.environ["PATH"], "COS_STAGE_ROOT": str(root)}
+    r = subprocess.run(["sh", str(script)], env=env, check=False)
+    assert r.returncode in (0, 1)
+    return r.returncode == 0
+
+
+def test_boot_assessment_starts_only_with_a_trial_or_in_doubt(tmp_path: Path) -> None:
+    oem = tmp_path / "oem"
+    oem.mkdir()
+    assert _trial_pending(tmp_path)  # no grubenv: let the assessment decide
+    grubenv.write(oem / "grubenv", {"saved_entry": "active", "cos_passive": "1"})
+    assert not _trial_pending(tmp_path)
+    assessment.start_trial(oem, 2, 1, 3, [1])
+    assert _trial_pending(tmp_path)
+    assessment.end_trial(oem)
+    assert not _trial_pending(tmp_path)
+    (oem / "grubenv").write_text("cos_trial=2\n")  # not a GRUB environment block
+    assert _trial_pending(tmp_path)
+    (oem / "grubenv").write_bytes(b"\xff" * 1024)
+    assert _trial_pending(tmp_path)
