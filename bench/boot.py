@@ -3,7 +3,9 @@ plainly, under the same qemu settings (tests/support/vm.py: q35, -accel tcg -cpu
 2 CPUs, 1.5 GiB), and the time each cos unit (the cloud-init stages) took.
 
 The cos disk is the e2e disk (`cos build-disk` of the e2e image: vanilla + the test
-agent), booted by SeaBIOS and GRUB from a loop snapshot on COS_STATE. The floor is the
+agent), booted by SeaBIOS and GRUB from a snapshot of stacked layer images on COS_STATE
+(the default); the same image on a disk with a loop snapshot (one ext4 image) is the
+third contender, for the layers ÷ loop ratio. The floor is the
 e2e image's own tree as an ext4 image (made once per image, kept in build/bench),
 booted directly (-kernel/-initrd of the image, root=/dev/vda, the same console
 arguments), its cos units masked: what the root filesystem costs without cos's boot
@@ -34,6 +36,9 @@ from bench.common import VM_LOCK, Metrics, Row, interleave, rows_of, scratch, sh
 from cos.disk.image import ext_image_size as image_size_for
 from cos.oci.unpack import unpack_image
 
+# The same e2e image on a disk whose snapshot is one loop-mounted image (the backend
+# before layers): what booting a stack of layer images costs beside it.
+LOOP = (("COS_SNAPSHOTTER", "loop"),)
 STAGES = ("cos-setup-fs.service", "cos-setup-boot.service", "cos-setup-network.service")
 CONSOLE = "console=tty1 console=ttyS0,115200 panic=5"  # what cos's grub.cfg passes
 LOCK_WAITS: list[float] = []  # seconds spent waiting for the VM lock, for the summary
@@ -148,21 +153,26 @@ def plain_rootfs() -> tuple[Path, tuple[str, ...]]:
 def bench(args: argparse.Namespace) -> list[Row]:
     workdir = Path(args.workdir)
     cos_disk = cached_disk("disk")
+    loop_disk = cached_disk("loop", config=LOOP)
     plain, extra = plain_rootfs()
     samples = interleave(
         args.runs,
         {
             "plain": lambda: boot_once(plain, workdir, extra),
             "cos": lambda: boot_once(cos_disk, workdir, ()),
+            "loop": lambda: boot_once(loop_disk, workdir, ()),
         },
     )
     spec: list[tuple[str, str, str, str | None]] = [
         ("plain: to multi-user (floor)", "plain", "multi-user", None),
         ("cos: to multi-user", "cos", "multi-user", "plain: to multi-user (floor)"),
+        ("cos, loop snapshot: to multi-user", "loop", "multi-user", None),
+        ("cos, layers ÷ loop snapshot", "cos", "multi-user", "cos, loop snapshot: to multi-user"),
     ]
     for phase in ("kernel + initrd", "userspace"):
         spec.append((f"plain: {phase} (guest clock)", "plain", phase, None))
         spec.append((f"cos: {phase} (guest clock)", "cos", phase, f"plain: {phase} (guest clock)"))
+        spec.append((f"cos, loop snapshot: {phase} (guest clock)", "loop", phase, None))
     units = sorted({k for m in samples["cos"] for k in m if k.endswith(".service")})
     for u in [s for s in STAGES if s in units] + [u for u in units if u not in STAGES]:
         if all(u in m for m in samples["cos"]):

@@ -1,11 +1,24 @@
-"""The plugins in yip's order: every plugin of a step runs, whatever the others did."""
+"""The plugins in yip's order: every plugin of a step runs, whatever the others did.
+
+A plugin's module is imported when a step first uses it: most boots run a few
+plugins, and every module read costs time early in boot on a slow machine.
+"""
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from typing import Any
 
-from cos.cloudinit.plugins import commands, datasource, entities, files, layout, system, users
 from cos.cloudinit.plugins.base import Context, Plugin, PluginError
+
+
+def _lazy(module: str, func: str) -> Callable[[dict[str, Any], Context], None]:
+    def apply(step: dict[str, Any], ctx: Context) -> None:
+        getattr(importlib.import_module(f"cos.cloudinit.plugins.{module}"), func)(step, ctx)
+
+    apply.__qualname__ = f"{module}.{func}"
+    return apply
 
 
 def _not_available(key: str) -> Plugin:
@@ -16,25 +29,25 @@ def _not_available(key: str) -> Plugin:
 
 
 PLUGINS: list[Plugin] = [
-    Plugin("dns", ("dns",), system.dns),
-    Plugin("downloads", ("downloads",), files.downloads),
+    Plugin("dns", ("dns",), _lazy("system", "dns")),
+    Plugin("downloads", ("downloads",), _lazy("files", "downloads")),
     _not_available("git"),
-    Plugin("ensure_entities", ("ensure_entities",), entities.ensure_entities),
-    Plugin("directories", ("directories",), files.directories),
-    Plugin("files", ("files",), files.files),
-    Plugin("commands", ("commands",), commands.commands),
-    Plugin("delete_entities", ("delete_entities",), entities.delete_entities),
-    Plugin("hostname", ("hostname",), system.hostname),
-    Plugin("sysctl", ("sysctl",), system.sysctl),
-    Plugin("users", ("users",), users.users),
-    Plugin("authorized_keys", ("authorized_keys",), users.authorized_keys),
-    Plugin("modules", ("modules",), system.modules),
-    Plugin("timesyncd", ("timesyncd",), system.timesyncd),
-    Plugin("systemctl", ("systemctl",), system.systemctl),
-    Plugin("environment", ("environment",), system.environment),
-    Plugin("systemd_firstboot", ("systemd_firstboot",), system.systemd_firstboot),
-    Plugin("datasource", ("datasource",), datasource.datasource),
-    Plugin("layout", ("layout",), layout.layout),
+    Plugin("ensure_entities", ("ensure_entities",), _lazy("entities", "ensure_entities")),
+    Plugin("directories", ("directories",), _lazy("files", "directories")),
+    Plugin("files", ("files",), _lazy("files", "files")),
+    Plugin("commands", ("commands",), _lazy("commands", "commands")),
+    Plugin("delete_entities", ("delete_entities",), _lazy("entities", "delete_entities")),
+    Plugin("hostname", ("hostname",), _lazy("system", "hostname")),
+    Plugin("sysctl", ("sysctl",), _lazy("system", "sysctl")),
+    Plugin("users", ("users",), _lazy("users", "users")),
+    Plugin("authorized_keys", ("authorized_keys",), _lazy("users", "authorized_keys")),
+    Plugin("modules", ("modules",), _lazy("system", "modules")),
+    Plugin("timesyncd", ("timesyncd",), _lazy("system", "timesyncd")),
+    Plugin("systemctl", ("systemctl",), _lazy("system", "systemctl")),
+    Plugin("environment", ("environment",), _lazy("system", "environment")),
+    Plugin("systemd_firstboot", ("systemd_firstboot",), _lazy("system", "systemd_firstboot")),
+    Plugin("datasource", ("datasource",), _lazy("datasource", "datasource")),
+    Plugin("layout", ("layout",), _lazy("layout", "layout")),
     _not_available("package_pins"),
     _not_available("packages"),
     _not_available("unpack_images"),
