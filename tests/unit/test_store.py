@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-
-import pytest
 
 from cos.oci.reference import parse_ref
 from cos.oci.store import LayerStore, RemoteImage
-from cos.snapshot.layers import LayersSnapshotter
-from cos.snapshot.loop import LoopSnapshotter
 
 A, B, CONFIG = ("sha256:" + c * 64 for c in "abc")
 DIFF_A, DIFF_B = ("sha256:" + c * 64 for c in "de")
@@ -38,29 +33,3 @@ def test_layers_held_in_the_snapshotters_form_are_not_fetched(tmp_path: Path) ->
     assert store.missing(remote, held={A, B}) == []
     # A config not read: no diff_ids, so nothing can be known to be held.
     assert _remote(()).layer_ids() == [(A, None), (B, None)]
-
-
-def test_transient_layer_blobs_are_not_made_durable(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    store = LayerStore(tmp_path / "store")
-    for digest in (A, B, CONFIG):
-        blob = store.layout.blob(digest)
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        blob.write_bytes(b"x")
-    synced: list[str] = []
-    real = os.fsync
-
-    def fsync(fd: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-        real(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
-    store.sync(skip={A, B})  # what a pull for a backend that keeps no blobs does
-    names = {Path(p).name for p in synced}
-    assert CONFIG[7:] in names and A[7:] not in names and B[7:] not in names
-    synced.clear()
-    store.sync()
-    assert {A[7:], B[7:], CONFIG[7:]} <= {Path(p).name for p in synced}
-    # The backends: layer images need no blob once built; loop snapshots keep them.
-    assert not LayersSnapshotter.keeps_blobs and LoopSnapshotter.keeps_blobs

@@ -348,9 +348,7 @@ def _build(up: Upgrade, remote: RemoteImage, *, stage: bool) -> Built:
             f"Pulling {remote.ref} ({len(missing)} of {len(remote.layers) + 1} blobs, "
             f"{_mib(pull_bytes)})"
         ):
-            image = store.pull(
-                remote, snapshot_tag(n), cfg.tls_verify, held=held, durable=snaps.keeps_blobs
-            )
+            image = store.pull(remote, snapshot_tag(n), cfg.tls_verify, held=held)
         sizes = [store.tar_size(d) if store.has(d) else 0 for d, _ in remote.layers]
         size = snaps.new_bytes([(i, t) for (_, i), t in zip(ids, sizes, strict=True)])
         if plan.drop and size > free_bytes(inst.state_dir):

@@ -258,13 +258,10 @@ class LayerStore:
         tls_verify: bool = True,
         progress: PullProgress | None = None,
         held: Collection[str] = frozenset(),
-        durable: bool = True,
     ) -> LocalImage:
         """Fetch the blobs the store lacks (resuming partial ones), then tag the manifest.
         Layers in held (blob digests) are not fetched: their content is on the device
-        in the snapshotter's form already. Without durable the layer blobs are not
-        fsynced: the snapshot made from them does not need them once it is built (a
-        blob torn by a crash meanwhile fails its digest and is fetched again).
+        in the snapshotter's form already.
 
         Blobs land under their digest only once verified; the tag is written last, so
         an interrupted pull leaves the store as it was plus verified blobs and
@@ -289,7 +286,7 @@ class LayerStore:
         if not (self.path / "oci-layout").exists():
             atomic_write(self.path / "oci-layout", '{"imageLayoutVersion":"1.0.0"}')
         atomic_write(self.layout.blob(remote.digest), remote.manifest)
-        self.sync(skip=() if durable else {d for d, _ in remote.layers})
+        self.sync()
         self._tag(remote.digest, len(remote.manifest), remote.media_type, tag)
         return LocalImage(remote.ref, self.path, tag, remote.digest)
 
@@ -406,13 +403,10 @@ class LayerStore:
                     f.unlink()
         return freed
 
-    def sync(self, skip: Collection[str] = frozenset()) -> None:
-        """Make the pulled blobs durable before a snapshot refers to them (all but
-        those in skip, digests)."""
+    def sync(self) -> None:
+        """Make the pulled blobs durable before a snapshot refers to them."""
         blobs = self.layout.blobs
         for b in blobs.iterdir() if blobs.is_dir() else []:
-            if f"sha256:{b.name}" in skip:
-                continue
             fd = os.open(b, os.O_RDONLY)
             try:
                 os.fsync(fd)

@@ -88,11 +88,6 @@ class Snapshotter(ABC):
 
     kind: ClassVar[SnapshotterKind]
     tools: ClassVar[tuple[str, ...]] = ()  # beyond what every action needs
-    # Whether a snapshot needs its layers' compressed blobs once it is built. A backend
-    # that keeps layers in a form of its own does not: their blobs are pulled as
-    # transient (never fsynced, dropped after the switch), so a blob that lives only
-    # for the build is seldom written to the device at all.
-    keeps_blobs: ClassVar[bool] = True
 
     def __init__(self, state_dir: Path, fs: Filesystem = Filesystem.EXT4):
         self.state = Path(state_dir)

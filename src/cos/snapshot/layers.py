@@ -104,7 +104,6 @@ class LayersSnapshotter(LoopSnapshotter):
 
     kind = SnapshotterKind.LAYERS
     tools = ("mkfs.erofs",)
-    keeps_blobs = False
 
     def __init__(self, state_dir: Path, fs: Filesystem = Filesystem.EXT4):
         super().__init__(state_dir, fs)
