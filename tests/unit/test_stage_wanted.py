@@ -17,8 +17,8 @@ SCRIPT = data_path("libexec", "cos-stage-wanted")
 YIP = "name: d\nstages:\n  {stage}:\n    - commands: [true]\n"
 
 
-def _wanted(root: Path, stage: str) -> bool:
-    env = {"PATH": os.environ["PATH"], "COS_STAGE_ROOT": str(root)}
+def _wanted(root: Path, stage: str, **more: str) -> bool:
+    env = {"PATH": os.environ["PATH"], "COS_STAGE_ROOT": str(root), **more}
     r = subprocess.run(["sh", str(SCRIPT), stage], env=env, check=False)
     assert r.returncode in (0, 1)
     return r.returncode == 0
@@ -55,6 +55,8 @@ def test_a_stage_no_document_names_is_skipped_and_marked(root: Path) -> None:
         ("etc/cos/config.d/10.yaml", "cloud-init-paths: [/srv/configs]\n"),
         ("proc/cmdline", "root=LABEL=COS_STATE cos.setup=/run/cos/state/iso-config\n"),
         ("proc/cmdline", "quiet elemental.setup=http://10.0.2.2/c.yaml\n"),
+        ("proc/cmdline", 'quiet stages.fs[0].commands[0]="touch /x"\n'),
+        ("etc/cos/config.yaml", "cloud_init_paths: [/srv/configs]\n"),
     ],
 )
 def test_anything_that_may_name_the_stage_runs_it(root: Path, where: str, text: str) -> None:
@@ -62,6 +64,17 @@ def test_anything_that_may_name_the_stage_runs_it(root: Path, where: str, text: 
     (root / where).write_text(text)
     assert _wanted(root, "fs")
     assert not (root / "run/cos/skipped-stages").exists()
+
+
+def test_a_symlinked_file_or_the_environment_can_name_it(root: Path) -> None:
+    (root / "ext").mkdir()
+    (root / "ext/fs.yaml").write_text(YIP.format(stage="fs"))
+    (root / "oem").mkdir()
+    (root / "oem/90_fs.yaml").symlink_to("../ext/fs.yaml")
+    assert _wanted(root, "fs")
+    (root / "oem/90_fs.yaml").unlink()
+    assert not _wanted(root, "fs")
+    assert _wanted(root, "fs", COS_CLOUD_INIT_PATHS="/srv/configs")
 
 
 def test_a_word_that_only_contains_the_name_does_not_count(root: Path) -> None:
@@ -98,4 +111,12 @@ def test_boot_assessment_starts_only_with_a_trial_or_in_doubt(tmp_path: Path) ->
     (oem / "grubenv").write_text("cos_trial=2\n")  # not a GRUB environment block
     assert _trial_pending(tmp_path)
     (oem / "grubenv").write_bytes(b"\xff" * 1024)
+    assert _trial_pending(tmp_path)
+    (oem / "grubenv").write_text("cos_passive=1\n# GRUB Environment Block\n")  # header not first
+    assert _trial_pending(tmp_path)
+    # The grubenv lives on a moved oem mount: this script cannot know where.
+    grubenv.write(oem / "grubenv", {"saved_entry": "active"})
+    assert not _trial_pending(tmp_path)
+    (tmp_path / "etc/cos/config.d").mkdir(parents=True)
+    (tmp_path / "etc/cos/config.d/10.yaml").write_text("layout:\n  oem-mount: /run/oem\n")
     assert _trial_pending(tmp_path)

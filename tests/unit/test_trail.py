@@ -113,3 +113,25 @@ def test_stages_not_started_are_listed_once_by_the_next_write(
     ]
     assert failures(rec) == []
     assert f"stage fs: {trail.NOT_STARTED}" in render_record(rec)
+
+
+def test_a_stage_that_runs_after_all_replaces_its_not_started_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = tmp_path / "run"
+    (run / trail.SKIPPED_DIR).mkdir(parents=True)
+    (run / trail.SKIPPED_DIR / "reconcile").touch()
+    t = Trail(run, tmp_path / "kept", "active", 1)
+    _boot(monkeypatch, "a")
+    t.record(assessment="none")
+    assert [s.get("skipped") for s in t.current()["stages"]] == [trail.NOT_STARTED]
+    _stage(t, "reconcile")  # the timer ran it once a cloud-config named it
+    assert not (run / trail.SKIPPED_DIR / "reconcile").exists()
+    assert [(s["stage"], s.get("skipped")) for s in t.current()["stages"]] == [("reconcile", None)]
+    # Folded once: pushed out by later stages, a not-started entry does not come back.
+    (run / trail.SKIPPED_DIR / "fs").touch()
+    t.record(assessment="none")
+    for _ in range(trail.MAX_STAGES):
+        _stage(t, "boot")
+    stages = t.current()["stages"]
+    assert len(stages) == trail.MAX_STAGES and {s["stage"] for s in stages} == {"boot"}

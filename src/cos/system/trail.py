@@ -20,6 +20,7 @@ boot's, lists it as not started.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import tempfile
@@ -53,17 +54,18 @@ def _short(text: str) -> str:
 
 
 def _with_skipped(rec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-    """The record with this boot's not-started stages (markers in run_dir) added."""
+    """The record with this boot's not-started stages (markers in run_dir) added, each
+    once (`folded` remembers them: a stage later pushed out by MAX_STAGES stays out)."""
     try:
         names = sorted(p.name for p in (run_dir / SKIPPED_DIR).iterdir())
     except OSError:
         return rec
-    stages = rec.get("stages")
-    if not isinstance(stages, list):
+    stages, folded = rec.get("stages"), rec.get("folded", [])
+    if not isinstance(stages, list) or not isinstance(folded, list):
         return rec
-    have = {st.get("stage") for st in stages if isinstance(st, dict)}
     for name in names[:MAX_STAGES]:
-        if name not in have:
+        if name not in folded:
+            folded.append(name)
             stages.append(
                 {
                     "stage": _short(name),
@@ -74,8 +76,15 @@ def _with_skipped(rec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
                     "skipped": NOT_STARTED,
                 }
             )
-    rec["stages"] = stages[-MAX_STAGES:]
+    rec["stages"], rec["folded"] = stages[-MAX_STAGES:], folded[-MAX_STAGES:]
     return rec
+
+
+def stage_started(run_dir: Path, stage: str) -> None:
+    """A stage runs after all (the reconcile timer, once a cloud-config names it): its
+    not-started marker goes, so later records do not say otherwise."""
+    with contextlib.suppress(OSError):
+        (run_dir / SKIPPED_DIR / stage).unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -134,6 +143,12 @@ class Trail:
         invalid: Sequence[str],
     ) -> None:
         def change(rec: dict[str, Any]) -> None:
+            stage_started(self.run_dir, stage)
+            rec["stages"] = [
+                st
+                for st in rec.get("stages", [])
+                if not (isinstance(st, dict) and st.get("stage") == stage and st.get("skipped"))
+            ]
             entry = {
                 "stage": stage,
                 "date": now(),
