@@ -182,6 +182,9 @@ def test_ctrl_c_leaves_the_store_consistent(
         stderr=subprocess.PIPE,
         text=True,
         env=dict(os.environ),
+        # As from a terminal: a suite started in the background (`cmd &` without job
+        # control) ignores SIGINT, and a child would inherit that.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
