@@ -29,16 +29,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.support.images import BUILD, LAYOUT, cached_disk, ensure_e2e_image
+from tests.support.images import (
+    BUILD,
+    LAYOUT,
+    LOOP_DISK_CONFIG,
+    cached_disk,
+    ensure_e2e_image,
+)
 from tests.support.vm import VM, overlay
 
 from bench.common import VM_LOCK, Metrics, Row, interleave, rows_of, scratch, sh
 from cos.disk.image import ext_image_size as image_size_for
 from cos.oci.unpack import unpack_image
 
-# The same e2e image on a disk whose snapshot is one loop-mounted image (the backend
-# before layers): what booting a stack of layer images costs beside it.
-LOOP = (("COS_SNAPSHOTTER", "loop"),)
 STAGES = ("cos-setup-fs.service", "cos-setup-boot.service", "cos-setup-network.service")
 CONSOLE = "console=tty1 console=ttyS0,115200 panic=5"  # what cos's grub.cfg passes
 LOCK_WAITS: list[float] = []  # seconds spent waiting for the VM lock, for the summary
@@ -153,7 +156,7 @@ def plain_rootfs() -> tuple[Path, tuple[str, ...]]:
 def bench(args: argparse.Namespace) -> list[Row]:
     workdir = Path(args.workdir)
     cos_disk = cached_disk("disk")
-    loop_disk = cached_disk("loop", config=LOOP)
+    loop_disk = cached_disk("loop", config=LOOP_DISK_CONFIG)
     plain, extra = plain_rootfs()
     samples = interleave(
         args.runs,

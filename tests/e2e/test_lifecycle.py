@@ -11,7 +11,7 @@ import time
 import pytest
 
 from tests.e2e.conftest import GuestRegistry
-from tests.support.images import LAYOUT, cached_disk
+from tests.support.images import LAYOUT, LOOP_DISK_CONFIG, cached_disk
 from tests.support.signing import key_pair, sign
 from tests.support.vm import VMError
 
@@ -61,8 +61,6 @@ OVERLAY_UNDER_VAR_LIB = (
     ' && echo up > $d/m/f && test "$(cat $d/u/f)" = up && umount $d/m'
 )
 
-# A disk installed with the loop snapshotter (the default before layers).
-LOOP = (("COS_SNAPSHOTTER", "loop"),)
 
 # The grubenv variables that make GRUB boot anything but the `active` entry.
 GRUB_CHOICES = ("next_entry", "saved_entry", "cos_trial", "cos_tries", "cos_fallback")
@@ -181,7 +179,7 @@ def test_a_move_to_layers_that_hangs_falls_back_to_loop(
     default), and that snapshot hangs before multi-user and panics nowhere. Its trial
     deadline reboots it, its one try is spent, and GRUB falls back across kinds, with
     nobody at the machine."""
-    vm = vm_factory("bios", net=True, base=cached_disk("loop", config=LOOP))
+    vm = vm_factory("bios", net=True, base=cached_disk("loop", config=LOOP_DISK_CONFIG))
     vm.start()
     vm.wait_multi_user()
     _wait_network(vm)

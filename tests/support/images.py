@@ -150,6 +150,8 @@ def push(tag: str, registry: str, repo: str) -> str:
 # No GRUB menu wait on test disks: the tests choose entries through the grubenv, and
 # the default wait would be paid on every boot of the suite.
 TEST_DISK_CONFIG = (("COS_GRUB_TIMEOUT", "0"),)
+# build-disk config of a disk with the loop snapshotter (the default before layers).
+LOOP_DISK_CONFIG = (("COS_SNAPSHOTTER", "loop"),)
 
 
 def cached_disk(

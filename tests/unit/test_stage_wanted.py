@@ -54,7 +54,7 @@ def test_a_stage_no_document_names_is_skipped_and_marked(root: Path) -> None:
         ("oem/users.yaml", "#cloud-config\nusers:\n  - name: kairos\n"),
         ("etc/cos/config.d/10.yaml", "cloud-init-paths: [/srv/configs]\n"),
         ("proc/cmdline", "root=LABEL=COS_STATE cos.setup=/run/cos/state/iso-config\n"),
-        ("proc/cmdline", "quiet elemental.setup=http://10.0.2.2/c.yaml\n"),
+        ("proc/cmdline", "quiet elemental.setup=http://127.0.0.1/c.yaml\n"),
         ("proc/cmdline", 'quiet stages.fs[0].commands[0]="touch /x"\n'),
         ("etc/cos/config.yaml", "cloud_init_paths: [/srv/configs]\n"),
     ],

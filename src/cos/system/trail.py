@@ -53,6 +53,27 @@ def _short(text: str) -> str:
     return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 1] + "…"
 
 
+def _entry(
+    stage: str,
+    seconds: float,
+    documents: Sequence[str],
+    steps: Sequence[StepOutcome],
+    invalid: Sequence[str],
+) -> dict[str, Any]:
+    """One stage of a boot's record, bounded."""
+    return {
+        "stage": _short(stage),
+        "date": now(),
+        "seconds": round(seconds, 3),
+        "documents": [_short(d) for d in documents[:MAX_STEPS]],
+        "steps": [
+            {"op": _short(s.op), "status": s.status, "detail": _short(s.detail)}
+            for s in steps[:MAX_STEPS]
+        ],
+        "invalid": [_short(e) for e in invalid[:MAX_STEPS]],
+    }
+
+
 def _with_skipped(rec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """The record with this boot's not-started stages (markers in run_dir) added, each
     once (`folded` remembers them: a stage later pushed out by MAX_STAGES stays out)."""
@@ -66,16 +87,7 @@ def _with_skipped(rec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     for name in names[:MAX_STAGES]:
         if name not in folded:
             folded.append(name)
-            stages.append(
-                {
-                    "stage": _short(name),
-                    "seconds": 0,
-                    "documents": [],
-                    "steps": [],
-                    "invalid": [],
-                    "skipped": NOT_STARTED,
-                }
-            )
+            stages.append({**_entry(name, 0, [], [], []), "skipped": NOT_STARTED})
     rec["stages"], rec["folded"] = stages[-MAX_STAGES:], folded[-MAX_STAGES:]
     return rec
 
@@ -149,17 +161,7 @@ class Trail:
                 for st in rec.get("stages", [])
                 if not (isinstance(st, dict) and st.get("stage") == stage and st.get("skipped"))
             ]
-            entry = {
-                "stage": stage,
-                "date": now(),
-                "seconds": round(seconds, 3),
-                "documents": [_short(d) for d in documents[:MAX_STEPS]],
-                "steps": [
-                    {"op": _short(s.op), "status": s.status, "detail": _short(s.detail)}
-                    for s in steps[:MAX_STEPS]
-                ],
-                "invalid": [_short(e) for e in invalid[:MAX_STEPS]],
-            }
+            entry = _entry(stage, seconds, documents, steps, invalid)
             rec["stages"] = [*rec.get("stages", []), entry][-MAX_STAGES:]
 
         self._update(change)

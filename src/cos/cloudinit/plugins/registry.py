@@ -21,6 +21,11 @@ def _lazy(module: str, func: str) -> Callable[[dict[str, Any], Context], None]:
     return apply
 
 
+def _plugin(module: str, key: str) -> Plugin:
+    """The plugin of one yip key, whose function in module has the key's name."""
+    return Plugin(key, (key,), _lazy(module, key))
+
+
 def _not_available(key: str) -> Plugin:
     def apply(step: dict[str, Any], ctx: Context) -> None:
         raise PluginError(f"'{key}' is valid yip but not supported by this version of cos")
@@ -29,25 +34,25 @@ def _not_available(key: str) -> Plugin:
 
 
 PLUGINS: list[Plugin] = [
-    Plugin("dns", ("dns",), _lazy("system", "dns")),
-    Plugin("downloads", ("downloads",), _lazy("files", "downloads")),
+    _plugin("system", "dns"),
+    _plugin("files", "downloads"),
     _not_available("git"),
-    Plugin("ensure_entities", ("ensure_entities",), _lazy("entities", "ensure_entities")),
-    Plugin("directories", ("directories",), _lazy("files", "directories")),
-    Plugin("files", ("files",), _lazy("files", "files")),
-    Plugin("commands", ("commands",), _lazy("commands", "commands")),
-    Plugin("delete_entities", ("delete_entities",), _lazy("entities", "delete_entities")),
-    Plugin("hostname", ("hostname",), _lazy("system", "hostname")),
-    Plugin("sysctl", ("sysctl",), _lazy("system", "sysctl")),
-    Plugin("users", ("users",), _lazy("users", "users")),
-    Plugin("authorized_keys", ("authorized_keys",), _lazy("users", "authorized_keys")),
-    Plugin("modules", ("modules",), _lazy("system", "modules")),
-    Plugin("timesyncd", ("timesyncd",), _lazy("system", "timesyncd")),
-    Plugin("systemctl", ("systemctl",), _lazy("system", "systemctl")),
-    Plugin("environment", ("environment",), _lazy("system", "environment")),
-    Plugin("systemd_firstboot", ("systemd_firstboot",), _lazy("system", "systemd_firstboot")),
-    Plugin("datasource", ("datasource",), _lazy("datasource", "datasource")),
-    Plugin("layout", ("layout",), _lazy("layout", "layout")),
+    _plugin("entities", "ensure_entities"),
+    _plugin("files", "directories"),
+    _plugin("files", "files"),
+    _plugin("commands", "commands"),
+    _plugin("entities", "delete_entities"),
+    _plugin("system", "hostname"),
+    _plugin("system", "sysctl"),
+    _plugin("users", "users"),
+    _plugin("users", "authorized_keys"),
+    _plugin("system", "modules"),
+    _plugin("system", "timesyncd"),
+    _plugin("system", "systemctl"),
+    _plugin("system", "environment"),
+    _plugin("system", "systemd_firstboot"),
+    _plugin("datasource", "datasource"),
+    _plugin("layout", "layout"),
     _not_available("package_pins"),
     _not_available("packages"),
     _not_available("unpack_images"),
