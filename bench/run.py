@@ -15,10 +15,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import boot, build_disk, pull, snapshots, startup, unpack, upgrade
+from bench import boot, build_disk, pull, rechunk, snapshots, startup, unpack, upgrade
 from bench.common import Images, Row, print_table
 
-BENCHES = ("startup", "unpack", "pull", "upgrade", "snapshots", "build-disk", "boot")
+BENCHES = ("startup", "unpack", "pull", "upgrade", "snapshots", "build-disk", "boot", "rechunk")
 
 
 def main() -> int:
@@ -41,6 +41,7 @@ def main() -> int:
         "snapshots": lambda: snapshots.bench(args, images),
         "build-disk": lambda: build_disk.bench(args),
         "boot": lambda: boot.bench(args),
+        "rechunk": lambda: rechunk.bench(args),
     }
     rows: list[Row] = []
     took: dict[str, float] = {}

@@ -22,7 +22,7 @@ from cos.cloudinit.sources import system_sources
 from cos.config import Config
 from cos.disk.image import device_size, ext_image_size, mkfs_ext4
 from cos.disk.mount import mounted
-from cos.disk.mounts import find_device
+from cos.disk.mounts import find_device, mount_source
 from cos.errors import DiskError, StateError
 from cos.log import log, step
 from cos.oci.image import LocalImage
@@ -46,8 +46,8 @@ class ResetRequest:
     installed: Installed | None = None
 
 
-def _device(label: str, what: str) -> str:
-    dev = find_device(label, timeout=5)
+def _device(label: str, what: str, near: str | None) -> str:
+    dev = find_device(label, timeout=5, near=near)
     if dev is None:
         raise DiskError(
             f"no {what} partition (label {label}) found",
@@ -62,8 +62,13 @@ def reset(req: ResetRequest, cfg: Config) -> None:
     # In recovery the initrd mounted COS_RECOVERY where the state partition usually is.
     old = inst.state()
     labels = {**cfg.labels.__dict__, **old.labels}
-    state_dev = _device(labels["state"], "state")
-    persistent_dev = _device(labels["persistent"], "persistent") if req.reset_persistent else None
+    # A second cos disk attached carries the same labels: take the ones on the disk
+    # recovery booted from, and refuse when that cannot decide.
+    near = mount_source(inst.state_dir)
+    state_dev = _device(labels["state"], "state", near)
+    persistent_dev = (
+        _device(labels["persistent"], "persistent", near) if req.reset_persistent else None
+    )
     ref = (
         require_registry(
             req.system,

@@ -19,7 +19,7 @@ from cos import run as runner
 from cos.boot.recovery import RECOVERY_LABEL, recovery_generations, write_recovery
 from cos.config import Config, Filesystem
 from cos.disk.mount import mounted, writable
-from cos.disk.mounts import find_device
+from cos.disk.mounts import find_device, mount_source
 from cos.disk.plan import MIB
 from cos.errors import DiskError, StateError
 from cos.fsutil import atomic_symlink, free_bytes
@@ -71,7 +71,7 @@ def upgrade_recovery(req: RecoveryRequest, cfg: Config) -> None:
         rec_dir = inst.recovery_dir
         if rec_dir is None:
             label = state.labels.get("recovery", cfg.labels.recovery)
-            dev = find_device(label, timeout=5)
+            dev = find_device(label, timeout=5, near=mount_source(inst.state_dir))
             if dev is None:
                 raise DiskError(f"no recovery partition (label {label})")
             rec_dir = stack.enter_context(mounted(dev, inst.run_dir / "recovery-upgrade"))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from cos.disk.mounts import find_device
+from cos.disk.mounts import find_device, mount_source
 from cos.errors import StateError
 from cos.system.state import InstallState, read_state
 
@@ -81,7 +81,7 @@ class Installed:
         """The whole disk the system boots from: the parent of the ESP partition."""
         if self.disk is not None:
             return self.disk
-        dev = find_device(efi_label, timeout=5)
+        dev = find_device(efi_label, timeout=5, near=mount_source(self.state_dir))
         if dev is None:
             raise StateError(f"no EFI partition (label {efi_label}) found")
         parent = Path(f"/sys/class/block/{Path(dev).name}").resolve().parent.name

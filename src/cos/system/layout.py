@@ -18,11 +18,11 @@ from pathlib import Path
 
 from cos import run as runner
 from cos.config import Labels, Layout
-from cos.disk.mounts import find_device, is_mountpoint, mount_point_of
+from cos.disk.mounts import AmbiguousLabel, find_device, is_mountpoint, mount_point_of, mount_source
 from cos.errors import StateError
 from cos.fsutil import inside
 from cos.log import log, step
-from cos.system.installed import Mode
+from cos.system.installed import RUN_DIR, Mode
 
 OVERLAY_BASE = "/run/cos/overlay"
 # Where the initrd mounts a layers snapshot's images (0 = top), kept for the booted system.
@@ -106,6 +106,17 @@ def _overlay(target: Path, upper_root: Path, root: Path = Path("/")) -> None:
     )
 
 
+def _volume(label: str, timeout: float, root: Path) -> str | None:
+    """The device labelled label on the disk this system booted from. A label that is
+    on two disks and cannot be told apart is not mounted: another system's persistent
+    data is neither shown nor written."""
+    try:
+        return find_device(label, timeout, near=mount_source(inside(root, str(RUN_DIR / "state"))))
+    except AmbiguousLabel as exc:
+        log.error("%s; not mounted (%s)", exc.message, exc.hint)
+        return None
+
+
 def apply_layout(
     mode: str,
     layout: Layout,
@@ -137,7 +148,7 @@ def apply_layout(
             persistent_mount=layout.persistent_mount,
         )
     with step("Mounting volumes"):
-        oem_dev = None if mode == Mode.LIVE else find_device(labels.oem, device_timeout)
+        oem_dev = None if mode == Mode.LIVE else _volume(labels.oem, device_timeout, root)
         oem = inside(root, layout.oem_mount)
         if oem_dev is None:
             if mode != Mode.LIVE:
@@ -148,7 +159,7 @@ def apply_layout(
             done.append(layout.oem_mount)
         persistent_mounted = False
         if mode not in (Mode.RECOVERY, Mode.LIVE):
-            pdev = find_device(labels.persistent, device_timeout)
+            pdev = _volume(labels.persistent, device_timeout, root)
             pmount = inside(root, layout.persistent_mount)
             if pdev is None:
                 log.warning(

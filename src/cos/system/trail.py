@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from cos.disk.mount import mounted
-from cos.disk.mounts import find_device, is_mountpoint
+from cos.disk.mounts import AmbiguousLabel, find_device, is_mountpoint, mount_source
 from cos.errors import CosError
 from cos.fsutil import atomic_write
 from cos.system.installed import INSTALLED_MODES, RUN_DIR, Installed, Mode
@@ -245,7 +245,11 @@ def _kept_dir(inst: Installed, persistent_mount: str, label: str) -> Iterator[Pa
     if inst.mode() != Mode.RECOVERY or is_mountpoint(pmount):
         yield pmount / TRAIL_DIR if is_mountpoint(pmount) else None
         return
-    dev = find_device(label, timeout=2)
+    try:
+        dev = find_device(label, timeout=2, near=mount_source(inst.state_dir))
+    except AmbiguousLabel as exc:
+        log.warning("%s; the active system's boots are not read", exc.message)
+        dev = None
     if dev is None:
         yield None
         return
