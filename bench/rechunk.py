@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import io
+import json
 import os
 import re
 import subprocess
@@ -35,6 +36,7 @@ import sys
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tests.support.registry import registry
 
@@ -94,14 +96,16 @@ def _suite(line: str) -> str:
     return words[2] if len(words) > 2 else ""
 
 
-def build_release(rel: Release, work: Path, layout: Path) -> Path:
-    """rel's root tree as a tar, and as the one-layer image plain-<name> in layout."""
+def build_release(rel: Release, work: Path, layout: Path, cache: Path) -> Path:
+    """rel's root tree as a tar (kept in cache for the same sources and packages), and
+    as the one-layer image plain-<name> in layout."""
     packages = [
         x.strip()
         for x in (REPO / "images/base/packages.txt").read_text().splitlines()
         if x.strip() and not x.lstrip().startswith("#")
     ]
-    tar = work / f"{rel.name}.tar"
+    cache.mkdir(parents=True, exist_ok=True)
+    tar = cache / f"{rel.name}.tar"
     env = {**os.environ, "SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH}
     argv = [
         "mmdebstrap",
@@ -110,15 +114,24 @@ def build_release(rel: Release, work: Path, layout: Path) -> Path:
         "--format=tar",
         "--quiet",
         f"--include={','.join([*packages, *rel.extra])}",
-        '--customize-hook=rm -rf "$1"/var/cache/apt/*.bin "$1"/var/lib/apt/lists/*',
+        # the hooks of images/base/build.sh: what the real OS layer is made with
+        '--customize-hook=rm -f "$1"/etc/hostname "$1"/etc/machine-id && touch "$1"/etc/machine-id',
+        '--customize-hook=rm -rf "$1"/var/cache/apt/*.bin "$1"/var/lib/apt/lists/*'
+        ' "$1"/var/log/*.log',
         '--customize-hook=rm -f "$1"/boot/initrd.img-*',
         SUITE,
         str(tar),
         *host_sources(rel.suites),
     ]
-    r = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
-    if r.returncode != 0:
-        raise RuntimeError(f"mmdebstrap {rel.name}: exit {r.returncode}\n{r.stderr[-3000:]}")
+    stamp = tar.with_suffix(".argv")
+    if tar.is_file() and stamp.is_file() and stamp.read_text() == "\n".join(argv):
+        print(f"  {rel.name}: the tree of an earlier run ({tar})", flush=True)
+    else:
+        stamp.unlink(missing_ok=True)
+        r = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+        if r.returncode != 0:
+            raise RuntimeError(f"mmdebstrap {rel.name}: exit {r.returncode}\n{r.stderr[-3000:]}")
+        stamp.write_text("\n".join(argv))
     bundle = work / f"bundle-{rel.name}"
     tag = f"plain-{rel.name}"
     if not (layout / "index.json").exists():
@@ -207,6 +220,27 @@ def changed_bytes(old: Path, new: Path) -> tuple[list[str], int]:
     return changed, total
 
 
+def moved(layout: Path, old: str, new: str) -> list[tuple[str, int]]:
+    """(groups, size) of each layer of new that old does not have."""
+
+    def layers(tag: str) -> list[dict[str, Any]]:
+        index = json.loads((layout / "index.json").read_text())
+        (digest,) = [
+            m["digest"]
+            for m in index["manifests"]
+            if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag
+        ]
+        manifest = json.loads((layout / "blobs/sha256" / digest[7:]).read_text())
+        return list(manifest["layers"])
+
+    had = {x["digest"] for x in layers(old)}
+    return [
+        (str(x.get("annotations", {}).get("org.cos.rechunk.packages", "?")), int(x["size"]))
+        for x in layers(new)
+        if x["digest"] not in had
+    ]
+
+
 def bench(args: argparse.Namespace) -> list[Row]:
     rows: list[Row] = []
     with scratch(Path(args.workdir), "bench-rechunk") as work:
@@ -214,7 +248,9 @@ def bench(args: argparse.Namespace) -> list[Row]:
         tars = []
         for i, rel in enumerate(RELEASES):
             print(f"  mmdebstrap {rel.name} ({rel.suites or 'all suites'} {rel.extra})", flush=True)
-            tars.append(build_release(rel, work, layout))
+            tars.append(
+                build_release(rel, work, layout, Path(args.workdir) / "bench-rechunk-trees")
+            )
             cmd = [sys.executable, "-m", "cos", "rechunk"]
             if i:
                 cmd += ["--prev", f"oci:{layout}:rech-{RELEASES[i - 1].name}"]
@@ -237,6 +273,8 @@ def bench(args: argparse.Namespace) -> list[Row]:
                 what = f"{old}->{new}"
                 pkgs, floor = changed_bytes(tars[k - 1], tars[k])
                 print(f"  {what}: {len(pkgs)} packages changed: {' '.join(pkgs)}", flush=True)
+                for groups, size in moved(layout, f"rech-{old}", f"rech-{new}"):
+                    print(f"    layer moved: {size / MIB:7.2f} MiB  {groups[:150]}", flush=True)
                 got = {}
                 for series in ("plain", "rech"):
                     store = work / f"store-{series}-{k}"

@@ -2,6 +2,7 @@
 # make vanilla: builds the images into the OCI layout build/oci, each only when its
 # recipe changed (build/stamps holds recipe hashes):
 #   os       Debian 12 tree (mmdebstrap, host apt sources)         images/base/build.sh
+#            (also kept in COS_IMAGE_CACHE, default /var/cache/cos-images, for other clones)
 #   base     os + the toolkit as one layer                         images/base/Containerfile
 #   vanilla  base + `cos init` (a derivative)                      images/vanilla/Containerfile
 #   vanilla-rechunked  with RECHUNK=1: vanilla rewritten by `cos rechunk` (layers per
@@ -34,12 +35,28 @@ bud() {
   "${B[@]}" rmi --all --force >/dev/null 2>&1 || true
 }
 
-os_hash=$(cat images/base/build.sh images/base/packages.txt | hash_of)
+# The OS layer depends only on its recipe and the machine's apt sources, so a copy is
+# kept outside the work tree (COS_IMAGE_CACHE): another clone on this machine takes it
+# instead of downloading and unpacking Debian again. The newest three are kept.
+cache=${COS_IMAGE_CACHE:-/var/cache/cos-images}
+sources=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list \
+  /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
+os_hash=$( (cat images/base/build.sh images/base/packages.txt; echo "$sources") | hash_of)
 if fresh os "$os_hash"; then
   echo "==> os layer is up to date ($os_hash)"
+elif [ -f "$cache/os-$os_hash/index.json" ]; then
+  echo "==> os layer from $cache/os-$os_hash"
+  skopeo copy --quiet --preserve-digests "oci:$cache/os-$os_hash:os" "oci:$layout:os"
+  echo "$os_hash" > "$stamps/os"
 else
   bash images/base/build.sh "$layout" os
   echo "$os_hash" > "$stamps/os"
+  mkdir -p "$cache"
+  kept=$(mktemp -d "$cache/.os-XXXXXX")
+  skopeo copy --quiet --preserve-digests "oci:$layout:os" "oci:$kept:os"
+  rm -rf "$cache/os-$os_hash"
+  mv -T "$kept" "$cache/os-$os_hash"
+  ls -dt "$cache"/os-* | tail -n +4 | xargs -r rm -rf
 fi
 
 base_hash=$( (echo "$os_hash"; cat images/base/Containerfile images/base/cos-wrapper;

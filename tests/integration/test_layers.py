@@ -212,6 +212,9 @@ def test_a_loop_system_moves_to_layers_and_survives_kills(
 def _moves_and_survives(dev: Device, images: Images) -> None:
     r = dev.cos("upgrade", "--system", images.v2, "--tls-verify=false", "--disk", str(dev.disk))
     assert "Moving to layers snapshots" in r.stderr, r.stderr
+    # v2's own layer went to RAM, never to the store, and the spool is gone.
+    assert "fetched into RAM" in r.stderr, r.stderr
+    assert not (dev.run / "spool").exists()
     snaps = LayersSnapshotter(dev.state)
     assert snaps.is_stack(2) and not snaps.is_stack(1) and dev.active() == 2
     assert os.readlink(dev.state / ".snapshots/active") == "2"
@@ -262,6 +265,7 @@ def _moves_and_survives(dev: Device, images: Images) -> None:
     dev.cos("upgrade", "--system", images.v2, "--tls-verify=false", "--force")
     assert not list((dev.state / ".snapshots").glob("*/.partial"))
     assert not list(snaps.layers_dir.glob(".tmp-*"))
+    assert not (dev.run / "spool").exists()  # a killed run's blobs go with the next one
     assert len(snaps.numbers()) == 2
     # Nothing is kept that no snapshot lists.
     listed = {p for n in snaps.numbers() if snaps.is_stack(n) for p in snaps.stack(n)}

@@ -42,7 +42,14 @@ from cos.fsutil import ceil_div, free_bytes
 from cos.log import log, step
 from cos.oci.digest import short_digest
 from cos.oci.reference import ImageRef, require_registry
-from cos.oci.store import LayerStore, RemoteImage, inspect_remote, snapshot_tag
+from cos.oci.store import (
+    SPOOL_DIR,
+    LayerStore,
+    RemoteImage,
+    inspect_remote,
+    snapshot_tag,
+    spool_for,
+)
 from cos.snapshot import BACKENDS, open_snapshotter
 from cos.snapshot.base import Snapshotter, Trial, snapshot_label
 from cos.snapshot.retention import Plan, plan_snapshots
@@ -337,10 +344,21 @@ def _build(up: Upgrade, remote: RemoteImage, *, stage: bool) -> Built:
     held = {d for d, i in ids if i in intact}
     missing = store.missing(remote, held)
     pull_bytes = sum(s for _, s in missing)
+    # A layers snapshot keeps no blob: new layers are fetched into RAM when they fit.
+    layer_bytes = sum(s for d, s in missing if d != remote.config[0])
+    spool = spool_for(inst.run_dir, layer_bytes) if snaps.kind == SnapshotterKind.LAYERS else None
+    if spool is not None:
+        log.info(
+            "The new layers (%s) are fetched into RAM: their layer images are the"
+            " device's only copy",
+            _mib(layer_bytes),
+        )
+        store = LayerStore.on(inst.state_dir, spool)
     what = f"the new snapshot of {remote.ref}"
     sizes = store.estimated_tar_sizes(remote)
     new_bytes = snaps.new_bytes([(i, t) for (_, i), t in zip(ids, sizes, strict=True)])
-    _check_space(inst.state_dir, pull_bytes + new_bytes, reclaim, what)
+    written = pull_bytes - (layer_bytes if spool is not None else 0)
+    _check_space(inst.state_dir, written + new_bytes, reclaim, what)
     _drop_staged(up)
     n = snaps.next_number()
     try:
@@ -375,6 +393,8 @@ def _build(up: Upgrade, remote: RemoteImage, *, stage: bool) -> Built:
             _set_staged(up, None)
         _forget_pull(store, tags_before)
         raise
+    finally:  # the layer images are the device's copy now (or a killed run's leftovers)
+        shutil.rmtree(inst.run_dir / SPOOL_DIR, ignore_errors=True)
     if stage:
         up.state.record("stage", n, record)
         _set_staged(up, Staged(n, record))

@@ -23,6 +23,8 @@ class LocalImage:
     layout: Path  # OCI layout holding it (for dir: the tree itself)
     tag: str  # tag inside the layout ("" for dir:)
     digest: str  # manifest digest ("" for dir:, a tree has none)
+    # Where layer blobs no one keeps were fetched (RAM), when not in the layout itself.
+    spool: Path | None = None
 
 
 def unpack(image: LocalImage, dest: Path) -> None:

@@ -67,17 +67,25 @@ class OciLayout:
         root: Path,
         label: str = "the OCI layout",
         hint: str = "rebuild or re-copy the layout",
+        spool: Path | None = None,
     ) -> None:
         self.root = Path(root)
         self.label = label
         self.hint = hint
+        self.spool = spool
 
     @property
     def blobs(self) -> Path:
         return self.root / "blobs" / "sha256"
 
     def blob(self, digest: str) -> Path:
-        return blob_path(self.root, digest)
+        """The blob's file: in the layout, else in the spool when it was fetched there."""
+        path = blob_path(self.root, digest)
+        if self.spool is not None and not path.is_file():
+            spooled = self.spool / path.name
+            if spooled.is_file():
+                return spooled
+        return path
 
     def exists(self) -> bool:
         return (self.root / "index.json").is_file()

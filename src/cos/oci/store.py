@@ -20,9 +20,9 @@ from typing import Any
 from cos import run as runner
 from cos.config import Trust
 from cos.errors import ImageError, ToolError
-from cos.fsutil import atomic_write, fsync_dir
+from cos.fsutil import atomic_write, free_bytes, fsync_dir
 from cos.log import log
-from cos.oci.digest import check_digest, sha256_digest, short_digest
+from cos.oci.digest import blob_path, check_digest, sha256_digest, short_digest
 from cos.oci.image import LocalImage
 from cos.oci.jsondoc import load_json
 from cos.oci.layout import (
@@ -46,6 +46,8 @@ STORE_DIR = ".store"
 # Assumed for layers whose uncompressed size is not known yet (OS trees: 2.5-3x).
 COMPRESSION_RATIO = 3
 TAR_SIZES = "tar-sizes"  # beside blobs/: one file per layer, its counted tar size
+SPOOL_DIR = "spool"  # in the run directory
+SPOOL_SLACK = 64 << 20  # RAM left to everything else when blobs are spooled
 
 
 def snapshot_tag(n: int) -> str:
@@ -155,16 +157,42 @@ def inspect_remote(
     )
 
 
+def spool_for(run_dir: Path, need: int) -> Path | None:
+    """A directory in RAM (the run directory, a tmpfs on a booted system) for layer blobs
+    that the snapshotter turns into its own form and then drops: fetched there, they are
+    never written to the device. Only when twice their size fits beside what RAM and the
+    run directory already hold; else None, and they go to the store as before."""
+    try:
+        room = min(free_bytes(run_dir), _mem_available())
+    except (OSError, ValueError):
+        return None
+    if need <= 0 or 2 * need + SPOOL_SLACK > room:
+        return None
+    return run_dir / SPOOL_DIR
+
+
+def _mem_available() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    raise ValueError("no MemAvailable in /proc/meminfo")
+
+
 class LayerStore:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, spool: Path | None = None):
+        """spool: where layer blobs are fetched instead of the store (spool_for)."""
         self.path = Path(path)
         self.layout = OciLayout(
-            self.path, "the layer store", "remove it; the next upgrade pulls every layer again"
+            self.path,
+            "the layer store",
+            "remove it; the next upgrade pulls every layer again",
+            spool=spool,
         )
 
     @classmethod
-    def on(cls, state_dir: Path) -> LayerStore:
-        return cls(Path(state_dir) / STORE_DIR)
+    def on(cls, state_dir: Path, spool: Path | None = None) -> LayerStore:
+        return cls(Path(state_dir) / STORE_DIR, spool)
 
     # -- reading ------------------------------------------------------------------
     def has(self, digest: str) -> bool:
@@ -279,7 +307,10 @@ class LayerStore:
                     report.track(digest, size)(size)
                     continue
                 try:
-                    dest = self.layout.blob(digest)
+                    dest = blob_path(self.path, digest)
+                    if self.layout.spool is not None and digest != remote.config[0]:
+                        self.layout.spool.mkdir(parents=True, exist_ok=True)
+                        dest = self.layout.spool / dest.name
                     client.blob(digest, size, dest, report.track(digest, size))
                 except RegistryError as exc:
                     raise ImageError(f"pulling {remote.ref}: {exc.message}", hint=exc.hint) from exc
@@ -288,7 +319,7 @@ class LayerStore:
         atomic_write(self.layout.blob(remote.digest), remote.manifest)
         self.sync()
         self._tag(remote.digest, len(remote.manifest), remote.media_type, tag)
-        return LocalImage(remote.ref, self.path, tag, remote.digest)
+        return LocalImage(remote.ref, self.path, tag, remote.digest, self.layout.spool)
 
     def heal(self, remote: RemoteImage) -> list[str]:
         """Check the blobs of remote the store already has; a damaged one (bit rot, a

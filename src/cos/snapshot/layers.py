@@ -290,7 +290,7 @@ class LayersSnapshotter(LoopSnapshotter):
     ) -> list[tuple[Path, RootEntry | None]]:
         """The image's layers in the store, base first: made where missing, checked where
         present (a damaged one is made again from its blob)."""
-        blobs = OciLayout(image.layout).image_layers(image.digest)
+        blobs = OciLayout(image.layout, spool=image.spool).image_layers(image.digest)
         self.layers_dir.mkdir(parents=True, exist_ok=True)
         out: list[tuple[Path, RootEntry | None]] = []
         for i, layer in enumerate(blobs, 1):
