@@ -262,3 +262,43 @@ def test_directories_the_unpacker_stamped_get_the_creation_time(tmp_path: Path) 
     assert (tmp_path / "back").stat().st_mtime_ns == 1_704_164_645 * 10**9  # 2024-01-02T03:04:05Z
     assert (tmp_path / "back/usr").stat().st_mtime_ns == MTIME  # stamped by the image: kept
     assert differences(fingerprint(root, times), fingerprint(tmp_path / "back")) == []
+
+
+def test_path_groups_alone_and_room_left_for_newcomers() -> None:
+    sizes = SIZES | {"path:/var/lib/dpkg": 9000, "path:/etc/ld.so.cache": 100}
+    first = chunks.plan(sizes, 64)
+    paths = [x for x in first if any(chunks.is_path_group(g) for g in x)]
+    assert paths[-1] == [chunks.DIRS] and first[-len(paths) :] == paths  # after packages
+    assert sorted(paths) == sorted(
+        [["path:/"], ["path:/etc"], ["path:/etc/ld.so.cache"], ["path:/var/lib/dpkg"], ["dirs:"]]
+    )
+    # a small package added: a layer of its own; every other layer stays as it was
+    again = chunks.plan(sizes | {"pkg99": 3000}, 64, prev=first)
+    assert ["pkg99"] in again and {tuple(x) for x in first} <= {tuple(x) for x in again}
+    # few layers: path groups share as before
+    assert len(chunks.plan(sizes, 10)) <= 10
+
+
+def test_bytecode_and_module_indexes_go_with_their_package() -> None:
+    owners = {
+        "usr/lib/python3/dist-packages/yaml/nodes.py": "python3-yaml",
+        "usr/lib/python3/dist-packages/yaml/__pycache__": "python3-yaml",
+        "usr/lib/modules/6.1.0-9-amd64/modules.order": "linux-image-6.1.0-9-amd64",
+        "usr/lib/modules/6.1.0-9-amd64/kernel": "linux-image-6.1.0-9-amd64",
+        "usr/lib/x86_64-linux-gnu/libz.so.1": "zlib1g",
+        "usr/lib/x86_64-linux-gnu/libc.so.6": "libc6",
+        "etc/passwd.d/a": "base-passwd",
+    }
+    files = [
+        chunks.File("usr/lib/python3/dist-packages/yaml/__pycache__/nodes.cpython-311.pyc", 10),
+        chunks.File("usr/lib/python3/dist-packages/yaml/__pycache__/gone.cpython-311.pyc", 10),
+        chunks.File("usr/lib/modules/6.1.0-9-amd64/modules.dep", 10),
+        chunks.File("usr/lib/x86_64-linux-gnu/ld.cache", 10),
+        chunks.File("etc/passwd.d/b", 10),
+    ]
+    groups = {g.name: g.paths for g in chunks.group_files(files, owners).values()}
+    assert groups["python3-yaml"] == [files[0].path]
+    assert groups["linux-image-6.1.0-9-amd64"] == [files[2].path]
+    # a source that is gone, a directory of two packages, /etc: path groups
+    assert groups["path:/"] == sorted([files[1].path, files[3].path])
+    assert groups["path:/etc"] == [files[4].path]

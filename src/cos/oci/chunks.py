@@ -23,14 +23,25 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 DIRS = "dirs:"  # the group of every directory entry; always the last layer
 PATH_PREFIX = "path:"
-# Unowned files by prefix, the first match wins; everything else is "path:/".
-PATH_GROUPS = ("usr/lib/cos", "boot", "etc", "var/lib/dpkg", "var")
+# Unowned files by prefix, the first match wins; everything else is "path:/". Files
+# that package operations rewrite (the linker cache, dpkg's and apt's records, debconf)
+# have groups of their own, so adding a package moves only those.
+PATH_GROUPS = (
+    "usr/lib/cos",
+    "boot",
+    "etc/ld.so.cache",
+    "etc",
+    "var/lib/dpkg",
+    "var/lib/apt",
+    "var/cache",
+    "var",
+)
 ENTRY_OVERHEAD = 512  # a tar header: small files still cost something
 _DPKG = "var/lib/dpkg"
 _MAX_HOPS = 40
@@ -175,11 +186,34 @@ def dpkg_owners(root: Path) -> dict[str, str] | None:
     return owners
 
 
+def adopted(owners: Mapping[str, str]) -> Callable[[str], str | None]:
+    """The package an unowned file belongs with, by what a package's installation made
+    it from: Python's bytecode (`D/__pycache__/NAME.TAG.pyc`) goes with `D/NAME.py`; a
+    file under /usr in a directory where a single package owns entries (the kernel's
+    module indexes beside its modules) goes with that package. The rest (caches many
+    packages feed, /etc, /var) stays in path groups."""
+    single: dict[str, str | None] = {}
+    for path, pkg in owners.items():
+        parent = path.rpartition("/")[0]
+        if parent.startswith("usr/"):
+            single[parent] = pkg if single.get(parent, pkg) == pkg else None
+
+    def owner(path: str) -> str | None:
+        parent, _, name = path.rpartition("/")
+        if parent.endswith("/__pycache__") and name.endswith(".pyc"):
+            source = f"{parent.rpartition('/')[0]}/{name.partition('.')[0]}.py"
+            return owners.get(source)
+        return single.get(parent)
+
+    return owner
+
+
 def group_files(files: Iterable[File], owners: Mapping[str, str] | None) -> dict[str, Group]:
     """Groups by owner (or path prefix). All names of a hard-linked file share one group,
     so a link always finds its target in its own layer: the owner of its first owned
     name in path order, else the path group of its first name."""
     owners = owners or {}
+    inferred = adopted(owners)
     ordered = sorted(files, key=lambda f: os.fsencode(f.path))
     by_inode: dict[tuple[int, int], str] = {}
     for f in ordered:
@@ -188,7 +222,7 @@ def group_files(files: Iterable[File], owners: Mapping[str, str] | None) -> dict
     counted: set[tuple[int, int]] = set()
     groups: dict[str, Group] = {}
     for f in ordered:
-        name = owners.get(f.path) or path_group(f.path)
+        name = owners.get(f.path) or inferred(f.path) or path_group(f.path)
         size = f.size
         if f.inode is not None:
             name = by_inode.setdefault(f.inode, name)
@@ -247,6 +281,10 @@ def plan(
     """Layers as lists of group names, largest package layers first, path groups after
     them and the directories last; at most max_layers.
 
+    Path groups get a layer each when they need at most a quarter of them: they hold
+    what package operations rewrite, and a small update should move only the ones it
+    touched. A first plan leaves one layer in sixteen free for later newcomers.
+
     With prev (the groups of each layer of the previous release), a layer keeps its
     groups that still exist, so an unchanged package stays in a byte-identical layer.
     Groups new in this release are packed into the layers left; when prev used them
@@ -257,8 +295,28 @@ def plan(
     if max_layers <= 1:
         return [sorted(sizes)] if sizes else []
     budget = max_layers - 1 if DIRS in sizes else max_layers
+    paths = sorted(n for n in content if is_path_group(n))
+    alone = 4 * (len(paths) + 1) <= budget
+    if alone:
+        budget -= len(paths)
+    layers = _packages(
+        {n: s for n, s in content.items() if not alone or n not in paths}, budget, prev
+    )
+    if alone:
+        layers += [[p] for p in paths]
+    layers.sort(key=lambda layer: (_volatile(layer), -sum(content[g] for g in layer), layer))
+    if DIRS in sizes:
+        layers.append([DIRS])
+    return layers
+
+
+def _packages(
+    content: Mapping[str, int], budget: int, prev: Sequence[Sequence[str]] | None
+) -> list[list[str]]:
+    """plan()'s layers for content (no directories) in at most budget layers."""
     if prev is None:
-        layers = pack(content, budget)
+        spare = budget // 16
+        layers = pack(content, budget - spare)
     else:
         layers = [[g for g in layer if g in content] for layer in prev]
         layers = [sorted(set(layer)) for layer in layers if layer]
@@ -285,9 +343,6 @@ def plan(
         elif new:
             want = -(-sum(new.values()) // target)
             layers += pack(new, max(1, min(budget - len(layers), want)))
-    layers.sort(key=lambda layer: (_volatile(layer), -sum(content[g] for g in layer), layer))
-    if DIRS in sizes:
-        layers.append([DIRS])
     return layers
 
 
