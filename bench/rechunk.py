@@ -5,7 +5,9 @@ mmdebstrap from the machine's apt sources:
 
     v1  the `bookworm` suite alone (the point release)
     v2  bookworm + bookworm-updates + bookworm-security (what a monthly update brings)
-    v3  v2 + one added package (ADDED, with what it depends on)
+    v3  v2 + one added package (curl, with what it depends on: what users add most)
+    v3s v2 + one small package (jq): the fixed cost of any change (dpkg's status,
+        written twice, and the directories' entries) against the least package bytes
 
 Each release is imported as a one-layer OCI image (what a `FROM scratch` + `ADD
 rootfs.tar` or a squashed build gives; a layered build's layers all change too, since
@@ -43,7 +45,6 @@ from tests.support.registry import registry
 from bench.common import MIB, REPO, Row, new_bytes, print_table, scratch, sh
 from bench.pull import cos_pull
 
-ADDED = "jq"
 SUITE = "bookworm"
 SOURCE_DATE_EPOCH = "1747699200"  # 2025-05-20, any fixed stamp will do
 _MERGED = ("bin/", "sbin/", "lib/", "lib32/", "lib64/", "libx32/")
@@ -54,12 +55,14 @@ class Release:
     name: str
     suites: tuple[str, ...] | None  # None: every suite the machine's sources list
     extra: tuple[str, ...] = ()
+    prev: str | None = None  # the release it updates (rechunked with --prev of it)
 
 
 RELEASES = (
     Release("v1", (SUITE,)),
-    Release("v2", None),
-    Release("v3", None, (ADDED,)),
+    Release("v2", None, (), "v1"),
+    Release("v3", None, ("curl",), "v2"),
+    Release("v3s", None, ("jq",), "v2"),
 )
 
 
@@ -246,14 +249,14 @@ def bench(args: argparse.Namespace) -> list[Row]:
     with scratch(Path(args.workdir), "bench-rechunk") as work:
         layout = work / "oci"
         tars = []
-        for i, rel in enumerate(RELEASES):
+        for rel in RELEASES:
             print(f"  mmdebstrap {rel.name} ({rel.suites or 'all suites'} {rel.extra})", flush=True)
             tars.append(
                 build_release(rel, work, layout, Path(args.workdir) / "bench-rechunk-trees")
             )
             cmd = [sys.executable, "-m", "cos", "rechunk"]
-            if i:
-                cmd += ["--prev", f"oci:{layout}:rech-{RELEASES[i - 1].name}"]
+            if rel.prev:
+                cmd += ["--prev", f"oci:{layout}:rech-{rel.prev}"]
             sh([*cmd, f"oci:{layout}:plain-{rel.name}", f"oci:{layout}:rech-{rel.name}"])
         with registry(work / "registry") as host:
             for series in ("plain", "rech"):
@@ -268,10 +271,13 @@ def bench(args: argparse.Namespace) -> list[Row]:
                             f"docker://{host}/bench/{series}:{rel.name}",
                         ]
                     )
-            for k in (1, 2):
-                old, new = RELEASES[k - 1].name, RELEASES[k].name
+            names = [r.name for r in RELEASES]
+            for k, rel in enumerate(RELEASES):
+                if rel.prev is None:
+                    continue
+                old, new = rel.prev, rel.name
                 what = f"{old}->{new}"
-                pkgs, floor = changed_bytes(tars[k - 1], tars[k])
+                pkgs, floor = changed_bytes(tars[names.index(old)], tars[k])
                 print(f"  {what}: {len(pkgs)} packages changed: {' '.join(pkgs)}", flush=True)
                 for groups, size in moved(layout, f"rech-{old}", f"rech-{new}"):
                     print(f"    layer moved: {size / MIB:7.2f} MiB  {groups[:150]}", flush=True)

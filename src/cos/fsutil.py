@@ -69,6 +69,17 @@ def free_bytes(path: Path) -> int:
     return st.f_bavail * st.f_frsize
 
 
+def ram_room(path: Path) -> int:
+    """Bytes that may go to path (the run directory, a tmpfs) without pressing on
+    memory: its free space, at most what the kernel reports available; 0 when unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            avail = next(int(x.split()[1]) * 1024 for x in f if x.startswith("MemAvailable:"))
+        return min(free_bytes(path), avail)
+    except (OSError, ValueError, StopIteration):
+        return 0
+
+
 def inside(root: Path, path: str | os.PathLike[str]) -> Path:
     """Join an absolute in-image path onto root lexically, refusing escapes via '..'."""
     rel = Path(os.path.normpath("/" + os.fspath(path).lstrip("/")))

@@ -10,9 +10,11 @@ import pytest
 
 from cos.boot import assessment
 from cos.config import Config
+from cos.oci.layout import LayerBlob
+from cos.oci.store import LayerStore
 from cos.snapshot import BACKENDS, new_snapshotter, open_snapshotter
 from cos.snapshot.base import Trial
-from cos.snapshot.layers import LayersSnapshotter
+from cos.snapshot.layers import LayersSnapshotter, _unpack_dir
 from cos.snapshot.loop import LoopSnapshotter
 from cos.system.state import (
     ImageState,
@@ -167,3 +169,21 @@ def test_an_upgrade_reuses_only_layer_images_that_match_their_sum(tmp_path: Path
     # What a new snapshot writes leaves out what is held; loop snapshots hold nothing.
     assert snaps.new_bytes([(good, 10**9)]) < snaps.new_bytes([(absent, 10**9)])
     assert LoopSnapshotter(tmp_path).intact_layers([good]) == set()
+
+
+def test_a_layer_is_unpacked_in_ram_only_when_its_counted_size_fits(tmp_path: Path) -> None:
+    store = LayerStore(tmp_path / "store")
+    small, huge = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+    (tmp_path / "store/tar-sizes").mkdir(parents=True)
+    (tmp_path / "store/tar-sizes" / ("a" * 64)).write_text(str(1 << 20))
+    (tmp_path / "store/tar-sizes" / ("b" * 64)).write_text(str(1 << 50))
+    run, state = tmp_path / "run/unpack", tmp_path / "state"
+    run.parent.mkdir()
+
+    def blob(digest: str | None) -> LayerBlob:
+        return LayerBlob(tmp_path / "blob", "application/vnd.oci.image.layer.v1.tar", "l", digest)
+
+    assert _unpack_dir(store, blob(small), run, state) == run and run.is_dir()
+    assert _unpack_dir(store, blob(huge), run, state) == state
+    assert _unpack_dir(store, blob("sha256:" + "c" * 64), run, state) == state  # not counted
+    assert _unpack_dir(store, blob(None), run, state) == state

@@ -20,7 +20,7 @@ from typing import Any
 from cos import run as runner
 from cos.config import Trust
 from cos.errors import ImageError, ToolError
-from cos.fsutil import atomic_write, free_bytes, fsync_dir
+from cos.fsutil import atomic_write, fsync_dir, ram_room
 from cos.log import log
 from cos.oci.digest import blob_path, check_digest, sha256_digest, short_digest
 from cos.oci.image import LocalImage
@@ -162,21 +162,9 @@ def spool_for(run_dir: Path, need: int) -> Path | None:
     that the snapshotter turns into its own form and then drops: fetched there, they are
     never written to the device. Only when twice their size fits beside what RAM and the
     run directory already hold; else None, and they go to the store as before."""
-    try:
-        room = min(free_bytes(run_dir), _mem_available())
-    except (OSError, ValueError):
-        return None
-    if need <= 0 or 2 * need + SPOOL_SLACK > room:
+    if need <= 0 or 2 * need + SPOOL_SLACK > ram_room(run_dir):
         return None
     return run_dir / SPOOL_DIR
-
-
-def _mem_available() -> int:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    raise ValueError("no MemAvailable in /proc/meminfo")
 
 
 class LayerStore:
@@ -250,6 +238,10 @@ class LayerStore:
 
     def _tar_size_file(self, digest: str) -> Path:
         return self.path / TAR_SIZES / digest.removeprefix("sha256:")
+
+    def known_tar_size(self, digest: str) -> int | None:
+        """The tar size counted earlier (by the pull's pre-flight), without counting now."""
+        return self._recorded_tar_size(digest)
 
     def _recorded_tar_size(self, digest: str) -> int | None:
         try:

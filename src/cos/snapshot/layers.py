@@ -45,13 +45,14 @@ from cos.config import Filesystem, SnapshotterKind
 from cos.disk.mount import mounted
 from cos.disk.plan import MIB
 from cos.errors import ImageError, StateError
-from cos.fsutil import atomic_symlink, atomic_write, ceil_div, fsync_dir, fsync_path
+from cos.fsutil import atomic_symlink, atomic_write, ceil_div, fsync_dir, fsync_path, ram_room
 from cos.log import log, step
 from cos.oci.digest import short_digest
 from cos.oci.image import LocalImage
 from cos.oci.layout import LayerBlob, OciLayout
 from cos.oci.overlayform import OPAQUE_XATTR, RootEntry, adopt_lower, unpack_layer
 from cos.oci.reference import Transport
+from cos.oci.store import LayerStore
 from cos.snapshot.base import BootLocation, Pending, is_number
 from cos.snapshot.loop import IMAGE_NAME, PARTIAL, LoopSnapshotter
 from cos.system.kernel import check_bootable
@@ -65,6 +66,7 @@ _TMP = ".tmp-"
 # Room a layer needs beyond its tar stream as an erofs image, and the boot files.
 _OVERHEAD = 1.05
 _BOOT_ROOM = 160 * MIB
+_RAM_SLACK = 64 * MIB  # left to everything else when a layer is unpacked in RAM
 # Overlayfs options for the stack a snapshot is built in: no extra metadata in the upper
 # dir beyond whiteouts and opaque markers, which are all a lower layer may carry.
 _BUILD_OPTS = "redirect_dir=off,index=off,metacopy=off,xino=off"
@@ -261,8 +263,7 @@ class LayersSnapshotter(LoopSnapshotter):
     ) -> dict[str, object]:
         """One layer as an erofs image in the shared store, made durable before it is
         named. below: the layer images under it, top first. The layer is unpacked in
-        stage (on COS_STATE, where the space was counted: /run is a small tmpfs);
-        mount points go in mounts."""
+        stage (_unpack_dir); mount points go in mounts."""
         assert layer.diff_id is not None
         final = self._layer_image(layer.diff_id)
         tmp = final.with_name(_TMP + final.name)
@@ -291,6 +292,7 @@ class LayersSnapshotter(LoopSnapshotter):
         """The image's layers in the store, base first: made where missing, checked where
         present (a damaged one is made again from its blob)."""
         blobs = OciLayout(image.layout, spool=image.spool).image_layers(image.digest)
+        store = LayerStore(image.layout, image.spool)
         self.layers_dir.mkdir(parents=True, exist_ok=True)
         out: list[tuple[Path, RootEntry | None]] = []
         for i, layer in enumerate(blobs, 1):
@@ -306,8 +308,9 @@ class LayersSnapshotter(LoopSnapshotter):
                         final.name,
                     )
                 below = [p for p, _ in reversed(out)]
+                where = _unpack_dir(store, layer, mounts / "unpack", stage)
                 with step(f"Unpacking layer {i}/{len(blobs)} ({short_digest(layer.diff_id)})"):
-                    meta = self._make_layer(layer, stage, mounts, below)
+                    meta = self._make_layer(layer, where, mounts, below)
             out.append((final, _root_from(meta.get("root"))))
         return out
 
@@ -453,6 +456,19 @@ class LayersSnapshotter(LoopSnapshotter):
                 f.unlink()
         fsync_dir(self.layers_dir)
         return freed
+
+
+def _unpack_dir(store: LayerStore, layer: LayerBlob, ram: Path, disk: Path) -> Path:
+    """Where a layer is unpacked before its image is made: in RAM (the run directory)
+    when four times its tar stream fits there (tmpfs gives each small file a page), so
+    the tree never reaches the device; else on COS_STATE, where the pre-flight counted
+    it (a live or recovery system's /run is small). Only for a size counted before:
+    counting it now would read the whole blob once more."""
+    size = store.known_tar_size(layer.digest) if layer.digest else None
+    if size is not None and 4 * size + _RAM_SLACK <= ram_room(ram.parent):
+        ram.mkdir(exist_ok=True)
+        return ram
+    return disk
 
 
 def _root_json(root: RootEntry | None) -> dict[str, int] | None:
