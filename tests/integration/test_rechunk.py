@@ -19,6 +19,7 @@ from tests.support import events
 from tests.support.cli import push
 from tests.support.debianish import PACKAGES, VERSIONS, make_tree
 from tests.support.images import BUILD
+from tests.support.registry import served_blobs
 
 pytestmark = pytest.mark.integration
 PACKAGES_NOTE = "org.cos.rechunk.packages"
@@ -166,7 +167,7 @@ def _changed(layout: Path, old: str, new: str) -> dict[str, tuple[str, int]]:
 
 
 def test_update_changes_only_the_package_layer(
-    tmp_path: Path, private_cache: Path, local_registry: str
+    tmp_path: Path, private_cache: Path, local_registry: str, registry_dir: Path
 ) -> None:
     v1 = make_tree(tmp_path / "v1")
     v2 = make_tree(tmp_path / "v2", versions=VERSIONS | {"less": "2.0"}, shuffle=3)
@@ -182,15 +183,19 @@ def test_update_changes_only_the_package_layer(
     push(out, "v1", f"{ref}:v1")
     push(out, "v2", f"{ref}:v2")
     _pulled(f"{ref}:v1", tmp_path / "p1")
+    log = registry_dir / "registry.log"
+    offset = log.stat().st_size
     got = _pulled(f"{ref}:v2", tmp_path / "p2")
     config = _manifest(out, "v2")["config"]
     assert isinstance(config, dict)
     assert got == {d: s for d, (_, s) in changed.items()} | {config["digest"]: config["size"]}
+    # what the registry served, from its access log: the same blobs, the same bytes
+    assert served_blobs(log, "rechunk/small", offset) == got
 
 
 @pytest.mark.extended  # rechunks the 300 MiB vanilla image twice (~3 min)
 def test_vanilla_rechunked_and_updated(
-    tmp_path: Path, private_cache: Path, local_registry: str, vanilla: str
+    tmp_path: Path, private_cache: Path, local_registry: str, vanilla: str, registry_dir: Path
 ) -> None:
     src = f"oci:{BUILD / 'oci'}:vanilla"
     out = tmp_path / "oci"
@@ -219,8 +224,11 @@ def test_vanilla_rechunked_and_updated(
     push(out, "v1", f"{ref}:v1")
     push(out, "v2", f"{ref}:v2")
     _pulled(f"{ref}:v1", tmp_path / "p1")
+    log = registry_dir / "registry.log"
+    offset = log.stat().st_size
     got = _pulled(f"{ref}:v2", tmp_path / "p2")
     assert set(got) - set(changed) == {_manifest(out, "v2")["config"]["digest"]}  # type: ignore[index]
+    assert served_blobs(log, "rechunk/vanilla", offset) == got  # the registry's own count
     print(
         f"vanilla: {len(layers)} layers, {total >> 20} MiB; update pulled {sum(got.values())} bytes"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import time
@@ -73,3 +74,18 @@ def registry(workdir: Path, users: dict[str, str] | None = None) -> Iterator[str
         proc.terminate()
         proc.wait(10)
         log.close()
+
+
+_ACCESS = re.compile(r'"GET /v2/(\S+)/blobs/(sha256:[0-9a-f]{64}) HTTP/[\d.]+" (20[06]) (\d+)')
+
+
+def served_blobs(log: Path, repo: str, offset: int = 0) -> dict[str, int]:
+    """Bytes of each blob of repo the registry served (its access log, from offset on)."""
+    with open(log, "rb") as f:
+        f.seek(offset)
+        text = f.read().decode(errors="replace")
+    out: dict[str, int] = {}
+    for name, digest, _, size in _ACCESS.findall(text):
+        if name == repo:
+            out[digest] = out.get(digest, 0) + int(size)
+    return out
