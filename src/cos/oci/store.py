@@ -224,7 +224,7 @@ class LayerStore:
         trailer holds the size mod 2**32 (of the last member only), which cannot tell an
         incompressible layer, a little larger compressed, from one of more than 4 GiB.
         """
-        recorded = self._recorded_tar_size(digest)
+        recorded = self.known_tar_size(digest)
         if recorded is not None:
             return recorded
         blob = self.layout.blob(digest)
@@ -241,9 +241,6 @@ class LayerStore:
 
     def known_tar_size(self, digest: str) -> int | None:
         """The tar size counted earlier (by the pull's pre-flight), without counting now."""
-        return self._recorded_tar_size(digest)
-
-    def _recorded_tar_size(self, digest: str) -> int | None:
         try:
             text = self._tar_size_file(digest).read_text()
         except (OSError, UnicodeDecodeError):
