@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import need
-from tests.support.images import BUILD, cached_disk, derive, push
+from tests.support.images import BUILD, cached_disk, derive, ensure_e2e_image, push, tag_suffix
 from tests.support.registry import registry
 from tests.support.vm import VM, overlay
 
@@ -104,3 +104,17 @@ def guest_registry(
         yield GuestRegistry(
             host, guest, workdir / "registry.log", f"{guest}/cos/e2e:v1", f"{guest}/cos/e2e:v2"
         )
+
+
+# The second distribution of the suite (images/distros/): a machine installed from the
+# default one upgrades to it and rolls back.
+NEXT_RELEASE = "trixie"
+
+
+@pytest.fixture(scope="session")
+def guest_next_release(guest_registry: GuestRegistry) -> str:
+    """cos/e2e:trixie (the e2e image built from Debian 13) in the guest registry;
+    returns the reference as the guest writes it."""
+    ensure_e2e_image(NEXT_RELEASE)
+    push(f"e2e{tag_suffix(NEXT_RELEASE)}", guest_registry.host, f"cos/e2e:{NEXT_RELEASE}")
+    return f"{guest_registry.guest}/cos/e2e:{NEXT_RELEASE}"

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.conftest import NEXT_RELEASE
 from tests.e2e.test_lifecycle import OVERLAY_UNDER_VAR_LIB
 from tests.support.images import cached_disk
 from tests.support.vm import overlay
@@ -101,8 +102,10 @@ def test_bios_boot_immutable_layout_and_persistence(vm_factory) -> None:  # type
     assert vm.ok("cat /etc/machine-id").strip() == machine_id
 
 
-def test_efi_boot_of_a_qcow2_disk(vm_factory) -> None:  # type: ignore[no-untyped-def]
-    qcow2 = cached_disk("qcow2", args=("--type", "qcow2"))
+def test_efi_boot_of_a_debian_13_qcow2_disk(vm_factory) -> None:  # type: ignore[no-untyped-def]
+    """The suite's second distribution boots by EFI (by BIOS: the major-release
+    upgrade of test_lifecycle), from a qcow2 disk."""
+    qcow2 = cached_disk("qcow2", args=("--type", "qcow2"), distro=NEXT_RELEASE)
     info = json.loads(
         subprocess.run(
             ["qemu-img", "info", "--output=json", str(qcow2)],
@@ -118,6 +121,9 @@ def test_efi_boot_of_a_qcow2_disk(vm_factory) -> None:  # type: ignore[no-untype
     assert vm.ok("test -d /sys/firmware/efi && echo efi").strip() == "efi"
     assert vm.ok("test -e /run/cos/active_mode && echo yes").strip() == "yes"
     assert vm.ok("findmnt -no OPTIONS /").split(",")[0] == "ro"
+    assert vm.ok(". /etc/os-release; echo $VERSION_ID").strip() == "13"
+    st = json.loads(vm.ok("cos status --json"))  # the toolkit on Python 3.13
+    assert (st["mode"], st["booted_snapshot"]) == ("active", 1)
 
 
 def test_expandable_disk_grown_3x_deploys_itself(vm_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -11,7 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.images import BUILD, LAYOUT, REPO, ensure_e2e_image, tree_hash
+from tests.support.images import (
+    BUILD,
+    LAYOUT,
+    REPO,
+    ensure_e2e_image,
+    keep,
+    restored,
+    tree_hash,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -37,16 +45,20 @@ def _iso(name: str, files: dict[str, str]) -> Path:
         (digest + tree_hash(REPO / "src/cos") + json.dumps(files)).encode()
     ).hexdigest()[:16]
     iso = BUILD / "e2e" / f"{name}-{key}.iso"
+    sums = iso.with_name(iso.name + ".sha256")
     if not iso.exists():
         iso.parent.mkdir(parents=True, exist_ok=True)
         for old in iso.parent.glob(f"{name}-*.iso*"):
             old.unlink()
+        if restored("restore-file", f"iso-{name}", key, iso, sums):
+            return iso
         argv = [sys.executable, "-m", "cos", "build-iso", f"oci:{LAYOUT}:e2e", "-o", str(iso)]
         for fname, text in files.items():
             f = iso.parent / fname
             f.write_text(text)
             argv += ["--cloud-init", str(f)]
         subprocess.run(argv, check=True, env={**os.environ, "COS_CACHE_DIR": str(BUILD / "cache")})
+        keep("keep-file", f"iso-{name}", key, iso, sums)
     return iso
 
 

@@ -305,15 +305,20 @@ def test_recovery_installs_and_resets(vm_factory, guest_registry: GuestRegistry)
     assert installed.ok("hostname").strip() == "installed-node"
 
 
-def test_power_loss_during_upgrade(vm_factory, guest_registry: GuestRegistry) -> None:  # type: ignore[no-untyped-def]
+def test_power_loss_and_a_major_release_upgrade(
+    vm_factory, guest_registry: GuestRegistry, guest_next_release: str
+) -> None:  # type: ignore[no-untyped-def]
     """Hard resets while a layer image is written and at the switch: every next boot
-    reaches multi-user in a complete snapshot, and a final upgrade succeeds. (Before the
-    pull nothing is written: a reset there is any unclean reset, which each of these is
-    too; after the switch the next boot is a trial boot, which the upgrade scenario
-    makes; the host's kill tests cut at random instants.)"""
+    reaches multi-user in a complete snapshot. Then the machine, installed from Debian
+    12, upgrades to the Debian 13 image, boots its kernel, and `cos rollback` brings 12
+    back: a major release as one image switch. (Before the pull nothing is written: a
+    reset there is any unclean reset, which each of these is too; the trial boot of an
+    upgrade is the upgrade scenario's; the host's kill tests cut at random instants.)"""
     vm = vm_factory("bios", net=True)
     vm.start()
     vm.wait_multi_user()
+    assert vm.ok(". /etc/os-release; echo $VERSION_ID").strip() == "12"
+    kernel12 = vm.ok("uname -r").strip()
     v1, v2 = guest_registry.v1, guest_registry.v2
     # v2's own layer is unpacked by an upgrade to v2 only: v1's are all on the disk.
     cuts = [(v2, "Unpacking layer"), (v1, "Switching to snapshot")]
@@ -334,9 +339,28 @@ def test_power_loss_during_upgrade(vm_factory, guest_registry: GuestRegistry) ->
         assert st["mode"] == "active", (point, st)
         assert vm.sh(f"test -e /run/cos/state/.snapshots/{booted}/.partial").rc != 0, point
         assert booted in [s["number"] for s in st["snapshots"]], (point, st)
+        assert vm.ok(". /etc/os-release; echo $VERSION_ID").strip() == "12", point
         vm.ok("systemctl start cos-mark-good.service", timeout=120)
-    out = vm.ok(
-        f"cos upgrade --force --tls-verify=false --system {guest_registry.v2} 2>&1", timeout=1200
-    )
+
+    _wait_network(vm)
+    out = vm.ok(f"cos upgrade --tls-verify=false --system {guest_next_release} 2>&1", timeout=1800)
     assert "Switching to snapshot" in out
     assert not vm.ok("ls /run/cos/state/.snapshots/*/.partial 2>/dev/null || true").strip()
+    trial = _status(vm)["trial"]
+    vm.reboot()
+    # Debian 13 with its own kernel, and the toolkit (on Python 3.13) reports it.
+    assert _booted(vm) == ("active", trial["snapshot"], "trixie")
+    assert vm.ok(". /etc/os-release; echo $VERSION_ID").strip() == "13"
+    kernel13 = vm.ok("uname -r").strip()
+    assert kernel13 != kernel12 and kernel13.startswith("6.12."), kernel13
+    assert vm.ok("python3 -c 'import sys; print(sys.version_info[:2])'").strip() == "(3, 13)"
+    _wait_good(vm, trial["snapshot"])
+
+    # Back to the newest Debian 12 snapshot kept (the one the upgrade left, or the
+    # complete v1 copy of the cut at the switch).
+    vm.ok("cos rollback")
+    vm.reboot()
+    mode, booted, tag = _booted(vm)
+    assert (mode, tag) == ("active", "latest") and booted != trial["snapshot"]
+    assert vm.ok(". /etc/os-release; echo $VERSION_ID").strip() == "12"
+    assert vm.ok("uname -r").strip() == kernel12

@@ -33,28 +33,57 @@ def tree_hash(*paths: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def restored(op: str, name: str, key: str, *args: str | Path) -> bool:
+    """images/cache.sh restore|restore-file: True when this machine's build cache held
+    the build of that key (another clone made it from the same recipe) and it was
+    copied into place."""
+    argv = ["bash", str(REPO / "images/cache.sh"), op, name, key, *map(str, args)]
+    return subprocess.run(argv, check=False).returncode == 0
+
+
+def keep(op: str, name: str, key: str, *args: str | Path) -> None:
+    """images/cache.sh keep|keep-file: a build into the machine's build cache."""
+    sh(["bash", str(REPO / "images/cache.sh"), op, name, key, *map(str, args)])
+
+
 def layout_digest(tag: str) -> str | None:
     if not (LAYOUT / "index.json").exists():
         return None
     return transport.layout_digest(LAYOUT, tag)
 
 
-def ensure_vanilla() -> str:
-    """make vanilla (cached by the recipe's own stamps); returns the vanilla digest."""
-    sh(["bash", str(REPO / "images/build.sh")], cwd=REPO)
-    digest = layout_digest("vanilla")
-    assert digest, "images/build.sh did not produce build/oci:vanilla"
+# The distribution of the images the tests use unless they name another (images/distros/).
+DEFAULT_DISTRO = "bookworm"
+
+
+def tag_suffix(distro: str) -> str:
+    """The tag suffix of a distribution's images in LAYOUT ("" for the default)."""
+    return "" if distro == DEFAULT_DISTRO else f"-{distro}"
+
+
+def ensure_vanilla(distro: str = DEFAULT_DISTRO) -> str:
+    """make vanilla DISTRO=... (cached by the recipe's own stamps); returns the digest
+    of the distribution's vanilla image."""
+    sh(["bash", str(REPO / "images/build.sh")], cwd=REPO, env={**os.environ, "DISTRO": distro})
+    tag = f"vanilla{tag_suffix(distro)}"
+    digest = layout_digest(tag)
+    assert digest, f"images/build.sh did not produce build/oci:{tag}"
     return digest
 
 
-def ensure_e2e_image() -> str:
-    """The vanilla image plus the test agent, tag e2e; returns its digest."""
-    vanilla = ensure_vanilla()
+def ensure_e2e_image(distro: str = DEFAULT_DISTRO) -> str:
+    """The vanilla image plus the test agent, tag e2e (e2e-DISTRO for another
+    distribution); returns its digest."""
+    vanilla = ensure_vanilla(distro)
     ctx = REPO / "tests/e2e/image"
+    tag = f"e2e{tag_suffix(distro)}"
     want = hashlib.sha256((vanilla + tree_hash(ctx)).encode()).hexdigest()[:16]
     STAMPS.mkdir(parents=True, exist_ok=True)
-    stamp = STAMPS / "e2e"
-    if layout_digest("e2e") is None or not stamp.exists() or stamp.read_text() != want:
+    stamp = STAMPS / tag
+    fresh = layout_digest(tag) is not None and stamp.exists() and stamp.read_text() == want
+    if not fresh and restored("restore", tag, want, LAYOUT):
+        stamp.write_text(want)
+    elif not fresh:
         env = {**os.environ, "TMPDIR": os.environ.get("TMPDIR", "/var/tmp")}
         b = [
             *BUILDAH,
@@ -71,7 +100,7 @@ def ensure_e2e_image() -> str:
                 "chroot",
                 "--layers=false",
                 "--build-arg",
-                f"BASE=oci:{LAYOUT}:vanilla",
+                f"BASE=oci:{LAYOUT}:vanilla{tag_suffix(distro)}",
                 "-t",
                 "localhost/cos/e2e:latest",
                 str(ctx),
@@ -79,10 +108,11 @@ def ensure_e2e_image() -> str:
             env=env,
             cwd=REPO,
         )
-        sh([*b, "push", "--quiet", "localhost/cos/e2e:latest", f"oci:{LAYOUT}:e2e"], env=env)
+        sh([*b, "push", "--quiet", "localhost/cos/e2e:latest", f"oci:{LAYOUT}:{tag}"], env=env)
         subprocess.run([*b, "rmi", "--all", "--force"], capture_output=True, check=False)
+        keep("keep", tag, want, LAYOUT)
         stamp.write_text(want)
-    digest = layout_digest("e2e")
+    digest = layout_digest(tag)
     assert digest
     return digest
 
@@ -159,11 +189,13 @@ def cached_disk(
     cloud_config: str | None = None,
     args: tuple[str, ...] = (),
     config: tuple[tuple[str, str], ...] = (),
+    distro: str = DEFAULT_DISTRO,
 ) -> Path:
-    """An e2e disk (optionally built with --cloud-init, more build-disk args and config
-    settings as COS_* variables), cached by image digest, toolkit, cloud-config, args and
-    config, so the suite builds each once."""
-    digest = ensure_e2e_image()
+    """An e2e disk of distro's e2e image (optionally built with --cloud-init, more
+    build-disk args and config settings as COS_* variables), cached by image digest,
+    toolkit, cloud-config, args and config, so the suite builds each once (and a clone
+    takes it from the machine's build cache)."""
+    digest = ensure_e2e_image(distro)
     config = (*TEST_DISK_CONFIG, *config)
     recipe = digest + tree_hash(REPO / "src/cos") + (cloud_config or "") + repr(args)
     key = hashlib.sha256((recipe + repr(config)).encode()).hexdigest()[:16]
@@ -173,7 +205,10 @@ def cached_disk(
         disk.parent.mkdir(parents=True, exist_ok=True)
         for old in disk.parent.glob(f"{name}-*"):
             old.unlink()
-        argv = [sys.executable, "-m", "cos", "build-disk", f"oci:{LAYOUT}:e2e", "-o", str(disk)]
+        if restored("restore-file", f"disk-{name}", key, disk):
+            return disk
+        image = f"oci:{LAYOUT}:e2e{tag_suffix(distro)}"
+        argv = [sys.executable, "-m", "cos", "build-disk", image, "-o", str(disk)]
         argv += list(args)
         if cloud_config is not None:
             cfg = disk.with_suffix(".yaml")
@@ -181,4 +216,5 @@ def cached_disk(
             argv += ["--cloud-init", str(cfg)]
         env = {**os.environ, "COS_CACHE_DIR": str(BUILD / "cache"), **dict(config)}
         subprocess.run(argv, check=True, env=env)
+        keep("keep-file", f"disk-{name}", key, disk)
     return disk

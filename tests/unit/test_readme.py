@@ -66,7 +66,8 @@ def test_plain_http_registry_commands_skip_tls() -> None:
     docker = "".join(blocks("Dockerfile"))
     assert f"FROM {PLAIN_HTTP}/cos/base:latest" in docker
     # `make vanilla REGISTRY=…` is what puts cos/base there.
-    assert 'docker://$REGISTRY/cos/$t:latest"' in (ROOT / "images/build.sh").read_text()
+    script = (ROOT / "images/build.sh").read_text()
+    assert "pushed_tag=latest\n" in script and '"docker://$REGISTRY/cos/$t:$pushed_tag"' in script
     build = [c for c in commands() if c[0] == "buildah"]
     assert {"bud", "push"} <= {a for c in build for a in c}
     for c in build:
