@@ -101,7 +101,11 @@ def guest_times(vm: VM) -> Metrics:
     return m
 
 
-def boot_once(disk: Path, workdir: Path, extra: tuple[str, ...]) -> Metrics:
+# Where each boot's critical chain and slowest units are kept (a slow run explained).
+TRAILS = BUILD / "bench" / "boot-trails"
+
+
+def boot_once(disk: Path, workdir: Path, extra: tuple[str, ...], name: str) -> Metrics:
     with scratch(workdir, "cos-bench-boot") as tmp:
         top = overlay(disk, tmp / "disk.qcow2")
         with vm_lock():
@@ -112,6 +116,13 @@ def boot_once(disk: Path, workdir: Path, extra: tuple[str, ...]) -> Metrics:
                 vm.wait_multi_user(timeout=600)
                 m = {"multi-user": time.monotonic() - start}
                 m.update(guest_times(vm))
+                TRAILS.mkdir(parents=True, exist_ok=True)
+                n = len(list(TRAILS.glob(f"{name}-*.txt"))) + 1
+                (TRAILS / f"{name}-{n}.txt").write_text(
+                    f"multi-user {m['multi-user']:.2f} s\n"
+                    + vm.ok("systemd-analyze critical-chain --no-pager 2>&1 || true")
+                    + vm.ok("systemd-analyze blame --no-pager 2>&1 | head -25 || true")
+                )
             finally:
                 vm.stop()
         return m
@@ -158,12 +169,13 @@ def bench(args: argparse.Namespace) -> list[Row]:
     cos_disk = cached_disk("disk")
     loop_disk = cached_disk("loop", config=LOOP_DISK_CONFIG)
     plain, extra = plain_rootfs()
+    shutil.rmtree(TRAILS, ignore_errors=True)
     samples = interleave(
         args.runs,
         {
-            "plain": lambda: boot_once(plain, workdir, extra),
-            "cos": lambda: boot_once(cos_disk, workdir, ()),
-            "loop": lambda: boot_once(loop_disk, workdir, ()),
+            "plain": lambda: boot_once(plain, workdir, extra, "plain"),
+            "cos": lambda: boot_once(cos_disk, workdir, (), "cos"),
+            "loop": lambda: boot_once(loop_disk, workdir, (), "loop"),
         },
     )
     spec: list[tuple[str, str, str, str | None]] = [

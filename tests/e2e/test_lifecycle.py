@@ -310,10 +310,10 @@ def test_power_loss_and_a_major_release_upgrade(
 ) -> None:  # type: ignore[no-untyped-def]
     """Hard resets while a layer image is written and at the switch: every next boot
     reaches multi-user in a complete snapshot. Then the machine, installed from Debian
-    12, upgrades to the Debian 13 image, boots its kernel, and `cos rollback` brings 12
-    back: a major release as one image switch. (Before the pull nothing is written: a
-    reset there is any unclean reset, which each of these is too; the trial boot of an
-    upgrade is the upgrade scenario's; the host's kill tests cut at random instants.)"""
+    12, upgrades to the Debian 13 image and its GRUB, boots its kernel, and `cos
+    rollback` brings 12 back: a major release as one image switch. (Before the pull
+    nothing is written: a reset there is any unclean reset, which each of these is too;
+    the host's kill tests cut at random instants.)"""
     vm = vm_factory("bios", net=True)
     vm.start()
     vm.wait_multi_user()
@@ -342,9 +342,14 @@ def test_power_loss_and_a_major_release_upgrade(
         assert vm.ok(". /etc/os-release; echo $VERSION_ID").strip() == "12", point
         vm.ok("systemctl start cos-mark-good.service", timeout=120)
 
+    # --bootloader: GRUB 2.12 of Debian 13 replaces 12's on the ESP and in the BIOS boot
+    # area, and boots both releases from here on.
     _wait_network(vm)
-    out = vm.ok(f"cos upgrade --tls-verify=false --system {guest_next_release} 2>&1", timeout=1800)
-    assert "Switching to snapshot" in out
+    out = vm.ok(
+        f"cos upgrade --bootloader --tls-verify=false --system {guest_next_release} 2>&1",
+        timeout=1800,
+    )
+    assert "Switching to snapshot" in out and "Installing GRUB from snapshot" in out, out
     assert not vm.ok("ls /run/cos/state/.snapshots/*/.partial 2>/dev/null || true").strip()
     trial = _status(vm)["trial"]
     vm.reboot()
