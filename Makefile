@@ -5,6 +5,9 @@ COS   := $(VENV)/bin/cos
 DISK  ?= build/vanilla.raw
 REGISTRY ?=
 RECHUNK ?= 0
+# images/distros/NAME: bookworm (Debian 12, the default) or trixie (Debian 13)
+DISTRO ?= bookworm
+VANILLA := vanilla$(if $(filter-out bookworm,$(DISTRO)),-$(DISTRO))
 
 .PHONY: setup vanilla disk demo test test-unit test-integration test-e2e test-extended lint clean bench docs registry registry-stop
 
@@ -12,16 +15,16 @@ setup:
 	bash scripts/setup-host.sh
 
 vanilla: setup
-	REGISTRY=$(REGISTRY) RECHUNK=$(RECHUNK) bash images/build.sh
+	REGISTRY=$(REGISTRY) RECHUNK=$(RECHUNK) DISTRO=$(DISTRO) bash images/build.sh
 
 $(DISK): vanilla
-	$(COS) build-disk oci:build/oci:vanilla -o $(DISK)
+	$(COS) build-disk oci:build/oci:$(VANILLA) -o $(DISK)
 
 disk: $(DISK)
 
 # Build the vanilla image, a disk from it, boot it headless and show the result.
 demo: setup vanilla
-	$(COS) build-disk oci:build/oci:vanilla -o $(DISK)
+	$(COS) build-disk oci:build/oci:$(VANILLA) -o $(DISK)
 	$(VENV)/bin/python scripts/demo-boot.py $(DISK)
 
 lint: setup
