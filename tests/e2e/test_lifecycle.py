@@ -13,7 +13,6 @@ import pytest
 from tests.e2e.conftest import GuestRegistry
 from tests.support.images import LAYOUT, LOOP_DISK_CONFIG, cached_disk
 from tests.support.signing import key_pair, sign
-from tests.support.vm import VMError
 
 pytestmark = pytest.mark.e2e
 
@@ -90,7 +89,6 @@ def _wait_network(vm) -> None:  # type: ignore[no-untyped-def]
 
 
 def _layers(tag: str) -> set[str]:
-    import subprocess
 
     out = subprocess.run(
         ["skopeo", "inspect", f"oci:{LAYOUT}:{tag}"], capture_output=True, text=True, check=True
@@ -225,14 +223,12 @@ def test_a_move_to_layers_that_hangs_falls_back_to_loop(
     assert vm.ok("readlink /run/cos/state/.snapshots/active").strip() == "1/snapshot.img"
 
 
-def test_recovery_installs_and_resets(vm_factory, guest_registry: GuestRegistry) -> None:  # type: ignore[no-untyped-def]
+def test_recovery_resets(vm_factory, guest_registry: GuestRegistry) -> None:  # type: ignore[no-untyped-def]
     """From recovery boots: a reset from the recovery image that keeps persistent data;
-    then a reset from a registry image that wipes it, and `cos install` onto a second
-    disk. Each disk then boots alone (two installed disks carry the same labels)."""
-    target = guest_registry.log.parent / "install-target.qcow2"
-    target.unlink(missing_ok=True)
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(target), "16G"], check=True)
-    vm = vm_factory("bios", net=True, extra_disks=(target,))
+    then a reset from a registry image that wipes it. (`cos install` onto a blank disk
+    boots in test_iso's unattended install and runs in the integration tier; a pull from
+    the registry in recovery is the second reset's, the code an install would use.)"""
+    vm = vm_factory("bios", net=True)
     vm.start()
     vm.wait_multi_user()
     vm.ok("echo kept > /usr/local/e2e-persist && echo kept > /root/e2e-root && sync")
@@ -257,7 +253,7 @@ def test_recovery_installs_and_resets(vm_factory, guest_registry: GuestRegistry)
     assert [(s["number"], s["from_action"]) for s in st["snapshots"]] == [(1, "reset")]
     assert vm.ok("cat /usr/local/e2e-persist /root/e2e-root").split() == ["kept", "kept"]
 
-    # Reset from a registry image, wiping persistent data; then install onto /dev/vdb.
+    # Reset from a registry image, wiping persistent data.
     vm.ok("grub-editenv /oem/grubenv set next_entry=recovery")
     vm.reboot()
     _wait_network(vm)
@@ -268,41 +264,12 @@ def test_recovery_installs_and_resets(vm_factory, guest_registry: GuestRegistry)
     # The booted disk is in use: refused, nothing written.
     r = vm.sh(f"cos install /dev/vda --system {guest_registry.v1} --tls-verify=false")
     assert r.rc == 5 and "in use" in r.err, r.err
-    node = "name: installed\nstages:\n  initramfs:\n    - hostname: installed-node\n"
-    vm.ok(f"printf '{node}' > /tmp/node.yaml")
-    vm.ok(
-        f"nohup cos install /dev/vdb --system {guest_registry.v1} --tls-verify=false"
-        " --cloud-init /tmp/node.yaml --poweroff > /run/e2e-install.log 2>&1 &"
-    )
-    deadline = time.monotonic() + 2400
-    while vm.proc.poll() is None:
-        assert time.monotonic() < deadline, "install did not finish"
-        try:
-            log = vm.sh("cat /run/e2e-install.log", timeout=20).out
-        except (VMError, OSError):
-            break  # powering off: the agent is gone
-        assert "cos: error" not in log and "internal error" not in log, log
-        time.sleep(5)
-    vm.wait_exit(timeout=120)
-
-    wiped = vm_factory("bios", disk=vm.disk)
-    wiped.start()
-    wiped.wait_multi_user()
-    st = _status(wiped)
-    assert _booted(wiped) == ("active", 1, "v2")
+    vm.reboot()
+    st = _status(vm)
+    assert _booted(vm) == ("active", 1, "v2")
     assert st["snapshots"][0]["source"] == guest_registry.v2
-    assert wiped.sh("test -e /usr/local/e2e-persist").rc != 0
-    assert wiped.sh("test -e /root/e2e-root").rc != 0
-    wiped.stop()
-
-    installed = vm_factory("bios", disk=target)
-    installed.start()
-    installed.wait_multi_user()
-    st = _status(installed)
-    assert (st["mode"], st["booted_snapshot"]) == ("active", 1)
-    assert st["snapshots"][0]["from_action"] == "install"
-    assert st["snapshots"][0]["source"] == guest_registry.v1
-    assert installed.ok("hostname").strip() == "installed-node"
+    assert vm.sh("test -e /usr/local/e2e-persist").rc != 0
+    assert vm.sh("test -e /root/e2e-root").rc != 0
 
 
 def test_power_loss_and_a_major_release_upgrade(
