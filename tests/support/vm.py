@@ -6,6 +6,7 @@ TCG only (-accel tcg -cpu max): this host's /dev/kvm cannot run stock kernels.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -46,6 +47,10 @@ class VM:
         self.dir = workdir
         self.firmware = firmware
         self.memory = memory
+        # vCPUs: 2 by default; COS_VM_SMP tries another count (the boot stalls under
+        # TCG are being chased: bench/boot.py with COS_VM_SMP=1 against the default).
+        self.smp = int(os.environ.get("COS_VM_SMP", "2"))
+        self.cpu = os.environ.get("COS_VM_CPU", "max")  # likewise, another CPU model
         self.net = net  # user networking: the host (and its 127.0.0.1 registry) is 10.0.2.2
         self.extra_disks = extra_disks  # /dev/vdb, /dev/vdc, … in the guest
         self.extra_args = extra_args  # more qemu arguments (-kernel … for a direct boot)
@@ -75,11 +80,11 @@ class VM:
             "-accel",
             "tcg",
             "-cpu",
-            "max",
+            self.cpu,
             "-m",
             str(self.memory),
             "-smp",
-            "2",
+            str(self.smp),
             "-display",
             "none",
             # No graphics card: the kernel's framebuffer console would draw every line
