@@ -53,7 +53,7 @@ _MERGED = ("bin/", "sbin/", "lib/", "lib32/", "lib64/", "libx32/")
 @dataclass(frozen=True)
 class Release:
     name: str
-    suites: tuple[str, ...] | None  # None: every suite the machine's sources list
+    suites: tuple[str, ...] | None  # None: SUITE with its -updates and -security
     extra: tuple[str, ...] = ()
     prev: str | None = None  # the release it updates (rechunked with --prev of it)
 
@@ -67,27 +67,18 @@ RELEASES = (
 
 
 def host_sources(suites: tuple[str, ...] | None) -> list[str]:
-    """The machine's apt sources as one-line entries, limited to suites (deb822 and
-    one-line files both read; no archive is named here)."""
-    lines: list[str] = []
-    d = Path("/etc/apt/sources.list.d")
-    for f in sorted(d.glob("*.sources")):
-        for para in re.split(r"\n\s*\n", f.read_text()):
-            fields: dict[str, str] = {}
-            for line in para.splitlines():
-                if line.startswith("#") or ":" not in line:
-                    continue
-                key, _, value = line.partition(":")
-                fields[key.strip().lower()] = value.strip()
-            if "deb" not in fields.get("types", "").split() or fields.get("enabled") == "no":
-                continue
-            opts = f" [signed-by={fields['signed-by']}]" if "signed-by" in fields else ""
-            for uri in fields.get("uris", "").split():
-                for suite in fields.get("suites", "").split():
-                    lines.append(f"deb{opts} {uri} {suite} {fields.get('components', 'main')}")
-    for f in [Path("/etc/apt/sources.list"), *sorted(d.glob("*.list"))]:
-        if f.is_file():
-            lines += [x.strip() for x in f.read_text().splitlines() if x.startswith("deb ")]
+    """The machine's apt sources for SUITE and its -updates/-security, as one-line
+    entries (images/base/apt-sources, what the base image is built from), limited to
+    suites (None: all three). No archive is named here."""
+    out = subprocess.run(
+        [sys.executable, str(REPO / "images/base/apt-sources"), SUITE],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr.strip())
+    lines = out.stdout.splitlines()
     chosen = [x for x in lines if suites is None or _suite(x) in suites]
     if not chosen:
         raise RuntimeError(f"the machine's apt sources have no suite among {suites}")

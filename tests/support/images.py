@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -57,8 +58,12 @@ DEFAULT_DISTRO = "bookworm"
 
 
 def tag_suffix(distro: str) -> str:
-    """The tag suffix of a distribution's images in LAYOUT ("" for the default)."""
-    return "" if distro == DEFAULT_DISTRO else f"-{distro}"
+    """The tag suffix of a distribution's images in LAYOUT, as its file in
+    images/distros/ sets it for images/build.sh ("" for the default)."""
+    text = (REPO / "images/distros" / distro).read_text()
+    m = re.search(r"^TAG_SUFFIX=(\S*)$", text, re.M)
+    assert m, f"images/distros/{distro} sets no TAG_SUFFIX"
+    return m[1]
 
 
 def ensure_vanilla(distro: str = DEFAULT_DISTRO) -> str:
