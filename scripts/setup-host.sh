@@ -11,6 +11,8 @@ APT_PACKAGES=(
   golang-github-containers-common docker-registry
   # filesystems and partitioning
   e2fsprogs dosfstools mtools squashfs-tools gdisk parted util-linux fdisk xorriso erofs-utils
+  # getfattr: the boot's shell layout reads overlayfs's opaque markers (tests run it here)
+  attr
   # bootloader
   grub-pc-bin grub-efi-amd64-bin grub2-common grub-common
   # booting disks in tests

@@ -1,7 +1,13 @@
-"""cos mount on the host: real loop-backed volumes, tmpfs and overlayfs (no VM)."""
+"""cos mount on the host: real loop-backed volumes, tmpfs and overlayfs (no VM).
+
+Each behaviour is checked on both implementations of the boot layout: the Python one
+(cos.system.layout, `cos mount`) and the shell one the initrd runs when it can
+(/usr/libexec/cos-layout); the shell is held to the Python's results.
+"""
 
 from __future__ import annotations
 
+import os
 import secrets
 import subprocess
 from collections.abc import Iterator
@@ -10,10 +16,54 @@ from pathlib import Path
 import pytest
 
 from cos.config import Labels, Layout
+from cos.data import data_path
 from cos.system.layout import apply_layout
 from tests.conftest import need
 
 pytestmark = pytest.mark.integration
+
+SHELL_LAYOUT = data_path("libexec", "cos-layout")
+HANDOFF = 3  # cos-layout: "this is `cos mount`'s to do"
+
+
+def shell_layout(
+    mode: str, labels: Labels, root: Path, tries: int = 25
+) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": os.environ["PATH"], "COS_STAGE_ROOT": str(root), "COS_DEVICE_TRIES": str(tries)}
+    argv = ["sh", str(SHELL_LAYOUT), mode, labels.oem, labels.persistent, ""]
+    return subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+
+
+@pytest.fixture(params=["python", "shell"])
+def impl(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+class Applied(list[str]):
+    """The mount points made, in order, and what the layout logged."""
+
+    log = ""
+
+
+def layout_of(
+    impl: str,
+    mode: str,
+    labels: Labels,
+    root: Path,
+    caplog: pytest.LogCaptureFixture | None = None,
+    tries: int = 25,
+) -> Applied:
+    if impl == "python":
+        done = Applied(apply_layout(mode, Layout(), labels, root=root, device_timeout=tries / 5))
+        done.log = caplog.text if caplog is not None else ""
+        return done
+    before = set(_mounts_below(root))
+    res = shell_layout(mode, labels, root, tries)
+    assert res.returncode == 0, res.stderr
+    made = [m for m in _mounts_below(root) if m not in before]
+    done = Applied(m[len(str(root)) :] for m in made if not m.endswith("/run/cos/overlay"))
+    done.log = res.stderr
+    return done
 
 
 def _mounts_below(root: Path) -> list[str]:
@@ -36,6 +86,9 @@ def sysroot(tmp_path: Path) -> Iterator[tuple[Path, Labels]]:
     root = tmp_path / "sysroot"
     for d in ("etc/systemd", "var/log", "srv", "root", "home", "opt", "oem", "usr/local", "run"):
         (root / d).mkdir(parents=True)
+    (root / "proc").mkdir()
+    (root / "proc/cmdline").write_text("root=LABEL=COS_STATE cos.mode=active\n")
+    (root / "run/cos").mkdir()
     (root / "etc/hostname").write_text("image\n")
     tag = secrets.token_hex(3).upper()
     labels = Labels(oem=f"T{tag}_OEM", persistent=f"T{tag}_PER")
@@ -57,10 +110,11 @@ def sysroot(tmp_path: Path) -> Iterator[tuple[Path, Labels]]:
             subprocess.run(["losetup", "-d", loop], check=False)
 
 
-def test_active_layout_persists_only_persistent_paths(sysroot: tuple[Path, Labels]) -> None:
+def test_active_layout_persists_only_persistent_paths(
+    sysroot: tuple[Path, Labels], impl: str
+) -> None:
     root, labels = sysroot
-    layout = Layout()
-    done = apply_layout("active", layout, labels, root=root, device_timeout=5)
+    done = layout_of(impl, "active", labels, root)
     assert done[:2] == ["/oem", "/usr/local"]
     assert done[2:5] == ["/etc", "/srv", "/var"]  # ephemeral, sorted by depth
     assert set(done[5:]) == {"/etc/ssh", "/etc/systemd", "/home", "/opt", "/root", "/var/log"} | {
@@ -79,7 +133,7 @@ def test_active_layout_persists_only_persistent_paths(sysroot: tuple[Path, Label
 
     _umount_all(root)  # a reboot
     assert not (root / "etc/ephemeral").exists()  # nothing leaked into the image tree
-    apply_layout("active", layout, labels, root=root, device_timeout=5)
+    layout_of(impl, "active", labels, root)
     assert not (root / "etc/ephemeral").exists()
     assert (root / "etc/hostname").read_text() == "image\n"
     assert (root / "root/kept").is_file() and (root / "var/log/kept.log").is_file()
@@ -87,15 +141,16 @@ def test_active_layout_persists_only_persistent_paths(sysroot: tuple[Path, Label
 
 
 def test_container_state_paths_are_plain_binds_an_overlay_can_stack_on(
-    sysroot: tuple[Path, Labels],
+    sysroot: tuple[Path, Labels], impl: str
 ) -> None:
     root, labels = sysroot
     (root / "var/lib/containers").mkdir(parents=True, exist_ok=True)
     (root / "var/lib/containers/from-image").write_text("seed")
-    layout = Layout(persistent_bind=["/var/lib/containers"])
-    apply_layout("active", layout, labels, root=root, device_timeout=5)
+    os.chmod(root / "var/lib/containers", 0o700)
+    layout_of(impl, "active", labels, root)
     store = root / "usr/local/.state/var-lib-containers.bind"
     assert (store / "from-image").read_text() == "seed"  # seeded from the image once
+    assert (store.stat().st_mode & 0o777) == 0o700  # with the image directory's mode
     line = next(
         ln for ln in Path("/proc/self/mountinfo").read_text().splitlines()
         if f" {root}/var/lib/containers " in ln
@@ -117,27 +172,27 @@ def test_container_state_paths_are_plain_binds_an_overlay_can_stack_on(
         subprocess.run(["umount", str(base / "merged")], check=True)
     (root / "var/lib/containers/kept").write_text("x")
     _umount_all(root)  # a reboot: the bind dir is not seeded again, and what was written stays
-    apply_layout("active", layout, labels, root=root, device_timeout=5)
+    layout_of(impl, "active", labels, root)
     assert (root / "var/lib/containers/kept").is_file()
     assert (root / "var/lib/containers/from-image").read_text() == "seed"
 
 
-def test_recovery_layout_never_mounts_persistent(sysroot: tuple[Path, Labels]) -> None:
+def test_recovery_layout_never_mounts_persistent(sysroot: tuple[Path, Labels], impl: str) -> None:
     root, labels = sysroot
-    done = apply_layout("recovery", Layout(), labels, root=root, device_timeout=5)
+    done = layout_of(impl, "recovery", labels, root)
     assert "/usr/local" not in done and "/root" not in done
     assert "/oem" in done and "/etc" in done
     assert not any(m.endswith("/usr/local") for m in _mounts_below(root))
 
 
 def test_missing_persistent_volume_is_a_warning(
-    sysroot: tuple[Path, Labels], caplog: pytest.LogCaptureFixture
+    sysroot: tuple[Path, Labels], caplog: pytest.LogCaptureFixture, impl: str
 ) -> None:
     root, labels = sysroot
     missing = Labels(oem=labels.oem, persistent="NO_SUCH_LABEL")
-    done = apply_layout("active", Layout(), missing, root=root, device_timeout=0.5)
+    done = layout_of(impl, "active", missing, root, caplog, tries=3)
     assert "/usr/local" not in done and "/etc" in done
-    assert "persistent paths are ephemeral" in caplog.text
+    assert "persistent paths are ephemeral" in done.log
 
 
 def test_live_layout_touches_no_volume_and_keeps_everything_in_ram(
@@ -155,3 +210,95 @@ def test_live_layout_touches_no_volume_and_keeps_everything_in_ram(
     (root / "usr/local/scratch").write_text("x")
     _umount_all(root)
     assert not (root / "usr/local/scratch").exists()
+
+
+def test_the_machine_gets_a_kept_machine_id_and_a_hostname(
+    sysroot: tuple[Path, Labels], impl: str
+) -> None:
+    root, labels = sysroot
+    (root / "etc/hostname").unlink()  # the image names no host
+    (root / "etc/machine-id").write_text("")
+    (root / "etc/hosts").write_text("127.0.0.1\tlocalhost\n  ::1 localhost ip6-localhost \n")
+    layout_of(impl, "active", labels, root)
+    mid = (root / "usr/local/etc/machine-id").read_text()
+    assert len(mid) == 33 and mid.endswith("\n") and int(mid, 16) >= 0
+    assert (root / "etc/machine-id").read_text() == mid
+    name = f"cos-{mid[:6]}"
+    assert (root / "etc/hostname").read_text() == f"{name}\n"
+    assert (
+        root / "etc/hosts"
+    ).read_text() == f"127.0.0.1 localhost {name}\n::1 localhost ip6-localhost\n"
+
+    _umount_all(root)  # a reboot keeps the id; a name given since is not overwritten
+    assert (root / "etc/machine-id").read_text() == ""
+    layout_of(impl, "active", labels, root)
+    assert (root / "etc/machine-id").read_text() == mid
+    (root / "etc/hostname").write_text("chosen\n")
+    _umount_all(root)
+    (root / "etc/hostname").write_text("from-the-image\n")
+    layout_of(impl, "active", labels, root)
+    assert (root / "etc/hostname").read_text() == "from-the-image\n"
+    assert (root / "etc/machine-id").read_text() == mid
+
+    _umount_all(root)  # recovery: its own name, and the installed system's id untouched
+    layout_of(impl, "recovery", labels, root)
+    assert (root / "etc/hostname").read_text() == "recovery\n"
+    assert (root / "etc/hosts").read_text().startswith("127.0.0.1 localhost recovery\n")
+    assert (root / "etc/machine-id").read_text() == ""
+
+
+def test_both_layouts_stack_the_same_layers_on_a_stacked_root(
+    sysroot: tuple[Path, Labels], impl: str
+) -> None:
+    """On a root of stacked layers (the root itself a mount), an overlay straight on it
+    gets the layers' own directories: a whiteout, a file or an opaque directory in a
+    layer hides what lies below."""
+    need("getfattr", "setfattr")
+    root, labels = sysroot
+    layers = root / "run/cos/layers"
+    for i in range(4):
+        (layers / str(i) / "etc").mkdir(parents=True)
+        (layers / str(i) / "var").mkdir(parents=True)
+    (layers / "1/srv").mkdir()
+    subprocess.run(
+        ["setfattr", "-n", "trusted.overlay.opaque", "-v", "y", layers / "1/etc"], check=True
+    )
+    (layers / "2/var").rmdir()
+    subprocess.run(["mknod", layers / "2/var", "c", "0", "0"], check=True)  # a whiteout
+    subprocess.run(["mount", "--bind", root, root], check=True)  # the root is a mount
+    layout_of(impl, "recovery", labels, root)
+    lowers = {}
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        if fields[4] in (f"{root}/etc", f"{root}/var", f"{root}/srv") and " - overlay " in line:
+            opts = line.split(" - ")[1].split()[2].split(",")
+            lowers[fields[4][len(str(root)) :]] = next(
+                o[len("lowerdir=") :] for o in opts if o.startswith("lowerdir=")
+            )
+    assert lowers == {
+        "/etc": f"{layers}/0/etc:{layers}/1/etc",
+        "/var": f"{layers}/0/var:{layers}/1/var",
+        "/srv": f"{layers}/1/srv",
+    }
+
+
+def test_the_shell_leaves_to_cos_mount_what_it_does_not_do(
+    sysroot: tuple[Path, Labels],
+) -> None:
+    root, labels = sysroot
+    # Live media, and a config that changes the layout: nothing mounted at all.
+    assert shell_layout("live", labels, root).returncode == HANDOFF
+    (root / "etc/cos").mkdir()
+    (root / "etc/cos/config.yaml").write_text("layout:\n  ephemeral: [/etc]\n")
+    assert shell_layout("active", labels, root).returncode == HANDOFF
+    assert _mounts_below(root) == []
+    (root / "etc/cos/config.yaml").write_text("max-snaps: 3\n")
+    # A cloud-config for an early stage: the volumes are mounted (cos mount takes them
+    # as they are), nothing else, and no stage is marked as not started.
+    (root / "system/oem").mkdir(parents=True)
+    (root / "system/oem/10.yaml").write_text("stages:\n  initramfs:\n    - commands: [true]\n")
+    assert shell_layout("active", labels, root).returncode == HANDOFF
+    assert _mounts_below(root) == [f"{root}/oem", f"{root}/usr/local"]
+    assert list((root / "run/cos/skipped-stages").iterdir()) == []
+    done = apply_layout("active", Layout(), labels, root=root, device_timeout=5)
+    assert "/etc" in done and "/oem" not in done

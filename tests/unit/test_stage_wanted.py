@@ -29,9 +29,8 @@ def root(tmp_path: Path) -> Path:
     (tmp_path / "proc").mkdir()
     (tmp_path / "proc/cmdline").write_text("BOOT_IMAGE=/vmlinuz root=LABEL=COS_STATE quiet\n")
     (tmp_path / "system/oem").mkdir(parents=True)
-    # The toolkit's own defaults name initramfs only.
-    for f in data_path("oem").iterdir():
-        (tmp_path / "system/oem" / f.name).write_text(f.read_text())
+    # An image's own document that names initramfs only.
+    (tmp_path / "system/oem/00_id.yaml").write_text(YIP.format(stage="initramfs"))
     return tmp_path
 
 

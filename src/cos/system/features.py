@@ -226,10 +226,11 @@ def _completion(root: Path) -> None:
         _write(root, dest, data_path("completion", name).read_text())
 
 
-@feature("cloud-config", "default cloud-configs in /system/oem (machine-id, hostname)")
+@feature("cloud-config", "/system/oem, where the image's own cloud-configs go")
 def _cloud_config(root: Path) -> None:
-    for entry in data_path("oem").iterdir():
-        _write(root, f"/system/oem/{entry.name}", entry.read_text())
+    # No default documents: the layout keeps the machine-id and names the machine
+    # (cos.system.identity), so a boot with no early cloud-config starts no Python.
+    _mkdir(inside(root, "/system/oem"))
 
 
 def _chroot_argv(root: Path, argv: list[str]) -> list[str]:

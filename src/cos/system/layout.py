@@ -6,7 +6,13 @@ volumes first (/oem, then COS_PERSISTENT at /usr/local), then the ephemeral tmpf
 overlays, then the persistent paths: overlays whose upper dirs live on
 COS_PERSISTENT and plain directories there bind-mounted in place (a container
 runtime's own overlays need a lower filesystem that is not itself an overlay); each
-group sorted by depth so a parent is mounted before its children.
+group sorted by depth so a parent is mounted before its children; last the machine's
+identity (cos.system.identity).
+
+A boot usually takes the same steps in shell (/usr/libexec/cos-layout, from the
+initrd) and starts no Python; this module is the reference the tests hold the shell
+to, and the path for what the shell leaves to it (live media, a configured layout, a
+cloud-config for the rootfs or initramfs stage).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from cos.disk.mounts import AmbiguousLabel, find_device, is_mountpoint, mount_po
 from cos.errors import StateError
 from cos.fsutil import inside
 from cos.log import log, step
+from cos.system.identity import seed_identity
 from cos.system.installed import RUN_DIR, Mode
 
 OVERLAY_BASE = "/run/cos/overlay"
@@ -193,7 +200,7 @@ def apply_layout(
             if not target.is_dir():
                 log.warning("ephemeral path %s does not exist in the image; skipped", path)
                 continue
-            _overlay(target, base / overlay_name(path))
+            _overlay(target, base / overlay_name(path), root)
             done.append(path)
 
     if persistent_mounted:
@@ -213,8 +220,9 @@ def apply_layout(
                 if path in binds:
                     _bind(target, state / bind_name(path))
                 else:
-                    _overlay(target, state / overlay_name(path))
+                    _overlay(target, state / overlay_name(path), root)
                 done.append(path)
+    seed_identity(mode, layout.persistent_mount, persistent_mounted or mode == Mode.LIVE, root)
     return done
 
 

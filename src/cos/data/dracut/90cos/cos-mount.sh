@@ -1,7 +1,7 @@
 #!/bin/sh
 # mount hook: state partition (ro) → the snapshot as $NEWROOT (a loop image, or a stack of
 # erofs layer images under a read-only overlayfs), a tmpfs for the ephemeral overlays,
-# the mode sentinel, then `cos mount` inside the new root.
+# the mode sentinel, then the layout inside the new root (cos-layout, or `cos mount`).
 
 [ "${root%%:*}" = "cos" ] || return 0
 [ -f /tmp/cos.env ] || return 0
@@ -49,9 +49,19 @@ ismounted /run/cos/overlay || mount -t tmpfs -o "mode=0755,size=$size" cos-overl
 for d in proc sys dev run; do
     mount --rbind "/$d" "$NEWROOT/$d"
 done
-chroot "$NEWROOT" /usr/bin/cos mount --mode "$cos_mode" \
-    --oem-label "$cos_oemlabel" --persistent-label "$cos_persistentlabel"
-rc=$?
+# The layout in shell when it can (no Python start: seconds under emulation), else
+# `cos mount` (live media, a configured layout, a cloud-config for an early stage).
+rc=3
+if [ -x "$NEWROOT/usr/libexec/cos-layout" ]; then
+    chroot "$NEWROOT" /usr/libexec/cos-layout "$cos_mode" "$cos_oemlabel" \
+        "$cos_persistentlabel" "$(readlink -f "$cos_state")"
+    rc=$?
+fi
+if [ $rc -eq 3 ]; then
+    chroot "$NEWROOT" /usr/bin/cos mount --mode "$cos_mode" \
+        --oem-label "$cos_oemlabel" --persistent-label "$cos_persistentlabel"
+    rc=$?
+fi
 for d in run dev sys proc; do
     umount -R "$NEWROOT/$d" 2>/dev/null || umount -l "$NEWROOT/$d"
 done
