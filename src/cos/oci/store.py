@@ -37,9 +37,6 @@ from cos.oci.layout import (
 )
 from cos.oci.progress import PullProgress
 from cos.oci.reference import ImageRef, Transport
-from cos.oci.registry import RegistryError
-from cos.oci.remote import Repository
-from cos.oci.signatures import require_signed
 from cos.oci.streams import Source, decompressor
 
 STORE_DIR = ".store"
@@ -106,6 +103,12 @@ def inspect_remote(
     a signature by it (on the index or on the platform manifest, as cosign signs
     either) before the config is read and before the caller writes anything.
     """
+    # The registry client and the signature checks (http, cryptography) are imported
+    # where a pull needs them: commands that only read the store start faster.
+    from cos.oci.registry import RegistryError
+    from cos.oci.remote import Repository
+    from cos.oci.signatures import require_signed
+
     signed: set[str] = set()
     try:
         client = Repository(ref, tls_verify)
@@ -284,6 +287,9 @@ class LayerStore:
         an interrupted pull leaves the store as it was plus verified blobs and
         `.partial` files that the next pull continues.
         """
+        from cos.oci.registry import RegistryError
+        from cos.oci.remote import Repository
+
         client = Repository(remote.ref, tls_verify)
         self.layout.blobs.mkdir(parents=True, exist_ok=True)
         self.heal(remote)
@@ -468,6 +474,8 @@ def fetch(
         if digest is None:
             raise ImageError(f"{ref}: tag {tag!r} not found in {layout.root}", hint="check the tag")
         if key is not None:
+            from cos.oci.signatures import require_signed
+
             require_signed(ref, {digest}, key, tls_verify)
         return LocalImage(ref, layout.root, tag, digest)
     if ref.transport in (Transport.OCI_ARCHIVE, Transport.DIR):
