@@ -73,7 +73,7 @@ def main() -> int:
     if not status:
         print("demo: cos status did not appear on the console", file=sys.stderr)
         return 1
-    print("==> cos status of the booted system (printed on its console by cos-status.service):")
+    print("==> cos status of the booted system (printed on its console by cos-mark-good.service):")
     print("\n".join("    " + s for s in status))
     return 0 if seen_multi_user else 1
 

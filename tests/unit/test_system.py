@@ -116,8 +116,8 @@ def test_features_install_into_a_tree(tmp_path: Path) -> None:
     assert 'add_dracutmodules+=" cos "' in conf
     assert "menuentry" in (tmp_path / "etc/cos/grub.cfg").read_text()
     assert (tmp_path / "oem").is_dir()
-    link = tmp_path / "etc/systemd/system/multi-user.target.wants/cos-status.service"
-    assert link.is_symlink() and str(link.readlink()) == "/etc/systemd/system/cos-status.service"
+    link = tmp_path / "etc/systemd/system/multi-user.target.wants/cos-mark-good.service"
+    assert link.is_symlink() and str(link.readlink()) == "/etc/systemd/system/cos-mark-good.service"
     assert (tmp_path / "etc/systemd/system/local-fs.target.wants/tmp.mount").is_symlink()
 
 
@@ -130,3 +130,19 @@ def test_completion_feature_installs_the_generated_scripts(tmp_path: Path) -> No
     zsh = tmp_path / "usr/share/zsh/vendor-completions/_cos"
     assert bash.read_text() == completion.bash(build_parser())
     assert zsh.read_text() == completion.zsh(build_parser())
+
+
+def test_a_retired_unit_of_an_earlier_version_is_removed(tmp_path: Path) -> None:
+    """cos-status.service printed the status with a Python start of its own; the mark-good
+    unit prints it now, so an image initialised again must not run both."""
+    units = tmp_path / "etc/systemd/system"
+    (units / "multi-user.target.wants").mkdir(parents=True)
+    (units / "cos-status.service").write_text("[Service]\nExecStart=/usr/bin/cos status\n")
+    (units / "multi-user.target.wants/cos-status.service").symlink_to(
+        "/etc/systemd/system/cos-status.service"
+    )
+    features.FEATURES["systemd"].install(tmp_path)
+    assert not (units / "cos-status.service").exists()
+    assert not (units / "multi-user.target.wants/cos-status.service").is_symlink()
+    good = (units / "cos-mark-good.service").read_text()
+    assert "--status" in good and "recovery_mode" in good

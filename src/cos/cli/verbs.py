@@ -381,16 +381,20 @@ def _reset(args: argparse.Namespace, cfg: Config) -> int:
     "confirm or fail a trial boot (run by systemd)",
     arg("--mark-good", action="store_true", help="run the checks, confirm the trial"),
     arg("--deadline", action="store_true", help=argparse.SUPPRESS),
+    arg("--status", action="store_true", help="then print `cos status` instead of the decision"),
     DEVICE,
 )
 def _boot_assessment(args: argparse.Namespace, cfg: Config) -> int:
     from cos.actions.assess import assess
 
-    decided = assess(
-        cfg, mark_good=args.mark_good, installed=installed(args, cfg), deadline=args.deadline
-    )
-    print(decided)
-    return 0
+    inst = installed(args, cfg)
+    decided = assess(cfg, mark_good=args.mark_good, installed=inst, deadline=args.deadline)
+    if not args.status:
+        print(decided)
+        return 0
+    from cos.actions.status import show_status
+
+    return show_status(cfg, as_json=False, installed=inst)
 
 
 @verb(

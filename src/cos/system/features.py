@@ -132,6 +132,19 @@ def _write(root: Path, path: str, content: str | bytes, mode: int = 0o644) -> No
     target.chmod(mode)
 
 
+# Units of earlier versions that an image being initialised again may still have.
+# cos-status.service: the status is printed by cos-mark-good.service (one Python start).
+RETIRED_UNITS = (("cos-status.service", "multi-user.target"),)
+
+
+def _retire_unit(root: Path, unit: str, wanted_by: str) -> None:
+    for path in (f"/etc/systemd/system/{wanted_by}.wants/{unit}", f"/etc/systemd/system/{unit}"):
+        target = inside(root, path)
+        if target.is_symlink() or target.exists():
+            _journal_path(target)
+            target.unlink()
+
+
 def _enable_unit(root: Path, unit: str, wanted_by: str) -> None:
     wants = inside(root, f"/etc/systemd/system/{wanted_by}.wants")
     _mkdir(wants)
@@ -197,7 +210,8 @@ def _systemd(root: Path) -> None:
         _write(root, f"/etc/systemd/system/{entry.name}", entry.read_text())
     for entry in data_path("libexec").iterdir():
         _write(root, f"/usr/libexec/{entry.name}", entry.read_text(), 0o755)
-    _enable_unit(root, "cos-status.service", "multi-user.target")
+    for unit, wanted_by in RETIRED_UNITS:
+        _retire_unit(root, unit, wanted_by)
     _enable_unit(root, "cos-setup-fs.service", "sysinit.target")
     _enable_unit(root, "cos-setup-boot.service", "multi-user.target")
     _enable_unit(root, "cos-setup-network.service", "multi-user.target")

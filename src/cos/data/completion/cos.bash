@@ -112,7 +112,7 @@ _cos() {
             esac
             ;;
         boot-assessment)
-            opts="-h --help --mark-good"
+            opts="-h --help --mark-good --status"
             ;;
         pull-image)
             opts="-h --help --tls-verify --cosign-key --platform --json"
