@@ -1,15 +1,19 @@
 """Boot benchmark: time to multi-user of a cos disk vs the same root filesystem booted
 plainly, under the same qemu settings (tests/support/vm.py: q35, -accel tcg -cpu max,
-2 CPUs, 1.5 GiB), and the time each cos unit (the cloud-init stages) took.
+2 CPUs, 1.5 GiB; COS_VM_CPU, COS_VM_SMP), and the time each cos unit took.
 
 The cos disk is the e2e disk (`cos build-disk` of the e2e image: vanilla + the test
 agent), booted by SeaBIOS and GRUB from a snapshot of stacked layer images on COS_STATE
 (the default); the same image on a disk with a loop snapshot (one ext4 image) is the
 third contender, for the layers ÷ loop ratio. The floor is the
-e2e image's own tree as an ext4 image (made once per image, kept in build/bench),
-booted directly (-kernel/-initrd of the image, root=/dev/vda, the same console
-arguments), its cos units masked: what the root filesystem costs without cos's boot
-path and stages. "Multi-user" is the e2e suite's
+e2e image's own tree, its cos units masked, as a plain install has it: an ext4
+partition holding the tree, GRUB built from the image's own modules in the bios_grub
+partition, a grub.cfg that loads the kernel and initrd with no menu wait (as the cos
+test disks have none) and the same console arguments. What the root filesystem costs
+without cos's boot path and stages, with the bootloader any installed system pays.
+A second reference boots the same ext4 image with qemu's -kernel/-initrd (no
+firmware disk reads, no bootloader): the floor of earlier versions of this bench.
+Both are made once per image and kept in build/bench. "Multi-user" is the e2e suite's
 test: the guest agent answers and `systemctl is-system-running --wait` returns. The
 guest's own clock splits the boot into kernel, initrd and userspace.
 
@@ -39,7 +43,10 @@ from tests.support.images import (
 from tests.support.vm import VM, overlay
 
 from bench.common import VM_LOCK, Metrics, Row, interleave, rows_of, scratch, sh
+from cos.boot import grub
+from cos.disk.image import copy_into
 from cos.disk.image import ext_image_size as image_size_for
+from cos.disk.plan import MIB
 from cos.oci.unpack import unpack_image
 
 STAGES = ("cos-setup-fs.service", "cos-setup-boot.service", "cos-setup-network.service")
@@ -116,6 +123,9 @@ def boot_once(disk: Path, workdir: Path, extra: tuple[str, ...], name: str) -> M
                 vm.wait_multi_user(timeout=600)
                 m = {"multi-user": time.monotonic() - start}
                 m.update(guest_times(vm))
+                # What the guest's clock does not see: firmware, GRUB, loading the kernel
+                # and initrd (and the agent's answer, alike for every contender).
+                m["firmware + GRUB"] = m["multi-user"] - m["kernel + initrd"] - m["userspace"]
                 TRAILS.mkdir(parents=True, exist_ok=True)
                 n = len(list(TRAILS.glob(f"{name}-*.txt"))) + 1
                 (TRAILS / f"{name}-{n}.txt").write_text(
@@ -128,16 +138,25 @@ def boot_once(disk: Path, workdir: Path, extra: tuple[str, ...], name: str) -> M
         return m
 
 
-def plain_rootfs() -> tuple[Path, tuple[str, ...]]:
-    """The e2e image's tree as a whole-disk ext4 image, cos units masked, and the qemu
-    arguments that boot it; cached in build/bench by the image's digest."""
+PLAIN_UUID = "c05b0000-0000-4000-8000-00000000f100"  # the floor's root filesystem
+BIOS_START, BIOS_SECTORS = 2048, 2048  # the floor disk's bios_grub partition (1 MiB)
+ROOT_START = BIOS_START + BIOS_SECTORS
+
+
+def plain_rootfs() -> tuple[Path, Path, tuple[str, ...]]:
+    """The e2e image's tree with its cos units masked, twice: a whole-disk ext4 image
+    and the qemu arguments that boot its kernel directly, and a disk a plain install
+    would have (GPT, the same tree on an ext4 partition, GRUB from the image's own
+    modules reading the kernel and initrd from it, no menu wait). Cached in build/bench
+    by the image's digest."""
     digest = ensure_e2e_image()
     seed = BUILD / "bench" / f"plain-{digest[7:23]}"
-    img, kernel, initrd = seed / "root.raw", seed / "vmlinuz", seed / "initrd"
-    append = f"root=/dev/vda rw {CONSOLE}"
+    img, disk = seed / "root.raw", seed / "grub.raw"
+    kernel, initrd = seed / "vmlinuz", seed / "initrd"
+    append = f"root=UUID={PLAIN_UUID} rw {CONSOLE}"
     args = ("-kernel", str(kernel), "-initrd", str(initrd), "-append", append)
-    if img.exists():
-        return img, args
+    if disk.exists():
+        return img, disk, args
     shutil.rmtree(seed.parent, ignore_errors=True)  # older images' roots
     seed.mkdir(parents=True)
     tree = seed / "tree"
@@ -153,27 +172,53 @@ def plain_rootfs() -> tuple[Path, tuple[str, ...]]:
         (etc / unit).symlink_to("/dev/null")
     sh(["cp", "-L", tree / "boot/vmlinuz", kernel])
     sh(["cp", "-L", tree / "boot/initrd", initrd])
+    mods = grub.stage_modules(tree, "i386-pc", tree / "grub/i386-pc")
+    (tree / "grub/grub.cfg").write_text(
+        "set timeout=0\n"
+        "serial --unit=0 --speed=115200\n"
+        "terminal_input console serial\n"
+        "terminal_output console serial\n"
+        f"linux /boot/vmlinuz {append}\n"
+        "initrd /boot/initrd\n"
+        "boot\n"
+    )
+    early = seed / "early.cfg"
+    early.write_text(
+        f"search --no-floppy --fs-uuid --set=root {PLAIN_UUID}\nset prefix=($root)/grub\n"
+    )
+    core = seed / "core.img"
+    grub.mkimage(mods, "i386-pc", core, early)
+    shutil.copyfile(mods / "boot.img", seed / "boot.img")
     size, inodes = image_size_for(tree)
     partial = seed / "root.partial"
     with open(partial, "wb") as f:
         f.truncate(size)
-    mkfs = ["mkfs.ext4", "-F", "-q", "-L", "ROOT", "-E", "root_owner=0:0", "-N", str(inodes)]
-    sh([*mkfs, "-d", str(tree), str(partial)])
+    mkfs = ["mkfs.ext4", "-F", "-q", "-L", "ROOT", "-U", PLAIN_UUID, "-E", "root_owner=0:0"]
+    sh([*mkfs, "-N", str(inodes), "-d", str(tree), str(partial)])
     sh(["rm", "-rf", tree])
     partial.rename(img)
-    return img, args
+    with open(partial, "wb") as f:  # the disk: bios_grub, then the root partition
+        f.truncate(ROOT_START * 512 + size + MIB)
+    parts = [f"-n1:{BIOS_START}:+{BIOS_SECTORS - 1}", "-t1:ef02"]
+    parts += [f"-n2:{ROOT_START}:+{size // 512 - 1}", "-t2:8300"]
+    sh(["sgdisk", "-q", *parts, str(partial)])
+    copy_into(partial, img, ROOT_START * 512)
+    grub.embed_bios(partial, seed / "boot.img", core, BIOS_START, BIOS_SECTORS)
+    partial.rename(disk)
+    return img, disk, args
 
 
 def bench(args: argparse.Namespace) -> list[Row]:
     workdir = Path(args.workdir)
     cos_disk = cached_disk("disk")
     loop_disk = cached_disk("loop", config=LOOP_DISK_CONFIG)
-    plain, extra = plain_rootfs()
+    plain_root, plain, direct = plain_rootfs()
     shutil.rmtree(TRAILS, ignore_errors=True)
     samples = interleave(
         args.runs,
         {
-            "plain": lambda: boot_once(plain, workdir, extra, "plain"),
+            "plain": lambda: boot_once(plain, workdir, (), "plain"),
+            "direct": lambda: boot_once(plain_root, workdir, direct, "direct"),
             "cos": lambda: boot_once(cos_disk, workdir, (), "cos"),
             "loop": lambda: boot_once(loop_disk, workdir, (), "loop"),
         },
@@ -181,10 +226,17 @@ def bench(args: argparse.Namespace) -> list[Row]:
     spec: list[tuple[str, str, str, str | None]] = [
         ("plain: to multi-user (floor)", "plain", "multi-user", None),
         ("cos: to multi-user", "cos", "multi-user", "plain: to multi-user (floor)"),
+        ("plain, kernel booted directly: to multi-user", "direct", "multi-user", None),
+        (
+            "cos ÷ plain booted directly",
+            "cos",
+            "multi-user",
+            "plain, kernel booted directly: to multi-user",
+        ),
         ("cos, loop snapshot: to multi-user", "loop", "multi-user", None),
         ("cos, layers ÷ loop snapshot", "cos", "multi-user", "cos, loop snapshot: to multi-user"),
     ]
-    for phase in ("kernel + initrd", "userspace"):
+    for phase in ("firmware + GRUB", "kernel + initrd", "userspace"):
         spec.append((f"plain: {phase} (guest clock)", "plain", phase, None))
         spec.append((f"cos: {phase} (guest clock)", "cos", phase, f"plain: {phase} (guest clock)"))
         spec.append((f"cos, loop snapshot: {phase} (guest clock)", "loop", phase, None))

@@ -64,7 +64,7 @@ def test_bios_boot_immutable_layout_and_persistence(vm_factory) -> None:  # type
     # No default password: root is locked until cloud-config gives it keys or a hash.
     assert vm.ok("awk -F: '$1 == \"root\" {print $2}' /etc/shadow").strip()[:1] in ("*", "!")
 
-    # Default cloud-configs: a generated hostname and a machine-id kept on COS_PERSISTENT.
+    # The layout names the machine and keeps its machine-id on COS_PERSISTENT.
     machine_id = vm.ok("cat /etc/machine-id").strip()
     assert len(machine_id) == 32 and vm.ok("hostname").strip() == f"cos-{machine_id[:6]}"
 
@@ -87,9 +87,10 @@ def test_bios_boot_immutable_layout_and_persistence(vm_factory) -> None:  # type
     failed = [st for st in boot_stage["steps"] if st["status"] == "failed"]
     assert len(failed) == 1 and "false" in failed[0]["detail"]
     assert {st["stage"] for st in record["stages"]} >= {"rootfs", "initramfs", "fs", "network"}
-    # No cloud-config names fs or network: their units were not started (no Python start).
+    # No cloud-config names rootfs, initramfs, fs or network: the initrd's shell layout
+    # and the units' conditions started no Python for them.
     not_started = {st["stage"] for st in record["stages"] if st.get("skipped")}
-    assert not_started == {"fs", "network"}, record["stages"]
+    assert not_started == {"rootfs", "initramfs", "fs", "network"}, record["stages"]
     assert vm.ok("systemctl show -p ConditionResult --value cos-setup-fs").strip() == "no"
     assert record["mode"] == "active" and record["snapshot"] == 1
     assert "FAILED" in vm.ok(f"cos logs --boot {m[1]}")
