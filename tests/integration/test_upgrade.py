@@ -194,6 +194,9 @@ def test_upgrade_rollback_and_prune(device: Device, images: Images, registry_dir
     device.boot("active", 2)
     assert device.cos("boot-assessment", "--mark-good").stdout.strip() == "good"
     assert "cos_trial" not in device.env()
+    # What cos-mark-good.service runs at every boot: the assessment, then the status.
+    shown = device.cos("boot-assessment", "--mark-good", "--status").stdout
+    assert "Snapshots:" in shown and shown.split()[0] != "none", shown
     assert {s["number"]: s for s in device.status()["snapshots"]}[2]["boot_assessment"] == "good"
 
     # Roll back: 1 is active again; 2 stays in the menu.
