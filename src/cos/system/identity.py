@@ -51,17 +51,14 @@ def machine_id(mode: str, persistent_mount: str, keep: bool, root: Path) -> str:
     return mid
 
 
-def set_hostname(name: str, root: Path) -> None:
-    """/etc/hostname, the 127.0.0.1 line of /etc/hosts, and the kernel's name when
-    root is the running system."""
-    atomic_write(confine(root, "/etc/hostname"), f"{name}\n", 0o644)
-    hosts = confine(root, "/etc/hosts")
-    try:
-        lines = hosts.read_text(errors="replace").splitlines()
-    except OSError:
-        lines = []
+def valid_hostname(name: str) -> bool:
+    return _VALID.fullmatch(name) is not None
+
+
+def hosts_naming(text: str, name: str) -> str:
+    """/etc/hosts with its 127.0.0.1 line naming name (a first line when it has none)."""
     out, found = [], False
-    for line in lines:
+    for line in text.splitlines():
         fields = line.split()
         if fields and fields[0] == "127.0.0.1":
             out.append(f"127.0.0.1 localhost {name}")
@@ -70,7 +67,19 @@ def set_hostname(name: str, root: Path) -> None:
             out.append(line.strip())
     if not found:
         out.insert(0, f"127.0.0.1 localhost {name}")
-    atomic_write(hosts, "\n".join(out) + "\n", 0o644)
+    return "\n".join(out) + "\n"
+
+
+def set_hostname(name: str, root: Path) -> None:
+    """/etc/hostname, the 127.0.0.1 line of /etc/hosts, and the kernel's name when
+    root is the running system."""
+    atomic_write(confine(root, "/etc/hostname"), f"{name}\n", 0o644)
+    hosts = confine(root, "/etc/hosts")
+    try:
+        text = hosts.read_text(errors="replace")
+    except OSError:
+        text = ""
+    atomic_write(hosts, hosts_naming(text, name), 0o644)
     if root == Path("/"):
         try:
             socket.sethostname(name)
@@ -93,7 +102,7 @@ def seed_identity(mode: str, persistent_mount: str, keep: bool, root: Path = Pat
             set_hostname(RECOVERY_HOSTNAME, root)
         elif mid and _empty(confine(root, "/etc/hostname")):
             name = HOSTNAME_PREFIX + mid[:6]
-            if _VALID.fullmatch(name):
+            if valid_hostname(name):
                 set_hostname(name, root)
     except OSError as exc:
         log.warning("machine identity not set: %s", exc)

@@ -10,30 +10,20 @@ from typing import Any
 
 from cos.cloudinit.plugins.base import Context, PluginError, write_file
 from cos.errors import ToolError
+from cos.system.identity import hosts_naming, valid_hostname
 
 
 def hostname(step: dict[str, Any], ctx: Context) -> None:
     name = ctx.render(step["hostname"]).strip()
     if not name:
         return
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}", name):
+    if not valid_hostname(name):
         raise PluginError(f"invalid hostname {name!r}")
     if not ctx.act(f"hostname {name}"):
         return
     write_file(ctx.path("/etc/hostname"), f"{name}\n".encode(), 0o644)
-    hosts = ctx.path("/etc/hosts")
-    lines = (ctx.read_text("/etc/hosts") or "").splitlines()
-    out, found = [], False
-    for line in lines:
-        fields = line.split()
-        if fields and fields[0] == "127.0.0.1":
-            out.append(f"127.0.0.1 localhost {name}")
-            found = True
-        else:
-            out.append(line.strip())
-    if not found:
-        out.insert(0, f"127.0.0.1 localhost {name}")
-    write_file(hosts, ("\n".join(out) + "\n").encode(), 0o644)
+    hosts = hosts_naming(ctx.read_text("/etc/hosts") or "", name)
+    write_file(ctx.path("/etc/hosts"), hosts.encode(), 0o644)
     if ctx.live:
         try:
             socket.sethostname(name)
