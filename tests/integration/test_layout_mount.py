@@ -27,9 +27,10 @@ HANDOFF = 3  # cos-layout: "this is `cos mount`'s to do"
 
 
 def shell_layout(
-    mode: str, labels: Labels, root: Path, tries: int = 25
+    mode: str, labels: Labels, root: Path, tries: int = 25, **more: str
 ) -> subprocess.CompletedProcess[str]:
     env = {"PATH": os.environ["PATH"], "COS_STAGE_ROOT": str(root), "COS_DEVICE_TRIES": str(tries)}
+    env.update(more)
     argv = ["sh", str(SHELL_LAYOUT), mode, labels.oem, labels.persistent, ""]
     return subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
 
@@ -293,12 +294,49 @@ def test_the_shell_leaves_to_cos_mount_what_it_does_not_do(
     assert shell_layout("active", labels, root).returncode == HANDOFF
     assert _mounts_below(root) == []
     (root / "etc/cos/config.yaml").write_text("max-snaps: 3\n")
-    # A cloud-config for an early stage: the volumes are mounted (cos mount takes them
-    # as they are), nothing else, and no stage is marked as not started.
+    # A cloud-config for an early stage: the volumes and the overlays' tmpfs are mounted
+    # (cos mount takes them as they are), nothing else, and no stage is marked as not
+    # started.
     (root / "system/oem").mkdir(parents=True)
     (root / "system/oem/10.yaml").write_text("stages:\n  initramfs:\n    - commands: [true]\n")
     assert shell_layout("active", labels, root).returncode == HANDOFF
-    assert _mounts_below(root) == [f"{root}/oem", f"{root}/usr/local"]
-    assert list((root / "run/cos/skipped-stages").iterdir()) == []
+    assert _mounts_below(root) == [f"{root}/oem", f"{root}/usr/local", f"{root}/run/cos/overlay"]
+    assert not list((root / "run/cos").glob("skipped-stages/*"))
     done = apply_layout("active", Layout(), labels, root=root, device_timeout=5)
     assert "/etc" in done and "/oem" not in done
+
+
+def test_the_shell_finds_the_volumes_in_udevs_database(
+    sysroot: tuple[Path, Labels], tmp_path: Path
+) -> None:
+    """At boot the labels come from udev's database (what its blkid probe recorded),
+    with no process start; a label the database shows twice on disks it cannot tell
+    apart is not mounted, although blkid would find it once. (This host runs no udev:
+    the database is written here as udev writes it, for the real loop devices.)"""
+    root, labels = sysroot
+    db = tmp_path / "udev-data"
+    db.mkdir()
+    by_label = {}
+    for name in Path("/sys/class/block").iterdir():
+        if not name.name.startswith("loop") or not (name / "loop/backing_file").exists():
+            continue
+        backing = (name / "loop/backing_file").read_text().strip()
+        if backing.startswith(str(root.parent)):
+            by_label[Path(backing).stem] = (name / "dev").read_text().strip()
+    oem, pers = by_label["oem"], by_label["pers"]
+
+    def record(dev: str, label: str) -> None:
+        text = f"S:disk/by-label/{label}\nE:ID_FS_TYPE=ext4\nE:ID_FS_LABEL={label}\n"
+        (db / f"b{dev}").write_text(text)
+
+    record(oem, labels.oem)
+    record(pers, labels.oem)  # both show as the OEM volume, neither on a known disk
+    res = shell_layout("recovery", labels, root, tries=2, COS_UDEV_DATA=str(db))
+    assert res.returncode == 0, res.stderr
+    assert f"label {labels.oem} is on several devices" in res.stderr
+    assert f"{root}/oem" not in _mounts_below(root)
+    _umount_all(root)
+    record(pers, labels.persistent)
+    res = shell_layout("active", labels, root, tries=2, COS_UDEV_DATA=str(db))
+    assert res.returncode == 0, res.stderr
+    assert {f"{root}/oem", f"{root}/usr/local"} <= set(_mounts_below(root))

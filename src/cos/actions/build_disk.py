@@ -340,11 +340,16 @@ def _write_disk(b: _Build, bl: Bootloader) -> None:
         for name in filled:
             p = plan.part(name)
             diskimg.mkfs_ext4(
-                partial, p.fs_label(), size=p.size, offset=p.offset, source=b.work / name
+                partial,
+                p.fs_label(),
+                size=p.size,
+                offset=p.offset,
+                source=b.work / name,
+                zeroed=True,
             )
         if b.deploy_command is None:
             p = plan.part("persistent")
-            diskimg.mkfs_ext4(partial, p.fs_label(), size=p.size, offset=p.offset)
+            diskimg.mkfs_ext4(partial, p.fs_label(), size=p.size, offset=p.offset, zeroed=True)
     with step("Installing GRUB (ESP and BIOS boot code)"):
         install_bootloader(partial, plan, bl, sparse=True)
 

@@ -52,7 +52,7 @@ def estimate_image_bytes(tar_bytes: int) -> int:
 def image_tree(image: Path, size: int, label: str, fs: str, where: Path) -> Iterator[Path]:
     """A fresh sparse ext image of size bytes, mounted at where for the block."""
     create_sparse(image, ceil_div(size, MIB) * MIB)
-    mkfs_ext4(image, label, size=size, journal=False, fs=fs)
+    mkfs_ext4(image, label, size=size, journal=False, fs=fs, zeroed=True)
     with mounted(image, where, "loop") as tree:
         yield tree
 
