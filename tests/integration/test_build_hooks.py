@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.server
 import shutil
 import socket
+import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
@@ -121,3 +122,23 @@ def test_a_hook_sees_the_tree_and_nothing_of_the_build_machine(tmp_path: Path) -
     }  # fmt: skip
     for d in ("dev", "proc", "sys"):
         assert not any((tree / d).iterdir())  # its mounts went with its namespace
+
+
+def test_a_tree_below_the_builds_working_directory_is_the_tree_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sandbox binds what Python's path holds read-only, and `python -m` puts the
+    working directory there: a tree below it (a mount of its own, as a build's
+    unpacked snapshot is) is still bound writable, with its mounts."""
+    tree = _tree(tmp_path, 0, "stages:\n  after-disk-chroot:\n    - commands: [echo ran > /ran]\n")
+    content = tmp_path / "content"
+    shutil.copytree(tree, content, symlinks=True)
+    shutil.rmtree(tree)
+    tree.mkdir()
+    subprocess.run(["mount", "--bind", str(content), str(tree)], check=True)
+    try:
+        monkeypatch.chdir(tmp_path)
+        run_sandboxed_hook("after-disk-chroot", [str(tree / "system/oem")], tree, network=False)
+        assert (content / "ran").read_text() == "ran\n"
+    finally:
+        subprocess.run(["umount", str(tree)], check=True)

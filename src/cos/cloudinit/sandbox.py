@@ -75,11 +75,16 @@ def _target(newroot: Path, path: Path) -> Path:
 
 
 def _bind(newroot: Path, path: Path, *, writable: bool = False) -> None:
-    """path at its own place under newroot (read-only unless writable)."""
+    """path at its own place under newroot (read-only unless writable). A writable
+    path below one bound already (a tree under the build's working directory, which
+    Python's path holds) is bound again on top: that bind is read-only and does not
+    carry the tree's own mounts."""
     target = _target(newroot, path)
-    if target.exists():
+    if target.exists() and not writable:
         return
-    if path.is_dir():
+    if target.exists():
+        pass
+    elif path.is_dir():
         target.mkdir(parents=True)
     else:
         target.parent.mkdir(parents=True, exist_ok=True)

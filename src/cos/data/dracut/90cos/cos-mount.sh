@@ -7,10 +7,10 @@
 [ -f /tmp/cos.env ] || return 0
 . /tmp/cos.env
 
-modprobe -q loop
-modprobe -q squashfs
-modprobe -q overlay
-modprobe -q erofs
+# Under emulation every process start costs tens of milliseconds: one modprobe, one
+# mkdir, and the mounts of the snapshot in one `mount -a` of a table (kept in
+# /run/cos/root.fstab for a reader).
+modprobe -qa loop overlay erofs squashfs
 
 mkdir -p /run/cos/state /run/cos/overlay
 if ! ismounted /run/cos/state; then
@@ -18,21 +18,26 @@ if ! ismounted /run/cos/state; then
 fi
 img="/run/cos/state/${cos_image#/}"
 [ -e "$img" ] || die "cos: $cos_image not found on $cos_state"
+table=/run/cos/root.fstab
 if [ -d "$img" ]; then
     # .snapshots/N/layers: the layer images, top first, relative to .snapshots
     [ -f "$img/layers" ] || die "cos: $cos_image has no layer list"
-    i=0
-    lower=""
+    i=0 lower= dirs= entries=
     while read -r layer; do
         [ -n "$layer" ] || continue
-        mkdir -p "/run/cos/layers/$i"
-        mount -t erofs -o loop,ro "/run/cos/state/.snapshots/$layer" "/run/cos/layers/$i" \
-            || die "cos: cannot mount layer $layer"
+        case "$layer" in
+            *[[:space:]]*) die "cos: $cos_image/layers names a layer with a blank in it" ;;
+        esac
+        dirs="$dirs /run/cos/layers/$i"
+        entries="$entries/run/cos/state/.snapshots/$layer /run/cos/layers/$i erofs loop,ro 0 0
+"
         lower="${lower:+$lower:}/run/cos/layers/$i"
         i=$((i + 1))
     done < "$img/layers"
-    mount -t overlay -o "ro,lowerdir=$lower" cos-root "$NEWROOT" \
-        || die "cos: cannot stack the layers of $cos_image"
+    [ -n "$lower" ] || die "cos: $cos_image has no layers"
+    mkdir -p $dirs
+    printf '%scos-root %s overlay ro,lowerdir=%s 0 0\n' "$entries" "$NEWROOT" "$lower" > "$table"
+    mount -a -T "$table" || die "cos: cannot stack the layers of $cos_image"
 else
     mount -o loop,ro "$img" "$NEWROOT" || die "cos: cannot mount $img"
 fi
@@ -43,12 +48,15 @@ fi
 real=$(readlink -f "$img")
 echo "${real#/run/cos/state/}" > /run/cos/image
 
-size=${cos_overlay#tmpfs:}
-ismounted /run/cos/overlay || mount -t tmpfs -o "mode=0755,size=$size" cos-overlay /run/cos/overlay
-
-for d in proc sys dev run; do
-    mount --rbind "/$d" "$NEWROOT/$d"
-done
+# The overlays' tmpfs, and what the layout needs of the initrd inside the new root.
+table=/tmp/cos-layout.fstab
+: > "$table"
+if ! ismounted /run/cos/overlay; then
+    echo "cos-overlay /run/cos/overlay tmpfs mode=0755,size=${cos_overlay#tmpfs:} 0 0" > "$table"
+fi
+printf '/%s %s/%s none rbind 0 0\n' proc "$NEWROOT" proc sys "$NEWROOT" sys \
+    dev "$NEWROOT" dev run "$NEWROOT" run >> "$table"
+mount -a -T "$table" || die "cos: cannot mount the overlays' tmpfs or bind the initrd's /proc, /sys, /dev, /run"
 # The layout in shell when it can (no Python start: seconds under emulation), else
 # `cos mount` (live media, a configured layout, a cloud-config for an early stage).
 rc=3
@@ -62,7 +70,8 @@ if [ $rc -eq 3 ]; then
         --oem-label "$cos_oemlabel" --persistent-label "$cos_persistentlabel"
     rc=$?
 fi
-for d in run dev sys proc; do
-    umount -R "$NEWROOT/$d" 2>/dev/null || umount -l "$NEWROOT/$d"
-done
+umount -R "$NEWROOT/run" "$NEWROOT/dev" "$NEWROOT/sys" "$NEWROOT/proc" 2>/dev/null ||
+    for d in run dev sys proc; do
+        ! ismounted "$NEWROOT/$d" || umount -R "$NEWROOT/$d" 2>/dev/null || umount -l "$NEWROOT/$d"
+    done
 [ $rc -eq 0 ] || die "cos: applying the layout failed (cos mount exit $rc)"
