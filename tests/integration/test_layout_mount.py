@@ -306,6 +306,41 @@ def test_the_shell_leaves_to_cos_mount_what_it_does_not_do(
     assert "/etc" in done and "/oem" not in done
 
 
+@pytest.mark.parametrize("link", ["home", "etc/hostname", "usr/local/etc"])
+def test_under_a_root_prefix_a_symlink_is_not_followed_out_of_the_root(
+    sysroot: tuple[Path, Labels], tmp_path: Path, link: str
+) -> None:
+    """The initrd runs cos-layout on $NEWROOT: an absolute symlink in the image would
+    resolve against the initrd's tree. A layout path or identity file that is one is
+    left to `cos mount` (chrooted) with nothing mounted; the kept machine-id's directory
+    on the persistent volume (the machine's data) is not written through one."""
+    root, labels = sysroot
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    if link == "usr/local/etc":
+        res = shell_layout("active", labels, root)  # the volume is mounted now
+        assert res.returncode == 0, res.stderr
+        (root / "usr/local/etc/machine-id").unlink()
+        (root / "usr/local/etc").rmdir()
+        (root / link).symlink_to(outside)
+        _umount_all(root)
+        res = shell_layout("active", labels, root)
+        assert res.returncode == 0, res.stderr
+        assert "the machine-id is not kept" in res.stderr
+        assert list(outside.iterdir()) == []
+        assert len((root / "etc/machine-id").read_text().strip()) == 32
+        return
+    target = root / link
+    if target.is_dir():
+        target.rmdir()
+    else:
+        target.unlink()
+    target.symlink_to(outside)
+    assert shell_layout("active", labels, root).returncode == HANDOFF
+    assert _mounts_below(root) == []
+    assert list(outside.iterdir()) == []
+
+
 def test_the_shell_finds_the_volumes_in_udevs_database(
     sysroot: tuple[Path, Labels], tmp_path: Path
 ) -> None:

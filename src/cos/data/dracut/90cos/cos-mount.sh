@@ -7,17 +7,19 @@
 [ -f /tmp/cos.env ] || return 0
 . /tmp/cos.env
 
-# Under emulation every process start costs tens of milliseconds: one modprobe, one
-# mkdir, and the mounts of the snapshot in one `mount -a` of a table (kept in
-# /run/cos/root.fstab for a reader).
-modprobe -qa loop overlay erofs squashfs
-
+# Under emulation every process start costs tens of milliseconds: one mkdir, and the
+# mounts of the snapshot in one `mount -a` of a table (kept in /run/cos/root.fstab for
+# a reader). The modules were loaded while udev settled (cos-parse.sh); a mount only
+# waits for them.
 mkdir -p /run/cos/state /run/cos/overlay
 if ! ismounted /run/cos/state; then
     mount -o ro "$cos_state" /run/cos/state || die "cos: cannot mount $cos_state"
 fi
 img="/run/cos/state/${cos_image#/}"
 [ -e "$img" ] || die "cos: $cos_image not found on $cos_state"
+if [ -z "${cos_modprobe:-}" ] || ! wait "$cos_modprobe" 2>/dev/null; then
+    modprobe -qa $cos_modules
+fi
 table=/run/cos/root.fstab
 if [ -d "$img" ]; then
     # .snapshots/N/layers: the layer images, top first, relative to .snapshots
@@ -59,8 +61,14 @@ printf '/%s %s/%s none rbind 0 0\n' proc "$NEWROOT" proc sys "$NEWROOT" sys \
 mount -a -T "$table" || die "cos: cannot mount the overlays' tmpfs or bind the initrd's /proc, /sys, /dev, /run"
 # The layout in shell when it can (no Python start: seconds under emulation), else
 # `cos mount` (live media, a configured layout, a cloud-config for an early stage).
+# The initrd's copy of cos-layout (from the same image) runs on the new root with the
+# initrd's tools: the new root's would be read cold through the loop devices.
 rc=3
-if [ -x "$NEWROOT/usr/libexec/cos-layout" ]; then
+if [ -x /usr/libexec/cos-layout ]; then
+    COS_STAGE_ROOT=$NEWROOT COS_KERNEL_HOSTNAME=1 /usr/libexec/cos-layout "$cos_mode" \
+        "$cos_oemlabel" "$cos_persistentlabel" "$(readlink -f "$cos_state")"
+    rc=$?
+elif [ -x "$NEWROOT/usr/libexec/cos-layout" ]; then
     chroot "$NEWROOT" /usr/libexec/cos-layout "$cos_mode" "$cos_oemlabel" \
         "$cos_persistentlabel" "$(readlink -f "$cos_state")"
     rc=$?

@@ -30,7 +30,14 @@ if [ -n "$cos_image" ]; then
         block:*) cos_state=${root#block:} ;;
         *) cos_state=$(label_uuid_to_dev "$(getarg root=)") ;;
     esac
+    # The kernel modules the boot mounts with: its snapshot is a stack of erofs layers
+    # (active, passive) or one squashfs or ext image (recovery, live).
+    case "$cos_mode" in
+        active | passive) cos_modules="loop overlay erofs" ;;
+        *) cos_modules="loop overlay squashfs" ;;
+    esac
     {
+        echo "cos_modules='$cos_modules'"
         echo "cos_state='$cos_state'"
         echo "cos_image='$cos_image'"
         echo "cos_mode='$cos_mode'"
@@ -38,6 +45,11 @@ if [ -n "$cos_image" ]; then
         echo "cos_oemlabel='$cos_oemlabel'"
         echo "cos_persistentlabel='$cos_persistentlabel'"
     } > /tmp/cos.env
+    # The modules the mount hook needs load now, while udev settles the devices (each
+    # costs a few hundred milliseconds under emulation); cos-mount.sh waits for them.
+    cos_modprobe=
+    modprobe -qa $cos_modules </dev/null >/dev/null 2>&1 &
+    cos_modprobe=$!
     root="cos:$cos_state"
     rootok=1
     wait_for_dev "$cos_state"
