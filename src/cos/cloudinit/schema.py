@@ -462,7 +462,8 @@ BOOT_STAGES: dict[str, str] = {
     "initramfs": "initrd, run by `cos mount` after the whole layout is mounted, before switch-root",
     "fs": "after local-fs.target, before sysinit.target (cos-setup-fs.service)",
     "boot": "multi-user, before getty and logins (cos-setup-boot.service)",
-    "network": "after network-online.target (cos-setup-network.service)",
+    "network": "after multi-user.target, once network-online.target is reached"
+    " (cos-setup-network.service); the boot assessment's checks run after it",
     "reconcile": "5 minutes after boot, then every hour (cos-setup-reconcile.timer)",
 }
 HOOK_STAGES: dict[str, str] = {
