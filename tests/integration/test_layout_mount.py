@@ -306,6 +306,38 @@ def test_the_shell_leaves_to_cos_mount_what_it_does_not_do(
     assert "/etc" in done and "/oem" not in done
 
 
+def test_the_shell_marks_what_the_systemd_units_need_not_start(
+    sysroot: tuple[Path, Labels],
+) -> None:
+    """The initrd looks once for every early stage and for a trial: its markers are
+    conditions of cos-setup-fs, cos-setup-boot and cos-boot-assessment."""
+    root, labels = sysroot
+    run = root / "run/cos"
+
+    def boot() -> set[str]:
+        _umount_all(root)
+        for p in [*run.glob("skipped-stages/*"), run / "no-trial"]:
+            p.unlink(missing_ok=True)
+        res = shell_layout("active", labels, root)
+        assert res.returncode == 0, res.stderr
+        return {p.name for p in run.glob("skipped-stages/*")} | (
+            {"no-trial"} if (run / "no-trial").exists() else set()
+        )
+
+    # No cloud-config and no grubenv: every early stage is marked; a missing grubenv
+    # is a doubt, and the assessment starts.
+    assert boot() == {"rootfs", "initramfs", "fs", "boot"}
+    header = "# GRUB Environment Block\n"
+    (root / "oem/grubenv").write_text(header + "next_entry=\n" + "#" * 990)
+    assert boot() == {"rootfs", "initramfs", "fs", "boot", "no-trial"}
+    (root / "oem/grubenv").write_text(header + "cos_trial=2\n" + "#" * 992)
+    (root / "system/oem").mkdir(parents=True)
+    (root / "system/oem/20.yaml").write_text("stages:\n  boot:\n    - commands: [true]\n")
+    # A document for the boot stage: the units decide for themselves (their
+    # ExecCondition), the initrd's own stages are still marked.
+    assert boot() == {"rootfs", "initramfs"}
+
+
 @pytest.mark.parametrize("link", ["home", "etc/hostname", "usr/local/etc"])
 def test_under_a_root_prefix_a_symlink_is_not_followed_out_of_the_root(
     sysroot: tuple[Path, Labels], tmp_path: Path, link: str

@@ -43,6 +43,19 @@ if [ -d "$img" ]; then
 else
     mount -o loop,ro "$img" "$NEWROOT" || die "cos: cannot mount $img"
 fi
+# Direct I/O on the snapshot's loop devices: each read goes to the disk once and in
+# parallel with the others (buffered, the loop's worker waits on one read at a time, and
+# every block is cached twice). Where the disk's sectors are larger than the loop's, the
+# kernel refuses and the loop stays buffered.
+for f in /sys/block/loop*/loop/backing_file; do
+    read -r backing < "$f" 2>/dev/null || continue
+    case "$backing" in
+        /run/cos/state/*)
+            dev=${f#/sys/block/}
+            losetup --direct-io=on "/dev/${dev%%/*}" 2>/dev/null
+            ;;
+    esac
+done
 
 : > "/run/cos/${cos_mode}_mode"
 # The image actually booted (the active link resolved): later switches move the link,

@@ -21,7 +21,8 @@ install() {
         cp mv rm sync sleep grep sed
     # The layout in shell and its stage check (installed by cos init before the initrd
     # is built), and getfattr for a stack of layers: run in the initrd on the new root.
-    inst_multiple -o /usr/libexec/cos-layout /usr/libexec/cos-stage-wanted getfattr
+    inst_multiple -o /usr/libexec/cos-layout /usr/libexec/cos-stage-wanted \
+        /usr/libexec/cos-trial-pending getfattr
     inst_hook cmdline 96 "$moddir/cos-parse.sh"
     inst_hook mount 10 "$moddir/cos-mount.sh"
 }
