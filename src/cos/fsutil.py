@@ -81,13 +81,19 @@ def atomic_write(
 
 
 def atomic_symlink(target: str, link: Path) -> None:
-    """Point link at target atomically (symlink to a temp name, then rename over)."""
+    """Point link at target atomically (symlink to a temp name, then rename over).
+
+    Every such link is one GRUB follows (a snapshot's `active`, the recovery's `boot`),
+    so the filesystem is checkpointed before the rename (the target's files in place
+    before the link names them) and after it (the link itself in place)."""
     link = Path(link)
     tmp = link.with_name(f".{link.name}.new")
     tmp.unlink(missing_ok=True)
     os.symlink(target, tmp)
+    checkpoint(link.parent)
     os.replace(tmp, link)
     fsync_dir(link.parent)
+    checkpoint(link.parent)
 
 
 def free_bytes(path: Path) -> int:

@@ -20,9 +20,11 @@ active snapshot or the complete new one:
 3. the `active` link is renamed to n: the switch;
 4. state.yaml marks n active and records why.
 
-GRUB reads COS_STATE and COS_OEM without replaying their journals, so each of its
-files is also checkpointed (`fsutil.checkpoint`): written to its blocks' own places,
-not only to the journal, before the next write starts.
+GRUB reads COS_STATE and COS_OEM without replaying their journals, so each write it
+reads is also checkpointed (`fsutil.checkpoint`: written to its blocks' own places,
+not only to the journal) before the next starts: by `grubenv.write` and
+`fsutil.atomic_symlink` themselves, and here before step 2, as the grubenv on COS_OEM
+names files on COS_STATE.
 
 A crash between 3 and 4 leaves state.yaml one step behind the link: readers trust
 the link (`active()`), and the next action rewrites state.yaml.
@@ -208,16 +210,14 @@ class Snapshotter(ABC):
             write_state(self.state, state)
         staged = self.staged(state)
         menu = [k for k in passive if k != n and (staged is None or k != staged.snapshot)]
-        # GRUB reads COS_OEM and COS_STATE without their journals: n's files are in
-        # place before anything names it, and each of GRUB's writes before the next.
+        # GRUB reads COS_STATE without its journal: n's files are in place before
+        # the grubenv (another filesystem, checkpointed by its writer) names n.
         checkpoint(self.root)
         if trial is not None:
             assessment.start_trial(oem_dir, n, trial.fallback, trial.attempts, menu)
         else:
             assessment.end_trial(oem_dir, menu)
-        checkpoint(oem_dir)
         self._link(n)
-        checkpoint(self.root)
         for k, s in state.snapshots.items():
             s.active = k == n
         if state.staged is not None and state.staged.snapshot == n:
